@@ -1,0 +1,86 @@
+"""Provider metadata read by Airflow's ProvidersManager through the ``apache_airflow_provider`` entry point."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_provider_kakaopose import __version__
+
+CONN_TYPE = "kakao_pose"
+DEFAULT_CONN_ID = "kakao_pose_default"
+DEFAULT_BASE_URL = "https://cv-api.kakaobrain.com"
+
+#: Extra fields of the ``kakao_pose`` connection, with their defaults. Shared by the UI form and the hook.
+CONN_FIELDS: dict[str, dict[str, Any]] = {
+    "connect_timeout": {
+        "label": "Connect timeout (s)",
+        "description": "Seconds to wait for the TCP/TLS connection (the service asks for 5).",
+        "schema": {"type": ["number", "null"], "default": 5, "minimum": 0},
+    },
+    "read_timeout": {
+        "label": "Read timeout (s)",
+        "description": "Seconds to wait for the answer (the service asks for 15).",
+        "schema": {"type": ["number", "null"], "default": 15, "minimum": 0},
+    },
+    "max_retries": {
+        "label": "Max retries",
+        "description": "Retries after the first attempt for connection errors, timeouts, 429, 5xx, codes -1/-10.",
+        "schema": {"type": ["integer", "null"], "default": 5, "minimum": 0},
+    },
+    "retry_wait_initial": {
+        "label": "First retry wait (s)",
+        "description": "Initial exponential backoff (doubles per retry, with jitter).",
+        "schema": {"type": ["number", "null"], "default": 1.0, "minimum": 0},
+    },
+    "retry_wait_max": {
+        "label": "Longest retry wait (s)",
+        "description": "Cap for one backoff wait, Retry-After included.",
+        "schema": {"type": ["number", "null"], "default": 30.0, "minimum": 0},
+    },
+    "rate_limit_per_second": {
+        "label": "Rate limit (requests/s)",
+        "description": "Client-side limit shared by all calls of one hook; empty for none.",
+        "schema": {"type": ["number", "null"], "default": None, "minimum": 0},
+    },
+    "validate_inputs": {
+        "label": "Validate inputs before sending",
+        "description": "Check format, size, sides and aspect ratio locally before spending quota.",
+        "schema": {"type": ["boolean", "null"], "default": True},
+    },
+}
+
+
+def get_provider_info() -> dict[str, Any]:
+    """Return the provider description Airflow uses to register connection types, hooks and operators."""
+    return {
+        "package-name": "airflow-provider-kakaopose",
+        "name": "Kakao Brain Pose",
+        "description": "Human-pose estimation with the Kakao Brain Pose API, landed as Parquet tables.",
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": "Kakao Brain Pose",
+                "external-doc-url": "https://developers.kakao.com/docs/latest/en/pose/dev-guide",
+                "tags": ["service"],
+            }
+        ],
+        "hooks": [
+            {
+                "integration-name": "Kakao Brain Pose",
+                "python-modules": ["airflow_provider_kakaopose.hooks.pose"],
+            }
+        ],
+        "connection-types": [
+            {
+                "connection-type": CONN_TYPE,
+                "hook-class-name": "airflow_provider_kakaopose.hooks.pose.KakaoPoseHook",
+                "hook-name": "Kakao Brain Pose",
+                "conn-fields": CONN_FIELDS,
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "login", "port", "extra"],
+                    "relabeling": {"password": "REST API key", "host": "API base URL"},
+                    "placeholders": {"host": DEFAULT_BASE_URL, "password": "REST API key from Kakao Developers"},
+                },
+            }
+        ],
+    }
