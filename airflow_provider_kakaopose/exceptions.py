@@ -37,6 +37,8 @@ class KakaoPoseError(_Base):
         self.retryable = retryable
         #: Seconds the service asked us to wait (``Retry-After``), if it said.
         self.retry_after = retry_after
+        #: How many attempts were made before this error was raised (set by the hooks).
+        self.attempts: int | None = None
 
     def __reduce__(self):  # keep keyword fields when pickled (e.g. across processes)
         return (_rebuild, (type(self), self.message, self.__dict__.copy()))

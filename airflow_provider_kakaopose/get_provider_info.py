@@ -79,7 +79,10 @@ def get_provider_info() -> dict[str, Any]:
                 "ui-field-behaviour": {
                     "hidden-fields": ["schema", "login", "port", "extra"],
                     "relabeling": {"password": "REST API key", "host": "API base URL"},
-                    "placeholders": {"host": DEFAULT_BASE_URL, "password": "REST API key from Kakao Developers"},
+                    "placeholders": {
+                        "host": DEFAULT_BASE_URL,
+                        "password": "REST API key from Kakao Developers",
+                    },
                 },
             }
         ],

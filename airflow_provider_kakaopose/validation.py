@@ -129,9 +129,7 @@ def check_image_bytes(data: bytes, name: str, limits: Limits = DEFAULT_LIMITS) -
         return [f"image {name!r} is empty (0 bytes)"]
     problems = []
     if len(data) > limits.max_image_bytes:
-        problems.append(
-            f"image {name!r} is {len(data):,} bytes; the limit is {limits.max_image_bytes:,} bytes"
-        )
+        problems.append(f"image {name!r} is {len(data):,} bytes; the limit is {limits.max_image_bytes:,} bytes")
     info = sniff_image(data)
     if info is None or info.format not in limits.image_formats:
         allowed = "/".join(f.upper() for f in limits.image_formats)
@@ -145,13 +143,9 @@ def _check_sides(width: int, height: int, what: str, limits: Limits) -> list[str
     problems = []
     long_side, short_side = max(width, height), min(width, height)
     if long_side > limits.max_long_side:
-        problems.append(
-            f"{what} is {width}x{height} px; the longer side must be at most {limits.max_long_side} px"
-        )
+        problems.append(f"{what} is {width}x{height} px; the longer side must be at most {limits.max_long_side} px")
     if short_side < limits.min_short_side:
-        problems.append(
-            f"{what} is {width}x{height} px; the shorter side must be at least {limits.min_short_side} px"
-        )
+        problems.append(f"{what} is {width}x{height} px; the shorter side must be at least {limits.min_short_side} px")
     if short_side > 0 and long_side / short_side > limits.max_aspect_ratio + 1e-9:
         problems.append(
             f"{what} is {width}x{height} px; the aspect ratio must be between 16:9 and 9:16"

@@ -1,0 +1,1 @@
+"""Hooks for the Kakao Brain Pose API."""

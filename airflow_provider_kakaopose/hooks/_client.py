@@ -1,0 +1,423 @@
+"""What the sync and async hooks share: settings, error mapping, retry policy, rate limiting, uploads.
+
+Neither hook does its own status-code or retry logic: each turns its transport's answer into
+``(status, headers, body)`` and calls :func:`check_response`, wraps transport failures with
+:func:`transport_error`, and runs attempts under :func:`retry_kwargs`. Only the I/O differs.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from tenacity import RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from airflow_provider_kakaopose.exceptions import (
+    KakaoPoseAuthError,
+    KakaoPoseConnectionError,
+    KakaoPoseError,
+    KakaoPoseInputError,
+    KakaoPoseQuotaError,
+    KakaoPoseResponseError,
+    KakaoPoseServerError,
+)
+from airflow_provider_kakaopose.get_provider_info import CONN_FIELDS, DEFAULT_BASE_URL
+from airflow_provider_kakaopose.validation import (
+    DEFAULT_LIMITS,
+    Limits,
+    check_image_bytes,
+    check_url,
+    check_video_size,
+    sniff_image,
+)
+
+JOB_STATUSES = frozenset({"waiting", "processing", "success", "failed", "not found"})
+#: Kakao error codes that are worth sending again (internal error, per-second quota).
+RETRYABLE_CODES = frozenset({-1, -10})
+AUTH_CODES = frozenset({-401, -3, -5, -12})
+QUOTA_CODES = frozenset({-10, -11})
+#: A job id that cannot exist: looking it up checks host and key without spending analysis quota.
+PROBE_JOB_ID = "00000000-0000-0000-0000-000000000000"
+
+
+def _extra_default(name: str) -> Any:
+    return CONN_FIELDS[name]["schema"]["default"]
+
+
+@dataclass(frozen=True)
+class ConnSettings:
+    """Everything a hook needs from a ``kakao_pose`` connection, parsed and checked once."""
+
+    base_url: str
+    api_key: str = field(repr=False)
+    connect_timeout: float = _extra_default("connect_timeout")
+    read_timeout: float = _extra_default("read_timeout")
+    max_retries: int = _extra_default("max_retries")
+    retry_wait_initial: float = _extra_default("retry_wait_initial")
+    retry_wait_max: float = _extra_default("retry_wait_max")
+    rate_limit_per_second: float | None = None
+    validate_inputs: bool = True
+
+    @property
+    def auth_header(self) -> dict[str, str]:
+        return {"Authorization": f"KakaoAK {self.api_key}"}
+
+    @classmethod
+    def from_connection(cls, conn: Any, log: logging.Logger | None = None) -> ConnSettings:
+        """Build settings from an Airflow Connection; bad values raise naming the field."""
+        conn_id = getattr(conn, "conn_id", "?")
+        api_key = (conn.password or "").strip()
+        if not api_key:
+            raise KakaoPoseAuthError(
+                f"Connection {conn_id!r} has no REST API key: put it in the connection's password field"
+            )
+        extra = dict(conn.extra_dejson or {})
+        unknown = sorted(set(extra) - set(CONN_FIELDS) - {"scheme"})
+        if unknown and log is not None:
+            log.warning("Connection %r: ignoring unknown extra field(s) %s", conn_id, ", ".join(unknown))
+        values: dict[str, Any] = {}
+        for name, kind in (
+            ("connect_timeout", float),
+            ("read_timeout", float),
+            ("max_retries", int),
+            ("retry_wait_initial", float),
+            ("retry_wait_max", float),
+            ("rate_limit_per_second", float),
+        ):
+            raw = extra.get(name)
+            if raw is None or raw == "":
+                continue
+            try:
+                value = kind(raw)
+                if kind is int and float(raw) != value:
+                    raise ValueError
+            except (TypeError, ValueError):
+                raise KakaoPoseError(
+                    f"Connection {conn_id!r}: extra {name!r} must be a {kind.__name__}, not {raw!r}"
+                ) from None
+            if value < 0 or (name == "rate_limit_per_second" and value == 0):
+                raise KakaoPoseError(f"Connection {conn_id!r}: extra {name!r} must be positive, not {raw!r}")
+            values[name] = value
+        if "validate_inputs" in extra:
+            values["validate_inputs"] = _as_bool(extra["validate_inputs"], conn_id)
+        return cls(base_url=base_url_from(conn, extra), api_key=api_key, **values)
+
+
+def _as_bool(raw: Any, conn_id: str) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise KakaoPoseError(f"Connection {conn_id!r}: extra 'validate_inputs' must be true or false, not {raw!r}")
+
+
+def base_url_from(conn: Any, extra: Mapping[str, Any]) -> str:
+    """The API base URL: the host (scheme and port may be in it), else the public endpoint."""
+    host = (conn.host or "").strip().rstrip("/")
+    if not host:
+        return DEFAULT_BASE_URL
+    if "://" not in host:
+        host = f"{extra.get('scheme') or 'https'}://{host}"
+    if conn.port and host.count(":") < 2:  # scheme:// only, no port in the host yet
+        scheme, rest = host.split("://", 1)
+        hostname, _, path = rest.partition("/")
+        host = f"{scheme}://{hostname}:{conn.port}" + (f"/{path}" if path else "")
+    return host
+
+
+# --------------------------------------------------------------------------------------------- errors
+
+
+def _describe(method: str, path: str) -> str:
+    return f"{method} {path}"
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date); ``None`` if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def check_response(method: str, path: str, status: int, headers: Mapping[str, str], body: bytes) -> bytes:
+    """Return the body of a 2xx answer; raise the mapped :class:`KakaoPoseError` for anything else."""
+    if 200 <= status < 300:
+        return body
+    raise response_error(method, path, status, headers, body)
+
+
+def response_error(method: str, path: str, status: int, headers: Mapping[str, str], body: bytes) -> KakaoPoseError:
+    """Map a non-2xx answer to the right error class, with the service's code and message (never headers)."""
+    code: int | None = None
+    msg: str | None = None
+    try:
+        parsed = json.loads(body) if body else None
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict):
+        raw_code = parsed.get("code")
+        code = raw_code if isinstance(raw_code, int) and not isinstance(raw_code, bool) else None
+        msg = parsed.get("msg") if isinstance(parsed.get("msg"), str) else None
+    if msg is None:
+        msg = _snippet(body) or None
+    text = f"{_describe(method, path)} failed: HTTP {status}"
+    if code is not None:
+        text += f", code {code}"
+    if msg:
+        text += f": {msg}"
+    kwargs: dict[str, Any] = {
+        "status_code": status,
+        "code": code,
+        "msg": msg,
+        "retry_after": parse_retry_after(headers.get("Retry-After")),
+    }
+    if status in (401, 403) or code in AUTH_CODES:
+        return KakaoPoseAuthError(text + " (check the REST API key and the app's Pose permission)", **kwargs)
+    if status == 429 or code in QUOTA_CODES:
+        return KakaoPoseQuotaError(text, retryable=code != -11, **kwargs)
+    if code == -2:
+        return KakaoPoseInputError(text, **kwargs)
+    if status >= 500 or code == -1:
+        return KakaoPoseServerError(text, retryable=True, **kwargs)
+    return KakaoPoseError(text, **kwargs)
+
+
+def _snippet(body: bytes, limit: int = 200) -> str:
+    text = body[:limit].decode("utf-8", "replace").strip()
+    return text + ("…" if len(body) > limit else "")
+
+
+def transport_error(method: str, path: str, base_url: str, err: BaseException) -> KakaoPoseConnectionError:
+    """A retryable error for a connection failure or timeout (the message names the host, never headers)."""
+    reason = type(err).__name__
+    detail = str(err).split("\n")[0][:200]
+    return KakaoPoseConnectionError(
+        f"{_describe(method, path)} to {base_url} failed: {reason}" + (f" ({detail})" if detail else ""),
+        retryable=True,
+    )
+
+
+def parse_json(body: bytes, method: str, path: str) -> Any:
+    """Parse a JSON body; a body that is not JSON raises :class:`KakaoPoseResponseError` quoting its start."""
+    try:
+        return json.loads(body)
+    except ValueError as err:
+        raise KakaoPoseResponseError(
+            f"{_describe(method, path)} answered a body that is not JSON ({err.__class__.__name__}: {err}); "
+            f"it starts with {_snippet(body, 120)!r}"
+        ) from None
+
+
+def check_persons(value: Any, method: str, path: str) -> list[dict]:
+    if not isinstance(value, list) or not all(isinstance(p, dict) for p in value):
+        raise KakaoPoseResponseError(
+            f"{_describe(method, path)} answered {type(value).__name__}, expected a JSON list of persons"
+        )
+    return value
+
+
+def check_job_id(value: Any, method: str, path: str) -> str:
+    job_id = value.get("job_id") if isinstance(value, dict) else None
+    if not isinstance(job_id, str) or not job_id:
+        raise KakaoPoseResponseError(f"{_describe(method, path)} answered without a job_id: {value!r:.200}")
+    return job_id
+
+
+def check_job(value: Any, method: str, path: str) -> dict:
+    status = value.get("status") if isinstance(value, dict) else None
+    if status not in JOB_STATUSES:
+        raise KakaoPoseResponseError(
+            f"{_describe(method, path)} answered an unknown job status {status!r}"
+            f" (expected one of {', '.join(sorted(JOB_STATUSES))})"
+        )
+    return value
+
+
+def job_path(job_id: str) -> str:
+    """``/pose/job/{job_id}``, refusing ids that would change the path."""
+    if not isinstance(job_id, str) or not job_id.strip():
+        raise KakaoPoseInputError(f"job_id must be a non-empty string, not {job_id!r}")
+    if any(c in job_id for c in "/?#% \t\r\n"):
+        raise KakaoPoseInputError(f"job_id {job_id!r} contains characters a job id never has")
+    return f"/pose/job/{job_id}"
+
+
+# ---------------------------------------------------------------------------------------------- retry
+
+
+def _is_retryable(err: BaseException) -> bool:
+    return isinstance(err, KakaoPoseError) and err.retryable
+
+
+def retry_kwargs(settings: ConnSettings, log: logging.Logger, what: str) -> dict[str, Any]:
+    """Keyword arguments for tenacity's ``Retrying`` *and* ``AsyncRetrying``: one policy for both hooks.
+
+    Exponential backoff with jitter; a ``Retry-After`` from the service replaces the backoff (capped at
+    ``retry_wait_max``). Only retryable :class:`KakaoPoseError` s are retried; the last error is re-raised.
+    """
+    backoff = wait_exponential_jitter(
+        multiplier=settings.retry_wait_initial,
+        max=settings.retry_wait_max,
+        jitter=settings.retry_wait_initial,
+    )
+
+    def wait(state: RetryCallState) -> float:
+        err = state.outcome.exception() if state.outcome else None
+        retry_after = getattr(err, "retry_after", None)
+        if retry_after is not None:
+            return min(retry_after, settings.retry_wait_max)
+        return backoff(state)
+
+    def before_sleep(state: RetryCallState) -> None:
+        err = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "%s: attempt %d of %d failed (%s); retrying in %.2f s",
+            what,
+            state.attempt_number,
+            settings.max_retries + 1,
+            err,
+            state.upcoming_sleep,
+        )
+
+    return {
+        "stop": stop_after_attempt(settings.max_retries + 1),
+        "wait": wait,
+        "retry": retry_if_exception(_is_retryable),
+        "before_sleep": before_sleep,
+        "reraise": True,
+    }
+
+
+class RateLimiter:
+    """Spaces requests at least ``1/rate`` seconds apart; thread-safe, shared by sync and async callers.
+
+    :meth:`reserve` books the next free slot and returns how long the caller must wait for it; the lock is
+    held only for that arithmetic, so it never blocks an event loop.
+    """
+
+    def __init__(self, rate_per_second: float | None) -> None:
+        self.interval = 1.0 / rate_per_second if rate_per_second else 0.0
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def reserve(self) -> float:
+        if not self.interval:
+            return 0.0
+        with self._lock:
+            now = time.monotonic()
+            slot = max(now, self._next)
+            self._next = slot + self.interval
+            return slot - now
+
+    def acquire(self) -> None:
+        """Block the calling thread until its slot (sync hook)."""
+        delay = self.reserve()
+        if delay > 0:
+            time.sleep(delay)
+
+
+# -------------------------------------------------------------------------------------------- uploads
+
+_MIME = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "heic": "image/heic"}
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A file ready to send as the multipart field ``file`` (bytes are kept so a retry can resend them)."""
+
+    name: str
+    data: bytes = field(repr=False)
+    content_type: str = "application/octet-stream"
+
+
+def read_upload(file: str | os.PathLike | bytes | IO[bytes] | Any, kind: str) -> Upload:
+    """Read ``file`` (path, bytes, binary file object or anything with ``read_bytes()``) into an Upload."""
+    if isinstance(file, bytes | bytearray | memoryview):
+        data, name = bytes(file), None
+    elif isinstance(file, str | os.PathLike):
+        path = os.fspath(file)
+        if not os.path.exists(path):
+            raise KakaoPoseInputError(f"{kind} file {path!r} does not exist")
+        if os.path.isdir(path):
+            raise KakaoPoseInputError(f"{kind} file {path!r} is a directory, not a file")
+        with open(path, "rb") as fh:
+            data = fh.read()
+        name = os.path.basename(path)
+    elif hasattr(file, "read"):
+        data = file.read()
+        if isinstance(data, str):
+            raise KakaoPoseInputError(f"{kind} file object {file!r} is open in text mode; open it with 'rb'")
+        name = os.path.basename(str(getattr(file, "name", "") or "")) or None
+    elif hasattr(file, "read_bytes"):  # pathlib-like, e.g. Airflow's ObjectStoragePath
+        if hasattr(file, "exists") and not file.exists():
+            raise KakaoPoseInputError(f"{kind} file {str(file)!r} does not exist")
+        data, name = file.read_bytes(), getattr(file, "name", None)
+    else:
+        raise KakaoPoseInputError(
+            f"{kind} file must be a path, bytes or a binary file object, not {type(file).__name__}"
+        )
+    info = sniff_image(data) if kind == "image" else None
+    content_type = _MIME.get(info.format, "application/octet-stream") if info else "application/octet-stream"
+    if not name:
+        name = f"{kind}.{info.format}" if info else kind
+    return Upload(name=name, data=data, content_type=content_type)
+
+
+def one_of(url: Any, file: Any, url_name: str, kind: str) -> None:
+    if (url is None) == (file is None):
+        which = "both" if url is not None else "neither"
+        raise KakaoPoseInputError(f"Give exactly one of {url_name} or file for the {kind}; got {which}")
+
+
+def check_image_input(
+    image_url: str | None, upload: Upload | None, settings: ConnSettings, limits: Limits = DEFAULT_LIMITS
+) -> None:
+    """Pre-flight rules for an image; all skipped when the connection says ``validate_inputs: false``."""
+    if not settings.validate_inputs:
+        return
+    problems = check_url(image_url, "image_url") if image_url is not None else []
+    if upload is not None:
+        problems = check_image_bytes(upload.data, upload.name, limits)
+    _raise_problems(problems)
+
+
+def check_video_input(
+    video_url: str | None,
+    upload: Upload | None,
+    callback_url: str | None,
+    settings: ConnSettings,
+    limits: Limits = DEFAULT_LIMITS,
+) -> None:
+    """Pre-flight rules for a video job; all skipped when the connection says ``validate_inputs: false``."""
+    if not settings.validate_inputs:
+        return
+    problems = check_url(video_url, "video_url") if video_url is not None else []
+    if upload is not None:
+        problems += check_video_size(len(upload.data), upload.name, limits)
+    if callback_url is not None:
+        problems += check_url(callback_url, "callback_url")
+    _raise_problems(problems)
+
+
+def _raise_problems(problems: list[str]) -> None:
+    if problems:
+        raise KakaoPoseInputError("; ".join(problems))

@@ -1,0 +1,388 @@
+"""Hooks for the Kakao Brain Pose API: :class:`KakaoPoseHook` (sync, requests) and
+:class:`KakaoPoseAsyncHook` (async, aiohttp, for triggers).
+
+Both read the ``kakao_pose`` connection (password = REST API key, host = API base URL, extras for timeouts,
+retries, rate limit and input checks) and share one policy for errors, retries and rate limiting
+(:mod:`airflow_provider_kakaopose.hooks._client`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from functools import cached_property
+from typing import IO, Any
+
+import requests
+from airflow.sdk import BaseHook
+from tenacity import AsyncRetrying, Retrying
+
+from airflow_provider_kakaopose import __version__
+from airflow_provider_kakaopose.exceptions import (
+    KakaoPoseAuthError,
+    KakaoPoseConnectionError,
+    KakaoPoseError,
+    KakaoPoseInputError,
+)
+from airflow_provider_kakaopose.get_provider_info import (
+    CONN_FIELDS,
+    CONN_TYPE,
+    DEFAULT_BASE_URL,
+    DEFAULT_CONN_ID,
+)
+from airflow_provider_kakaopose.hooks._client import (
+    PROBE_JOB_ID,
+    ConnSettings,
+    RateLimiter,
+    Upload,
+    check_image_input,
+    check_job,
+    check_job_id,
+    check_persons,
+    check_response,
+    check_video_input,
+    job_path,
+    one_of,
+    parse_json,
+    read_upload,
+    retry_kwargs,
+    transport_error,
+)
+from airflow_provider_kakaopose.validation import DEFAULT_LIMITS, Limits
+
+FileInput = str | os.PathLike | bytes | IO[bytes]
+
+__all__ = ["KakaoPoseAsyncHook", "KakaoPoseHook"]
+
+
+class _KakaoPoseHookBase(BaseHook):
+    """Connection handling common to both hooks."""
+
+    conn_name_attr = "kakao_pose_conn_id"
+    default_conn_name = DEFAULT_CONN_ID
+    conn_type = CONN_TYPE
+    hook_name = "Kakao Brain Pose"
+
+    def __init__(
+        self,
+        kakao_pose_conn_id: str = DEFAULT_CONN_ID,
+        *,
+        limits: Limits | None = None,
+        logger_name: str | None = None,
+    ) -> None:
+        super().__init__(logger_name=logger_name)
+        self.kakao_pose_conn_id = kakao_pose_conn_id
+        #: Input limits for pre-flight checks; pass your own for a partnership's higher limits.
+        self.limits = limits or DEFAULT_LIMITS
+        self._settings: ConnSettings | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(kakao_pose_conn_id={self.kakao_pose_conn_id!r})"
+
+    def _settings_from(self, conn: Any) -> ConnSettings:
+        settings = ConnSettings.from_connection(conn, self.log)
+        _mask(settings.api_key)
+        return settings
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """Relabel the standard connection form: password is the REST API key, host the base URL."""
+        return {
+            "hidden_fields": ["schema", "login", "port", "extra"],
+            "relabeling": {"password": "REST API key", "host": "API base URL"},
+            "placeholders": {"host": DEFAULT_BASE_URL, "password": "REST API key from Kakao Developers"},
+        }
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """Form fields for the connection's extras (Airflow 3 also reads them from provider info)."""
+        try:
+            from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
+            from flask_babel import lazy_gettext
+            from wtforms import BooleanField, StringField
+        except ImportError:  # Airflow 3's UI builds the form from provider info's conn-fields
+            return {}
+        widgets: dict[str, Any] = {}
+        for name, spec in CONN_FIELDS.items():
+            if "boolean" in spec["schema"]["type"]:
+                widgets[name] = BooleanField(lazy_gettext(spec["label"]), default=spec["schema"]["default"])
+            else:
+                widgets[name] = StringField(lazy_gettext(spec["label"]), widget=BS3TextFieldWidget())
+        return widgets
+
+
+def _mask(secret: str) -> None:
+    """Register the key with Airflow's log masker (a no-op outside Airflow's logging)."""
+    try:
+        from airflow.sdk.log import mask_secret
+
+        mask_secret(secret)
+    except Exception:
+        pass
+
+
+class KakaoPoseHook(_KakaoPoseHookBase):
+    """Synchronous client for the Pose API on one pooled ``requests`` session.
+
+    :param kakao_pose_conn_id: the ``kakao_pose`` connection to use.
+    :param limits: input limits for pre-flight checks (default: the service's free-tier limits).
+
+    Calls are retried with exponential backoff and jitter on connection errors, timeouts, HTTP 429, 5xx
+    and Kakao codes -1/-10, honouring ``Retry-After``; all calls of one hook share one client-side rate
+    limiter when the connection sets ``rate_limit_per_second``. The hook is safe to use from several threads.
+    """
+
+    def __init__(
+        self,
+        kakao_pose_conn_id: str = DEFAULT_CONN_ID,
+        *,
+        limits: Limits | None = None,
+        logger_name: str | None = None,
+    ) -> None:
+        super().__init__(kakao_pose_conn_id, limits=limits, logger_name=logger_name)
+        self._lock = threading.Lock()
+
+    @property
+    def settings(self) -> ConnSettings:
+        """The connection's parsed settings (looked up once per hook)."""
+        if self._settings is None:
+            with self._lock:
+                if self._settings is None:
+                    self._settings = self._settings_from(self.get_connection(self.kakao_pose_conn_id))
+        return self._settings
+
+    @cached_property
+    def rate_limiter(self) -> RateLimiter:
+        return RateLimiter(self.settings.rate_limit_per_second)
+
+    @cached_property
+    def session(self) -> requests.Session:
+        """The pooled HTTP session (sized for concurrent batches)."""
+        session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=64, max_retries=0)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        session.headers.update(
+            {"User-Agent": f"airflow-provider-kakaopose/{__version__}", "Accept": "application/json"}
+        )
+        return session
+
+    def get_conn(self) -> requests.Session:
+        """Return the pooled ``requests`` session (authorization is added per request)."""
+        return self.session
+
+    def close(self) -> None:
+        """Close the pooled session."""
+        if "session" in self.__dict__:
+            self.session.close()
+            del self.__dict__["session"]
+
+    # ------------------------------------------------------------------------------------------ transport
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        fields: dict[str, str] | None = None,
+        upload: Upload | None = None,
+        settings: ConnSettings | None = None,
+    ) -> bytes:
+        """Send one logical request (with retries) and return the 2xx body; errors are mapped."""
+        s = settings or self.settings
+        url = s.base_url + path
+        attempts = 0
+
+        def attempt() -> bytes:
+            nonlocal attempts
+            attempts += 1
+            self.rate_limiter.acquire()
+            files = {"file": (upload.name, upload.data, upload.content_type)} if upload else None
+            try:
+                resp = self.session.request(
+                    method,
+                    url,
+                    data=fields,
+                    files=files,
+                    headers=s.auth_header,
+                    timeout=(s.connect_timeout, s.read_timeout),
+                )
+                body = resp.content
+            except (
+                requests.exceptions.ConnectionError,
+                requests.exceptions.Timeout,
+                requests.exceptions.ChunkedEncodingError,
+            ) as err:
+                raise _with_attempts(transport_error(method, path, s.base_url, err), attempts) from None
+            except requests.exceptions.RequestException as err:
+                raise KakaoPoseError(f"{method} {path} to {s.base_url} failed: {err}") from None
+            try:
+                return check_response(method, path, resp.status_code, resp.headers, body)
+            except KakaoPoseError as err:
+                raise _with_attempts(err, attempts) from None
+
+        return Retrying(**retry_kwargs(s, self.log, f"{method} {path}"))(attempt)
+
+    # --------------------------------------------------------------------------------------------- API
+
+    def analyze_image(self, *, image_url: str | None = None, file: FileInput | None = None) -> list[dict]:
+        """Detect people in one image: ``POST /pose``.
+
+        :param image_url: an http(s) URL the service fetches (sent form-urlencoded).
+        :param file: a path, bytes or a binary file object (sent as multipart field ``file``).
+        :return: the service's list of persons (``area``, ``bbox``, ``category_id``, ``keypoints``, ``score``).
+        """
+        one_of(image_url, file, "image_url", "image")
+        upload = read_upload(file, "image") if file is not None else None
+        check_image_input(image_url, upload, self.settings, self.limits)
+        fields = {"image_url": image_url} if image_url is not None else None
+        body = self._request("POST", "/pose", fields=fields, upload=upload)
+        return check_persons(parse_json(body, "POST", "/pose"), "POST", "/pose")
+
+    def submit_video_job(
+        self,
+        *,
+        video_url: str | None = None,
+        file: FileInput | None = None,
+        smoothing: bool = True,
+        callback_url: str | None = None,
+    ) -> str:
+        """Start a video analysis job: ``POST /pose/job``; returns the ``job_id``.
+
+        :param video_url: an http(s) URL the service fetches.
+        :param file: a path, bytes or a binary file object to upload.
+        :param smoothing: smooth keypoint positions between frames (the service's default is true).
+        :param callback_url: the service calls ``callback_url?job_id=…`` once when the job ends.
+        """
+        one_of(video_url, file, "video_url", "video")
+        if not isinstance(smoothing, bool):
+            raise KakaoPoseInputError(f"smoothing must be True or False, not {smoothing!r}")
+        upload = read_upload(file, "video") if file is not None else None
+        check_video_input(video_url, upload, callback_url, self.settings, self.limits)
+        fields = {"smoothing": "true" if smoothing else "false"}
+        if video_url is not None:
+            fields["video_url"] = video_url
+        if callback_url is not None:
+            fields["callback_url"] = callback_url
+        body = self._request("POST", "/pose/job", fields=fields, upload=upload)
+        return check_job_id(parse_json(body, "POST", "/pose/job"), "POST", "/pose/job")
+
+    def get_job(self, job_id: str) -> dict:
+        """The job's body as the service returns it, whatever the status: ``GET /pose/job/{job_id}``."""
+        path = job_path(job_id)
+        return check_job(parse_json(self._request("GET", path), "GET", path), "GET", path)
+
+    def get_job_bytes(self, job_id: str) -> bytes:
+        """The job's body as raw JSON bytes, unparsed: the fast path for large results (see the tables)."""
+        return self._request("GET", job_path(job_id))
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Check host and key by looking up a job id that cannot exist: no analysis quota is spent."""
+        try:
+            settings = self._settings_from(self.get_connection(self.kakao_pose_conn_id))
+            probe = ConnSettings(**{**settings.__dict__, "max_retries": min(settings.max_retries, 1)})
+            path = job_path(PROBE_JOB_ID)
+            check_job(parse_json(self._request("GET", path, settings=probe), "GET", path), "GET", path)
+        except KakaoPoseAuthError as err:
+            return False, f"The service refused the REST API key: {err}"
+        except KakaoPoseConnectionError as err:
+            return False, f"Cannot reach the Pose API: {err}"
+        except Exception as err:
+            return False, f"Connection check failed: {err}"
+        return True, f"Connected to {settings.base_url}; the REST API key was accepted"
+
+
+class KakaoPoseAsyncHook(_KakaoPoseHookBase):
+    """Asynchronous client (aiohttp) for polling jobs from a trigger, with the sync hook's retry rules.
+
+    The connection is looked up asynchronously, so nothing blocks the triggerer's event loop. Use it as an
+    async context manager to reuse one HTTP session for many calls; without it, each call opens and closes
+    its own session.
+    """
+
+    def __init__(
+        self,
+        kakao_pose_conn_id: str = DEFAULT_CONN_ID,
+        *,
+        limits: Limits | None = None,
+        logger_name: str | None = None,
+    ) -> None:
+        super().__init__(kakao_pose_conn_id, limits=limits, logger_name=logger_name)
+        self._session: Any = None
+        self._rate_limiter: RateLimiter | None = None
+        self._settings_lock = asyncio.Lock()
+
+    async def get_settings(self) -> ConnSettings:
+        """The connection's parsed settings, looked up without blocking the event loop."""
+        async with self._settings_lock:  # concurrent first calls must share one limiter
+            if self._settings is None:
+                settings = self._settings_from(await self.aget_connection(self.kakao_pose_conn_id))
+                self._rate_limiter = RateLimiter(settings.rate_limit_per_second)
+                self._settings = settings
+        return self._settings
+
+    async def __aenter__(self) -> KakaoPoseAsyncHook:
+        import aiohttp
+
+        self._session = aiohttp.ClientSession(headers={"Accept": "application/json"})
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the shared session, if one was opened."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _request(self, method: str, path: str) -> bytes:
+        import aiohttp
+
+        s = await self.get_settings()
+        assert self._rate_limiter is not None
+        limiter = self._rate_limiter
+        url = s.base_url + path
+        timeout = aiohttp.ClientTimeout(sock_connect=s.connect_timeout, sock_read=s.read_timeout)
+        attempts = 0
+
+        async def attempt(session: aiohttp.ClientSession) -> bytes:
+            nonlocal attempts
+            attempts += 1
+            delay = limiter.reserve()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            try:
+                async with session.request(method, url, headers=s.auth_header, timeout=timeout) as resp:
+                    body = await resp.read()
+                    status, headers = resp.status, resp.headers
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as err:
+                raise _with_attempts(transport_error(method, path, s.base_url, err), attempts) from None
+            except aiohttp.ClientError as err:
+                raise KakaoPoseError(f"{method} {path} to {s.base_url} failed: {err}") from None
+            try:
+                return check_response(method, path, status, headers, body)
+            except KakaoPoseError as err:
+                raise _with_attempts(err, attempts) from None
+
+        own = self._session is None
+        session = aiohttp.ClientSession(headers={"Accept": "application/json"}) if own else self._session
+        try:
+            async for retry in AsyncRetrying(**retry_kwargs(s, self.log, f"{method} {path}")):
+                with retry:
+                    return await attempt(session)
+        finally:
+            if own:
+                await session.close()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def get_job(self, job_id: str) -> dict:
+        """The job's body as the service returns it, whatever the status: ``GET /pose/job/{job_id}``."""
+        path = job_path(job_id)
+        return check_job(parse_json(await self._request("GET", path), "GET", path), "GET", path)
+
+
+def _with_attempts(err: KakaoPoseError, attempts: int) -> KakaoPoseError:
+    err.attempts = attempts  # type: ignore[attr-defined]
+    return err

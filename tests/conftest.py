@@ -1,0 +1,74 @@
+"""Shared fixtures: an emulator on loopback, connections from the environment, and a key-leak guard."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# Airflow must find a private home before it is first imported.
+os.environ.setdefault("AIRFLOW_HOME", str(ROOT / ".airflow" / "tests"))
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
+
+#: A canary: the key given to the emulator. It must never show in any captured output.
+API_KEY = "canary-4f1e9b7d2c-do-not-log"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Fail any test whose captured stdout, stderr or log shows the API key."""
+    report = yield
+    for name, text in report.sections:
+        if name.endswith(f" {call.when}") and API_KEY in text and report.outcome != "failed":
+            report.outcome = "failed"
+            report.longrepr = f"The API key leaked into captured output ({name})"
+    return report
+
+
+@pytest.fixture
+def emulator():
+    """A Pose API emulator on an ephemeral loopback port, with quick jobs."""
+    from airflow_provider_kakaopose.emulator import PoseEmulator
+
+    with PoseEmulator(api_key=API_KEY, seed=7, job_waiting_s=0.2, job_processing_s=0.4) as emu:
+        yield emu
+
+
+@pytest.fixture
+def make_conn(monkeypatch, emulator):
+    """Define a ``kakao_pose`` connection in the environment pointing at the emulator; returns its id."""
+    counter = iter(range(10_000))
+
+    def make(*, password: str = API_KEY, host: str | None = None, **extra) -> str:
+        conn_id = f"kakao_pose_test_{next(counter)}"
+        settings = {"max_retries": 3, "retry_wait_initial": 0.01, "retry_wait_max": 0.05, **extra}
+        conn = {"conn_type": "kakao_pose", "host": host or emulator.base_url, "password": password, "extra": settings}
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+        return conn_id
+
+    return make
+
+
+def image_bytes(width: int = 640, height: int = 480, fmt: str = "PNG") -> bytes:
+    """A real image of the given size and format, made with Pillow."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (120, 80, 40)).save(buf, fmt)
+    return buf.getvalue()
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (bound then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+pytest_plugins = ["pytester"]
