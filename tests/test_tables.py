@@ -1,0 +1,616 @@
+"""Tests for :mod:`airflow_provider_kakaopose.tables`."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import math
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import duckdb
+import fsspec
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from airflow_provider_kakaopose import tables
+from airflow_provider_kakaopose.exceptions import (
+    KakaoPoseError,
+    KakaoPoseJobFailedError,
+    KakaoPoseJobNotFoundError,
+)
+from airflow_provider_kakaopose.tables import (
+    COLUMNS,
+    KEYPOINT_NAMES,
+    SKELETON,
+    keypoints_reader,
+    keypoints_table,
+    read_keypoints,
+    to_coco,
+    write_parquet,
+)
+
+SAMPLES = Path("/work/shared/api/samples")
+if not SAMPLES.exists():  # pragma: no cover - the repo's own copy, if the shared folder is absent
+    SAMPLES = Path(__file__).parent / "data" / "samples"
+
+
+def sample(name: str) -> bytes:
+    return (SAMPLES / name).read_bytes()
+
+
+@pytest.fixture
+def fast_only(monkeypatch):
+    """Fail if the raw-bytes path falls back to json + Python loop."""
+
+    def no_slow(*a, **k):
+        raise AssertionError("fell back to the slow path")
+
+    monkeypatch.setattr(tables, "_slow", no_slow)
+
+
+def person(seed: int = 0, undetected: tuple[int, ...] = ()) -> dict:
+    rng = np.random.default_rng(seed)
+    kp = np.round(rng.uniform(0, 1280, size=(17, 3)), 2)
+    kp[:, 2] = np.round(rng.uniform(0, 1, size=17), 4)
+    for k in undetected:
+        kp[k - 1] = 0.0
+    return {
+        "area": round(float(rng.uniform(1e4, 3e5)), 4),
+        "bbox": np.round(rng.uniform(0, 700, size=4), 2).tolist(),
+        "category_id": 1,
+        "keypoints": kp.ravel().tolist(),
+        "score": round(float(rng.uniform(0, 1)), 4),
+    }
+
+
+def video(frames: list[list[dict]], fps: float = 30.0) -> dict:
+    return {
+        "annotations": [{"frame_num": i, "objects": objs} for i, objs in enumerate(frames)],
+        "categories": json.loads(sample("job_success_response.json"))["categories"],
+        "info": {"version": "191227"},
+        "job_id": "job-1",
+        "status": "success",
+        "video": {"fps": fps, "frames": len(frames), "height": 720, "width": 1280},
+    }
+
+
+def approx_equal(a, b, tol: float = 1e-3, path: str = "") -> None:
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and list(a) == list(b), path
+        for k in a:
+            approx_equal(a[k], b[k], tol, f"{path}.{k}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), f"{path}: {len(a)} != {len(b)}"
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            approx_equal(x, y, tol, f"{path}[{i}]")
+    elif isinstance(a, float) or isinstance(b, float):
+        assert math.isclose(a, b, abs_tol=tol), f"{path}: {a} != {b}"
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+# ------------------------------------------------------------------------------------------ constants, schema
+
+
+def test_constants_match_the_service():
+    cat = json.loads(sample("job_success_response.json"))["categories"][0]
+    assert list(KEYPOINT_NAMES) == cat["keypoints"]
+    assert [list(p) for p in SKELETON] == cat["skeleton"]
+    assert len(SKELETON) == 19
+
+
+def test_columns_and_types():
+    t = keypoints_table(sample("job_success_response.json"))
+    assert tuple(t.column_names) == COLUMNS
+    types_ = {f.name: str(f.type) for f in t.schema}
+    assert types_ == {
+        "source": "dictionary<values=string, indices=int8, ordered=0>",
+        "job_id": "dictionary<values=string, indices=int8, ordered=0>",
+        "frame_num": "int32",
+        "time_s": "double",
+        "person_idx": "int16",
+        "keypoint_id": "int8",
+        "keypoint": "dictionary<values=string, indices=int8, ordered=0>",
+        "x": "float",
+        "y": "float",
+        "score": "float",
+        "person_score": "float",
+        "bbox_x": "float",
+        "bbox_y": "float",
+        "bbox_w": "float",
+        "bbox_h": "float",
+        "area": "double",
+    }
+
+
+def test_docs_schema_table_matches_code():
+    doc = (Path(__file__).parents[1] / "docs" / "tables.md").read_text()
+    section = doc.split("## Columns", 1)[1].split("Rules:", 1)[0]
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in section.splitlines() if line.startswith("| `")]
+    names = {"float": "float32", "double": "float64"}
+
+    def arrow_type(t: pa.DataType) -> str:
+        if pa.types.is_dictionary(t):
+            return f"dictionary<{t.index_type}, {t.value_type}>"
+        return names.get(str(t), str(t))
+
+    documented = [(r[0].strip("`"), r[1]) for r in rows]
+    assert documented == [(f.name, arrow_type(f.type)) for f in tables.keypoints_schema()]
+
+
+# ------------------------------------------------------------------------------------------ samples
+
+
+def test_image_sample_rows():
+    raw = sample("image_response.json")
+    answer = json.loads(raw)[0]
+    for t in (keypoints_table(raw, source="pose.jpg"), keypoints_table(json.loads(raw), source="pose.jpg")):
+        assert t.num_rows == 17
+        d = t.to_pydict()
+        assert d["source"] == ["pose.jpg"] * 17
+        assert d["job_id"] == [None] * 17
+        assert d["frame_num"] == [0] * 17
+        assert d["time_s"] == [None] * 17
+        assert d["person_idx"] == [0] * 17
+        assert d["keypoint_id"] == list(range(1, 18))
+        assert d["keypoint"] == list(KEYPOINT_NAMES)
+        kp = np.array(answer["keypoints"]).reshape(17, 3)
+        np.testing.assert_allclose(d["x"], kp[:, 0], atol=1e-3)
+        np.testing.assert_allclose(d["y"], kp[:, 1], atol=1e-3)
+        np.testing.assert_allclose(d["score"], kp[:, 2], atol=1e-6)
+        assert d["x"][0] == pytest.approx(805.4897, abs=1e-3)
+        np.testing.assert_allclose(d["person_score"], [0.7185] * 17, atol=1e-6)
+        for col, v in zip(("bbox_x", "bbox_y", "bbox_w", "bbox_h"), answer["bbox"], strict=True):
+            np.testing.assert_allclose(d[col], [v] * 17, atol=1e-3)
+        assert d["area"] == [101090.2833] * 17
+    meta = t.schema.metadata
+    assert json.loads(meta[b"kakaopose:kind"]) == "image"
+    assert json.loads(meta[b"kakaopose:skeleton"]) == [list(p) for p in SKELETON]
+    approx_equal(to_coco(t), json.loads(raw), tol=1e-9)  # rounded back to the API's 4 decimals
+
+
+def test_video_sample_rows(fast_only):
+    raw = sample("job_success_response.json")
+    parsed = json.loads(raw)
+    t = keypoints_table(raw, source="https://example.com/v.mp4")
+    assert t.equals(keypoints_table(parsed, source="https://example.com/v.mp4"))
+    assert t.num_rows == 17
+    d = t.to_pydict()
+    assert set(d["job_id"]) == {"bb91c265-341d-4661-813b-870cff0de1d3"}
+    assert d["frame_num"] == [0] * 17 and d["time_s"] == [0.0] * 17
+    # right_ear (id 5) was not detected: 0.0, 0.0, 0.0 -> null x/y, score 0
+    assert d["keypoint"][4] == "right_ear"
+    assert d["x"][4] is None and d["y"][4] is None and d["score"][4] == 0.0
+    assert d["x"][0] == pytest.approx(517.0) and d["y"][0] == pytest.approx(185.81, abs=1e-3)
+    assert d["area"][0] == 211350.1765
+    meta = t.schema.metadata
+    assert json.loads(meta[b"kakaopose:video"]) == {"fps": 29.97, "frames": 30, "height": 720, "width": 1280}
+    assert json.loads(meta[b"kakaopose:info"]) == parsed["info"]
+    assert json.loads(meta[b"kakaopose:skeleton"]) == parsed["categories"][0]["skeleton"]
+    assert json.loads(meta[b"kakaopose:annotations"]) == 1
+    approx_equal(to_coco(t), parsed, tol=1e-9)
+
+
+def test_file_object_and_str_inputs(fast_only):
+    raw = sample("job_success_response.json")
+    t = keypoints_table(raw)
+    assert keypoints_table(io.BytesIO(raw)).equals(t)
+    assert keypoints_table(raw.decode()).equals(t)
+    assert keypoints_table(bytearray(raw)).equals(t)
+    with (SAMPLES / "job_success_response.json").open("rb") as f:
+        assert keypoints_table(f).equals(t)
+
+
+# ------------------------------------------------------------------------------------------ semantics
+
+
+def test_undetected_keypoints_do_not_drag_averages():
+    r = video([[person(1, undetected=(1, 2)), person(2)], [person(3, undetected=(1,))]])
+    t = keypoints_table(r)
+    df = t.to_pandas()
+    nose = df[df.keypoint == "nose"]
+    assert nose.x.isna().sum() == 2 and (nose.score[nose.x.isna()] == 0).all()
+    expected = r["annotations"][0]["objects"][1]["keypoints"][0]
+    assert nose.x.mean() == pytest.approx(expected, abs=1e-3)
+    # a keypoint at the origin with a score is a detection, not a gap
+    p = person(4)
+    p["keypoints"][0:3] = [0.0, 0.0, 0.5]
+    d = keypoints_table([p]).to_pydict()
+    assert d["x"][0] == 0.0 and d["y"][0] == 0.0 and d["score"][0] == 0.5
+
+
+def test_empty_frames_have_no_rows_but_come_back():
+    r = video([[], [person(1)], [], [], [person(2), person(3)], []])
+    t = keypoints_table(json.dumps(r).encode())
+    assert t.num_rows == 3 * 17
+    assert sorted(set(t.column("frame_num").to_pylist())) == [1, 4]
+    assert t.column("time_s").to_pylist()[0] == pytest.approx(1 / 30)
+    approx_equal(to_coco(t), r)
+    nobody = video([[], [], []])
+    t = keypoints_table(json.dumps(nobody).encode())
+    assert t.num_rows == 0 and json.loads(t.schema.metadata[b"kakaopose:job_id"]) == "job-1"
+    approx_equal(to_coco(t), nobody)
+    assert to_coco(keypoints_table([])) == []
+
+
+def test_many_persons():
+    crowd = [person(i) for i in range(300)]
+    r = video([crowd, crowd[:5]])
+    t = keypoints_table(json.dumps(r, separators=(",", ":")).encode())
+    assert t.num_rows == 305 * 17
+    d = t.select(["frame_num", "person_idx"]).to_pandas()
+    assert d[d.frame_num == 0].person_idx.max() == 299
+    assert d[d.frame_num == 1].person_idx.tolist() == [i for i in range(5) for _ in range(17)]
+    approx_equal(to_coco(t), r)
+
+
+def test_to_coco_accepts_unsorted_tables_and_dataframes():
+    r = video([[person(1), person(2)], [person(3)]])
+    t = keypoints_table(r)
+    shuffled = t.take(np.random.default_rng(0).permutation(t.num_rows))
+    approx_equal(to_coco(shuffled), r)
+    df = t.to_pandas()
+    df.attrs["kakaopose"] = tables._read_metadata(t.schema.metadata)
+    approx_equal(to_coco(df), r)
+    with pytest.raises(KakaoPoseError, match="keypoints 1..17"):
+        to_coco(t.slice(0, 17 * 2).take(list(range(17)) * 2))
+
+
+# ------------------------------------------------------------------------------------------ formatting, fast path
+
+FORMATS = {
+    "default": {},
+    "compact": {"separators": (",", ":")},
+    "indent": {"indent": 2},
+    "tabs": {"indent": "\t"},
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_fast_path_handles_formattings(fmt, fast_only):
+    r = video([[person(1)], [], [person(2), person(3, undetected=(5,))]])
+    expected = keypoints_table(r)
+    assert keypoints_table(json.dumps(r, **FORMATS[fmt]).encode()).equals(expected)
+
+
+def test_fast_path_key_order_and_odd_whitespace(fast_only):
+    r = video([[person(1)], [person(2)]])
+    reordered = {k: r[k] for k in ("video", "status", "job_id", "info", "categories", "annotations")}
+    reordered["annotations"] = [
+        {"objects": [dict(reversed(list(p.items()))) for p in a["objects"]], "frame_num": a["frame_num"]}
+        for a in r["annotations"]
+    ]
+    expected = keypoints_table(r)
+    assert keypoints_table(json.dumps(reordered).encode()).equals(expected)
+    odd = " \n" + json.dumps(reordered).replace("}]}, {", "}]} \r\n ,\t{") + "\n\n"
+    assert keypoints_table(odd.encode()).equals(expected)
+
+
+def test_fallback_is_correct_for_escapes_and_strings():
+    r = video([[person(1)], [person(2)]])
+    r["annotations"][0]["note"] = 'he said "}, {" \\ ok'
+    r["annotations"][1]["objects"][0]["extra"] = {"a": ["]", "{"]}
+    r["info"]["url"] = "https:\\/\\/www.kakaobrain.com"
+    t = keypoints_table(json.dumps(r).encode())
+    assert t.num_rows == 34
+    clean = video([[person(1)], [person(2)]])
+    assert t.drop_columns([]).equals(keypoints_table(clean).replace_schema_metadata(t.schema.metadata))
+
+
+def test_reader_streams_the_same_rows(tmp_path):
+    r = video([[person(i), person(i + 100)] for i in range(50)])
+    raw = json.dumps(r).encode()
+    reader = keypoints_reader(raw, source="v.mp4")
+    assert isinstance(reader, pa.RecordBatchReader)
+    assert reader.read_all().equals(keypoints_table(raw, source="v.mp4"))
+    n = write_parquet(keypoints_reader(raw, source="v.mp4"), tmp_path / "s.parquet", row_group_size=1000)
+    assert n == 100 * 17
+    f = pq.ParquetFile(tmp_path / "s.parquet")
+    assert [f.metadata.row_group(i).num_rows for i in range(f.num_row_groups)] == [1000, 700]
+    assert f.read().equals(keypoints_table(raw, source="v.mp4").cast(f.schema_arrow))
+
+
+def test_small_pieces_cover_everything(monkeypatch, fast_only):
+    monkeypatch.setattr(tables, "_PIECE_BYTES", 2000)
+    monkeypatch.setattr(tables, "_SCAN_CHUNK", 777)
+    r = video([[person(i)] * (i % 3) for i in range(40)])
+    t = keypoints_table(json.dumps(r, indent=1).encode())
+    approx_equal(to_coco(t), r)
+
+
+def test_fallback_half_way_replays_the_rest(monkeypatch):
+    monkeypatch.setattr(tables, "_PIECE_BYTES", 3000)
+    r = video([[person(i)] for i in range(20)])
+    text = json.dumps(r)
+    # a duplicated key deep in the body: valid JSON (last wins) that pyarrow refuses -> fallback mid-stream
+    needle = json.dumps(r["annotations"][15]["objects"][0])
+    text = text.replace(needle, needle[:-1] + ', "score": ' + str(r["annotations"][15]["objects"][0]["score"]) + "}")
+    approx_equal(to_coco(keypoints_table(text.encode())), r)
+    r["annotations"][17]["objects"][0]["keypoints"][4] = "oops"
+    with pytest.raises(KakaoPoseError, match=r"annotations\[17\] \(frame_num 17\) person 0: keypoints\[4\]"):
+        keypoints_table(json.dumps(r).encode())
+
+
+# ------------------------------------------------------------------------------------------ property-based
+
+coord = st.floats(0, 4096, allow_nan=False).map(lambda v: round(v, 2))
+unit = st.floats(0, 1, allow_nan=False).map(lambda v: round(v, 4))
+
+
+@st.composite
+def persons_st(draw):
+    kps = []
+    for _ in range(17):
+        if draw(st.integers(0, 9)) == 0:
+            kps += [0.0, 0.0, 0.0]
+        else:
+            kps += [draw(coord), draw(coord), draw(unit)]
+    return {
+        "area": draw(st.floats(0, 4e6, allow_nan=False).map(lambda v: round(v, 4))),
+        "bbox": [draw(coord) for _ in range(4)],
+        "category_id": 1,
+        "keypoints": kps,
+        "score": draw(unit),
+    }
+
+
+@st.composite
+def videos_st(draw):
+    frames = draw(st.lists(st.lists(persons_st(), max_size=4), max_size=6))
+    return video(frames, fps=draw(st.sampled_from([1.0, 24.0, 29.97, 30.0, 59.94, 120.0])))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(r=videos_st(), fmt=st.sampled_from(sorted(FORMATS)), raw=st.booleans())
+def test_round_trip_video(r, fmt, raw):
+    given_ = json.dumps(r, **FORMATS[fmt]).encode() if raw else copy.deepcopy(r)
+    approx_equal(to_coco(keypoints_table(given_)), r)
+
+
+@settings(max_examples=40, deadline=None)
+@given(r=st.lists(persons_st(), max_size=5), raw=st.booleans())
+def test_round_trip_image(r, raw):
+    approx_equal(to_coco(keypoints_table(json.dumps(r).encode() if raw else r)), r)
+
+
+# ------------------------------------------------------------------------------------------ malformed shapes
+
+
+def _mutate(path, value):
+    def f(r):
+        obj = r
+        for key in path[:-1]:
+            obj = obj[key]
+        if value is _DELETE:
+            del obj[path[-1]]
+        else:
+            obj[path[-1]] = value
+        return r
+
+    return f
+
+
+_DELETE = object()
+P = ("annotations", 1, "objects", 1)
+MALFORMED = {
+    "keypoints 50": (_mutate((*P, "keypoints"), [1.0] * 50), r"annotations\[1\] \(frame_num 1\) person 1.*51"),
+    "keypoints 52": (_mutate((*P, "keypoints"), [1.0] * 52), r"person 1: keypoints.*52"),
+    "keypoints missing": (_mutate((*P, "keypoints"), _DELETE), r"person 1: missing field.*keypoints"),
+    "keypoints null": (_mutate((*P, "keypoints"), None), r"person 1.*keypoints"),
+    "keypoint string": (_mutate((*P, "keypoints", 7), "1.5"), r"person 1: keypoints\[7\]"),
+    "keypoint bool": (_mutate((*P, "keypoints", 7), True), r"person 1: keypoints\[7\]"),
+    "keypoint null": (_mutate((*P, "keypoints", 7), None), r"person 1: keypoints\[7\]"),
+    "keypoint nested": (_mutate((*P, "keypoints", 7), [1.0]), r"person 1.*keypoints"),
+    "bbox short": (_mutate((*P, "bbox"), [1.0, 2.0]), r"person 1: bbox.*4"),
+    "bbox string": (_mutate((*P, "bbox", 2), "x"), r"person 1: bbox\[2\]"),
+    "score missing": (_mutate((*P, "score"), _DELETE), r"person 1: missing field.*score"),
+    "score string": (_mutate((*P, "score"), "high"), r"person 1: score"),
+    "area missing": (_mutate((*P, "area"), _DELETE), r"person 1: missing field.*area"),
+    "category 2": (_mutate((*P, "category_id"), 2), r"person 1: category_id must be 1"),
+    "person not object": (_mutate(P, [1, 2]), r"annotations\[1\].*person 1"),
+    "objects missing": (_mutate(("annotations", 1, "objects"), _DELETE), r"annotations\[1\].*objects"),
+    "objects not list": (_mutate(("annotations", 1, "objects"), {"a": 1}), r"annotations\[1\].*objects"),
+    "frame_num missing": (_mutate(("annotations", 1, "frame_num"), _DELETE), r"annotations\[1\].*frame_num"),
+    "frame_num string": (_mutate(("annotations", 1, "frame_num"), "1"), r"annotations\[1\].*frame_num"),
+    "frame_num repeated": (_mutate(("annotations", 1, "frame_num"), 0), r"annotations\[1\].*increasing"),
+    "annotation not object": (_mutate(("annotations", 1), 5), r"annotations\[1\]"),
+    "annotations not list": (_mutate(("annotations",), {"x": 1}), r"'annotations' must be a list"),
+    "annotations missing": (_mutate(("annotations",), _DELETE), r"no 'annotations'"),
+    "video missing": (_mutate(("video",), _DELETE), r"no 'video'"),
+    "fps missing": (_mutate(("video", "fps"), _DELETE), r"'video' has no 'fps'"),
+    "fps zero": (_mutate(("video", "fps"), 0), r"fps must be positive"),
+    "categories missing": (_mutate(("categories",), _DELETE), r"no 'categories'"),
+    "info missing": (_mutate(("info",), _DELETE), r"no 'info'"),
+    "status processing": (_mutate(("status",), "processing"), r"not finished"),
+    "status odd": (_mutate(("status",), "done"), r"status is 'done'"),
+}
+
+
+@pytest.mark.parametrize("raw", [False, True], ids=["parsed", "raw"])
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_raises_with_location(case, raw):
+    mutate, pattern = MALFORMED[case]
+    r = mutate(video([[person(1)], [person(2), person(3)], [person(4)]]))
+    with pytest.raises(KakaoPoseError, match=pattern):
+        keypoints_table(json.dumps(r).encode() if raw else r)
+
+
+@pytest.mark.parametrize(
+    "body, error",
+    [
+        (b"", "not valid JSON"),
+        (b'{"annotations": [', "not valid JSON"),
+        (b"[1, 2]", "image person 0: a person must be an object"),
+        (b"42", "expected a list of persons"),
+        (b'{"annotations": [], "status": "success"} trailing', "not valid JSON"),
+        (sample("job_failed_response.json"), "Failed to get video"),
+        (sample("job_processing_response.json"), "not finished"),
+        (sample("error_invalid_key.json"), "status is None"),
+    ],
+)
+def test_malformed_bodies(body, error):
+    with pytest.raises(KakaoPoseError, match=error):
+        keypoints_table(body)
+
+
+def test_job_status_errors_are_specific():
+    with pytest.raises(KakaoPoseJobFailedError, match="Failed to get video"):
+        keypoints_table(json.loads(sample("job_failed_response.json")))
+    with pytest.raises(KakaoPoseJobNotFoundError):
+        keypoints_table({"job_id": "x", "status": "not found"})
+    with pytest.raises(KakaoPoseError, match="must be a parsed answer"):
+        keypoints_table(12)  # type: ignore[arg-type]
+
+
+def test_image_person_errors_name_the_person():
+    with pytest.raises(KakaoPoseError, match=r"image person 1: keypoints must be a list of 51"):
+        keypoints_table([person(1), {**person(2), "keypoints": [1.0] * 3}])
+
+
+# ------------------------------------------------------------------------------------------ storage
+
+
+@pytest.fixture
+def table():
+    return keypoints_table(video([[person(1, undetected=(3,))], [], [person(2), person(3)]]), source="v.mp4")
+
+
+def test_local_write_read(tmp_path, table):
+    path = tmp_path / "sub" / "k.parquet"  # missing folders are created
+    assert write_parquet(table, path) == table.num_rows
+    assert [p.name for p in path.parent.iterdir()] == ["k.parquet"]
+    df = read_keypoints(path)
+    assert list(df.columns) == list(COLUMNS)
+    assert str(df.x.dtype) == "float32" and df.x.isna().sum() == 1
+    assert str(df.keypoint.dtype) == "category" and str(df.source.dtype) == "category"
+    assert str(df.frame_num.dtype) == "int32" and str(df.person_idx.dtype) == "int16"
+    assert str(df.keypoint_id.dtype) == "int8" and str(df.area.dtype) == "float64"
+    assert df.attrs["kakaopose"]["video"]["fps"] == 30.0
+    approx_equal(to_coco(df), to_coco(table))
+    # file:// URIs too, and overwriting
+    write_parquet(table.slice(0, 17), f"file://{path}")
+    assert read_keypoints(str(path)).shape[0] == 17
+
+
+def test_parquet_settings(tmp_path, table):
+    write_parquet(table, tmp_path / "k.parquet")
+    md = pq.ParquetFile(tmp_path / "k.parquet").metadata
+    col = md.row_group(0).column(COLUMNS.index("keypoint"))
+    assert col.compression == "ZSTD"
+    assert "RLE_DICTIONARY" in col.encodings or "PLAIN_DICTIONARY" in col.encodings
+    assert md.row_group(0).column(COLUMNS.index("x")).statistics is not None
+    assert b"kakaopose:skeleton" in md.metadata
+
+
+def test_duckdb_reads_documented_types(tmp_path, table):
+    path = tmp_path / "k.parquet"
+    write_parquet(table, path)
+    con = duckdb.connect()
+    described = con.execute(f"DESCRIBE SELECT * FROM read_parquet('{path}')").fetchall()
+    assert [(r[0], r[1]) for r in described] == [
+        ("source", "VARCHAR"),
+        ("job_id", "VARCHAR"),
+        ("frame_num", "INTEGER"),
+        ("time_s", "DOUBLE"),
+        ("person_idx", "SMALLINT"),
+        ("keypoint_id", "TINYINT"),
+        ("keypoint", "VARCHAR"),
+        ("x", "FLOAT"),
+        ("y", "FLOAT"),
+        ("score", "FLOAT"),
+        ("person_score", "FLOAT"),
+        ("bbox_x", "FLOAT"),
+        ("bbox_y", "FLOAT"),
+        ("bbox_w", "FLOAT"),
+        ("bbox_h", "FLOAT"),
+        ("area", "DOUBLE"),
+    ]
+    q = f"SELECT count(*), count(x), avg(score) FROM read_parquet('{path}') WHERE keypoint = 'right_eye'"
+    n, n_x, _ = con.execute(q).fetchall()[0]
+    assert (n, n_x) == (3, 2)
+
+
+def test_memory_uri_and_object_storage_path(table):
+    fs = fsspec.filesystem("memory")
+    uri = "memory://bucket/run/k.parquet"
+    write_parquet(table, uri)
+    assert fs.ls("/bucket/run", detail=False) == ["/bucket/run/k.parquet"]
+    assert read_keypoints(uri).shape == (table.num_rows, len(COLUMNS))
+    osp = types.SimpleNamespace(fs=fs, path="/bucket/run/other.parquet")  # duck-typed ObjectStoragePath
+    write_parquet(keypoints_reader(json.dumps(to_coco(table)).encode()), osp)
+    assert read_keypoints(osp).shape[0] == table.num_rows
+    fs.rm("/bucket", recursive=True)
+
+
+def _failing_writer(monkeypatch):
+    real = tables._write_to
+
+    def half_then_fail(sink, data, row_group_size, compression):
+        if isinstance(sink, str):
+            Path(sink).write_bytes(b"PAR1 half a file")
+        else:
+            sink.write(b"PAR1 half a file")
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(tables, "_write_to", half_then_fail)
+    return real
+
+
+def test_atomic_local_write(tmp_path, table, monkeypatch):
+    path = tmp_path / "k.parquet"
+    write_parquet(table, path)
+    before = path.read_bytes()
+    _failing_writer(monkeypatch)
+    with pytest.raises(OSError, match="disk on fire"):
+        write_parquet(table.slice(0, 17), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["k.parquet"]  # no temporary left behind
+
+
+def test_atomic_memory_write(table, monkeypatch):
+    uri = "memory://atomic/k.parquet"
+    write_parquet(table, uri)
+    fs = fsspec.filesystem("memory")
+    before = fs.cat("/atomic/k.parquet")
+    _failing_writer(monkeypatch)
+    with pytest.raises(OSError):
+        write_parquet(table.slice(0, 17), uri)
+    assert fs.cat("/atomic/k.parquet") == before
+    assert fs.ls("/atomic", detail=False) == ["/atomic/k.parquet"]
+    fs.rm("/atomic", recursive=True)
+
+
+def test_atomic_write_when_the_stream_fails_midway(tmp_path, table):
+    path = tmp_path / "k.parquet"
+    write_parquet(table, path)
+    before = path.read_bytes()
+    r = video([[person(i)] for i in range(30)])
+    r["annotations"][25]["objects"][0]["keypoints"] = [1.0] * 3
+    with pytest.raises(KakaoPoseError, match=r"annotations\[25\]"):
+        write_parquet(keypoints_reader(json.dumps(r).encode()), path, row_group_size=17 * 4)
+    assert path.read_bytes() == before
+
+
+def test_import_is_light():
+    code = (
+        "import sys; import airflow_provider_kakaopose.tables as t; "
+        "import json; print(json.dumps([m for m in ('pyarrow', 'pandas') if m in sys.modules]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "pyarrow" not in loaded and "pandas" not in loaded
+
+
+def test_dataframe_types_in_pandas(table):
+    df = table.to_pandas()
+    assert isinstance(df, pd.DataFrame)
+    assert df.time_s.iloc[0] == 0.0 and df.time_s.iloc[-1] == pytest.approx(2 / 30)
