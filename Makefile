@@ -30,3 +30,6 @@ constraints: install
 
 clean:
 	rm -rf $(VENV) .airflow .pytest_cache .ruff_cache
+
+demo: install
+	$(BIN)/python scripts/demo.py

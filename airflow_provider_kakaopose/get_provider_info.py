@@ -64,10 +64,28 @@ def get_provider_info() -> dict[str, Any]:
                 "tags": ["service"],
             }
         ],
+        "operators": [
+            {
+                "integration-name": "Kakao Brain Pose",
+                "python-modules": ["airflow_provider_kakaopose.operators.pose"],
+            }
+        ],
+        "sensors": [
+            {
+                "integration-name": "Kakao Brain Pose",
+                "python-modules": ["airflow_provider_kakaopose.sensors.pose"],
+            }
+        ],
         "hooks": [
             {
                 "integration-name": "Kakao Brain Pose",
                 "python-modules": ["airflow_provider_kakaopose.hooks.pose"],
+            }
+        ],
+        "triggers": [
+            {
+                "integration-name": "Kakao Brain Pose",
+                "python-modules": ["airflow_provider_kakaopose.triggers.pose"],
             }
         ],
         "connection-types": [

@@ -6,15 +6,20 @@ import io
 import json
 import os
 import socket
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# Airflow must find a private home before it is first imported.
-os.environ.setdefault("AIRFLOW_HOME", str(ROOT / ".airflow" / "tests"))
-os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
+DAGS = ROOT / "dags"
+# Airflow must find a private home (fresh SQLite DB) and the example DAGs before it is first imported.
+os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="kakaopose-airflow-")
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(DAGS)
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
+sys.path.insert(0, str(DAGS))
 
 #: A canary: the key given to the emulator. It must never show in any captured output.
 API_KEY = "canary-4f1e9b7d2c-do-not-log"
@@ -29,6 +34,15 @@ def pytest_runtest_makereport(item, call):
             report.outcome = "failed"
             report.longrepr = f"The API key leaked into captured output ({name})"
     return report
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    """A fresh SQLite metadata DB for tests that run DAGs (created once per session)."""
+    from airflow.utils.db import initdb
+
+    initdb()
+    return os.environ["AIRFLOW_HOME"]
 
 
 @pytest.fixture

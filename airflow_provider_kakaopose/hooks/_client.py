@@ -353,6 +353,12 @@ def read_upload(file: str | os.PathLike | bytes | IO[bytes] | Any, kind: str) ->
     """Read ``file`` (path, bytes, binary file object or anything with ``read_bytes()``) into an Upload."""
     if isinstance(file, bytes | bytearray | memoryview):
         data, name = bytes(file), None
+    elif hasattr(file, "read_bytes"):  # pathlib.Path, Airflow's ObjectStoragePath (local or remote)
+        if hasattr(file, "exists") and not file.exists():
+            raise KakaoPoseInputError(f"{kind} file {str(file)!r} does not exist")
+        if hasattr(file, "is_dir") and file.is_dir():
+            raise KakaoPoseInputError(f"{kind} file {str(file)!r} is a directory, not a file")
+        data, name = file.read_bytes(), getattr(file, "name", None)
     elif isinstance(file, str | os.PathLike):
         path = os.fspath(file)
         if not os.path.exists(path):
@@ -367,10 +373,6 @@ def read_upload(file: str | os.PathLike | bytes | IO[bytes] | Any, kind: str) ->
         if isinstance(data, str):
             raise KakaoPoseInputError(f"{kind} file object {file!r} is open in text mode; open it with 'rb'")
         name = os.path.basename(str(getattr(file, "name", "") or "")) or None
-    elif hasattr(file, "read_bytes"):  # pathlib-like, e.g. Airflow's ObjectStoragePath
-        if hasattr(file, "exists") and not file.exists():
-            raise KakaoPoseInputError(f"{kind} file {str(file)!r} does not exist")
-        data, name = file.read_bytes(), getattr(file, "name", None)
     else:
         raise KakaoPoseInputError(
             f"{kind} file must be a path, bytes or a binary file object, not {type(file).__name__}"

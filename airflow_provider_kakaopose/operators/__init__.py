@@ -1,0 +1,1 @@
+"""Operators for the Kakao Brain Pose API."""

@@ -1,0 +1,1 @@
+"""Sensors for the Kakao Brain Pose API."""

@@ -1,0 +1,1 @@
+"""Triggers for the Kakao Brain Pose API."""

@@ -1,0 +1,87 @@
+"""Trigger that waits for a Pose video job in the triggerer, without holding a worker slot."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_provider_kakaopose.get_provider_info import DEFAULT_CONN_ID
+from airflow_provider_kakaopose.hooks.pose import KakaoPoseAsyncHook
+
+#: Statuses after which a job never changes again.
+TERMINAL = ("success", "failed", "not found")
+
+
+class KakaoPoseJobTrigger(BaseTrigger):
+    """Poll ``GET /pose/job/{job_id}`` until the job ends or ``end_time`` passes; fire exactly one event.
+
+    :param job_id: the video job to wait for.
+    :param kakao_pose_conn_id: the ``kakao_pose`` connection (looked up asynchronously in the triggerer).
+    :param poll_interval: seconds between status checks.
+    :param end_time: absolute deadline, seconds since the epoch (UTC); a re-created trigger keeps it.
+
+    The event's payload is ``{"status": "success" | "failed" | "not found" | "timeout" | "error",
+    "job_id": ..., "message": ...}`` — never the result itself (which can be hundreds of MB): the operator
+    fetches it in the worker. Only ids and settings are serialized; the key stays in the connection.
+    """
+
+    def __init__(
+        self,
+        job_id: str,
+        kakao_pose_conn_id: str = DEFAULT_CONN_ID,
+        poll_interval: float = 10.0,
+        end_time: float | None = None,
+    ) -> None:
+        super().__init__()
+        if poll_interval <= 0:
+            raise ValueError(f"poll_interval must be positive, not {poll_interval!r}")
+        self.job_id = job_id
+        self.kakao_pose_conn_id = kakao_pose_conn_id
+        self.poll_interval = float(poll_interval)
+        self.end_time = float(end_time) if end_time is not None else None
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "job_id": self.job_id,
+                "kakao_pose_conn_id": self.kakao_pose_conn_id,
+                "poll_interval": self.poll_interval,
+                "end_time": self.end_time,
+            },
+        )
+
+    def _event(self, status: str, message: str) -> TriggerEvent:
+        return TriggerEvent({"status": status, "job_id": self.job_id, "message": message})
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        try:
+            async with KakaoPoseAsyncHook(self.kakao_pose_conn_id) as hook:
+                while True:
+                    body = await hook.get_job(self.job_id)
+                    status = body["status"]
+                    if status == "success":
+                        yield self._event("success", f"Job {self.job_id} succeeded")
+                        return
+                    if status == "failed":
+                        reason = body.get("description") or "no description given"
+                        yield self._event("failed", f"Job {self.job_id} failed: {reason}")
+                        return
+                    if status == "not found":
+                        yield self._event(
+                            "not found", f"Job {self.job_id} is not found (unknown id, or older than 7 days)"
+                        )
+                        return
+                    remaining = self.end_time - time.time() if self.end_time is not None else None
+                    if remaining is not None and remaining <= 0:
+                        yield self._event("timeout", f"Job {self.job_id} was still {status} at the deadline")
+                        return
+                    self.log.debug("Job %s is %s; next check in %.1f s", self.job_id, status, self.poll_interval)
+                    delay = self.poll_interval if remaining is None else min(self.poll_interval, remaining)
+                    await asyncio.sleep(delay)
+        except Exception as err:
+            yield self._event("error", f"Polling job {self.job_id} failed: {err}")

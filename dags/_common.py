@@ -1,0 +1,38 @@
+"""Settings shared by the example DAGs: where inputs come from and where the Parquet lands.
+
+Everything can be changed with environment variables, so the same DAGs run against the bundled emulator
+(the default, used by ``make demo`` and the tests) and against the real API with a real key.
+"""
+
+from __future__ import annotations
+
+import os
+
+#: Root folder or URI for the Parquet outputs (local path, file://, s3://conn_id@bucket/prefix, ...).
+OUTPUT_ROOT = os.environ.get("KAKAO_POSE_OUTPUT", "/tmp/kakao_pose_output").rstrip("/")
+
+#: Images to analyse: comma-separated URLs or paths. The emulator makes up people for any URL.
+IMAGES = [
+    i.strip()
+    for i in os.environ.get(
+        "KAKAO_POSE_DEMO_IMAGES",
+        "https://example.com/pose/street.jpg,https://example.com/pose/dance.jpg,https://example.com/pose/park.jpg",
+    ).split(",")
+    if i.strip()
+]
+
+#: Videos to analyse. The emulator reads ``frames``/``persons`` knobs from the URL's query.
+VIDEOS = [
+    v.strip()
+    for v in os.environ.get(
+        "KAKAO_POSE_DEMO_VIDEOS",
+        "https://example.com/pose/walk.mp4?frames=90&persons=2,https://example.com/pose/jump.mp4?frames=60&persons=1",
+    ).split(",")
+    if v.strip()
+]
+
+#: Seconds between job status checks (the emulator finishes jobs in a couple of seconds).
+POLL_INTERVAL = float(os.environ.get("KAKAO_POSE_POLL_INTERVAL", "2"))
+
+#: Deterministic per run: a rerun of the same logical date replaces its output.
+RUN_DIR = "{{ dag.dag_id }}/{{ ds_nodash }}"

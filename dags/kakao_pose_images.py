@@ -1,0 +1,22 @@
+"""(a) Images → Parquet: detect poses in a list of images and land one keypoints table per run."""
+
+from __future__ import annotations
+
+import pendulum
+from _common import IMAGES, OUTPUT_ROOT, RUN_DIR
+from airflow.sdk import DAG
+
+from airflow_provider_kakaopose.operators.pose import KakaoPoseImageOperator
+
+with DAG(
+    dag_id="kakao_pose_images",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    tags=["kakao-pose", "example"],
+) as dag:
+    KakaoPoseImageOperator(
+        task_id="analyze_images",
+        images=IMAGES,
+        output_uri=f"{OUTPUT_ROOT}/{RUN_DIR}/keypoints.parquet",
+    )

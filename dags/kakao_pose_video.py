@@ -1,0 +1,26 @@
+"""(b) One video, all in one deferrable task: submit, wait in the triggerer, write the keypoints table."""
+
+from __future__ import annotations
+
+import pendulum
+from _common import OUTPUT_ROOT, POLL_INTERVAL, RUN_DIR, VIDEOS
+from airflow.sdk import DAG
+
+from airflow_provider_kakaopose.operators.pose import KakaoPoseVideoOperator
+
+with DAG(
+    dag_id="kakao_pose_video",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    tags=["kakao-pose", "example"],
+) as dag:
+    KakaoPoseVideoOperator(
+        task_id="analyze_video",
+        video=VIDEOS[0],
+        output_uri=f"{OUTPUT_ROOT}/{RUN_DIR}/keypoints.parquet",
+        deferrable=True,
+        poll_interval=POLL_INTERVAL,
+        timeout=1800,
+        retries=2,
+    )

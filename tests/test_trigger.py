@@ -1,0 +1,149 @@
+"""KakaoPoseJobTrigger against the emulator: events, deadline, serialization, event-loop hygiene."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+from conftest import API_KEY
+
+from airflow_provider_kakaopose.hooks.pose import KakaoPoseHook
+from airflow_provider_kakaopose.triggers.pose import KakaoPoseJobTrigger
+
+VIDEO_URL = "https://example.com/walk.mp4?frames=5"
+
+
+async def events_of(trigger: KakaoPoseJobTrigger) -> list[dict]:
+    return [event.payload async for event in trigger.run()]
+
+
+def test_serialize_round_trip_has_only_ids_and_settings(make_conn):
+    conn_id = make_conn()
+    trigger = KakaoPoseJobTrigger("job-1", conn_id, poll_interval=3, end_time=1_900_000_000.5)
+    path, kwargs = trigger.serialize()
+    assert path == "airflow_provider_kakaopose.triggers.pose.KakaoPoseJobTrigger"
+    assert kwargs == {
+        "job_id": "job-1",
+        "kakao_pose_conn_id": conn_id,
+        "poll_interval": 3.0,
+        "end_time": 1_900_000_000.5,
+    }
+    assert API_KEY not in repr(kwargs)
+    again = KakaoPoseJobTrigger(**kwargs)
+    assert again.serialize() == (path, kwargs)
+
+
+async def test_success_event_never_carries_the_result(emulator, make_conn):
+    conn_id = make_conn()
+    job_id = KakaoPoseHook(conn_id).submit_video_job(video_url=VIDEO_URL)
+    trigger = KakaoPoseJobTrigger(job_id, conn_id, poll_interval=0.1, end_time=time.time() + 30)
+    [event] = await events_of(trigger)
+    assert event == {"status": "success", "job_id": job_id, "message": f"Job {job_id} succeeded"}
+    polls = emulator.count(method="GET")
+    assert 3 <= polls <= 12  # ~0.6 s of job at 0.1 s intervals: polling, not a busy loop
+
+
+async def test_failed_event_has_the_service_description(emulator, make_conn):
+    conn_id = make_conn()
+    job_id = KakaoPoseHook(conn_id).submit_video_job(video_url="https://unreachable.example.com/v.mp4")
+    [event] = await events_of(KakaoPoseJobTrigger(job_id, conn_id, poll_interval=0.1, end_time=time.time() + 30))
+    assert event["status"] == "failed"
+    assert "Failed to get video" in event["message"]
+
+
+async def test_not_found_event(emulator, make_conn):
+    [event] = await events_of(KakaoPoseJobTrigger("nope", make_conn(), poll_interval=0.1, end_time=time.time() + 30))
+    assert event["status"] == "not found" and event["job_id"] == "nope"
+
+
+async def test_timeout_at_the_absolute_deadline(emulator, make_conn):
+    emulator.configure(job_processing_s=60)
+    conn_id = make_conn()
+    job_id = KakaoPoseHook(conn_id).submit_video_job(video_url=VIDEO_URL)
+    start = time.monotonic()
+    [event] = await events_of(KakaoPoseJobTrigger(job_id, conn_id, poll_interval=0.2, end_time=time.time() + 0.7))
+    elapsed = time.monotonic() - start
+    assert event["status"] == "timeout"
+    assert "still" in event["message"]
+    assert 0.6 <= elapsed < 2.0
+
+
+async def test_past_deadline_checks_once_then_times_out(emulator, make_conn):
+    """A trigger re-created after its deadline (e.g. by a new triggerer) reports at once."""
+    emulator.configure(job_processing_s=60)
+    conn_id = make_conn()
+    job_id = KakaoPoseHook(conn_id).submit_video_job(video_url=VIDEO_URL)
+    emulator.clear_requests()
+    [event] = await events_of(KakaoPoseJobTrigger(job_id, conn_id, poll_interval=5, end_time=time.time() - 1))
+    assert event["status"] == "timeout"
+    assert emulator.count() == 1
+
+
+async def test_errors_become_one_error_event(emulator, make_conn):
+    events = await events_of(KakaoPoseJobTrigger("x", make_conn(password="bad-key-1"), poll_interval=0.1))
+    assert len(events) == 1 and events[0]["status"] == "error"
+    assert "-401" in events[0]["message"] and "bad-key-1" not in events[0]["message"]
+    emulator.script_faults(["500"] * 10)
+    [event] = await events_of(KakaoPoseJobTrigger("x", make_conn(max_retries=1), poll_interval=0.1))
+    assert event["status"] == "error" and "HTTP 500" in event["message"]
+
+
+async def test_resumes_from_serialized_form(emulator, make_conn):
+    """A trigger cancelled mid-wait and re-created from serialize() finishes the same job."""
+    conn_id = make_conn()
+    job_id = KakaoPoseHook(conn_id).submit_video_job(video_url=VIDEO_URL)
+    first = KakaoPoseJobTrigger(job_id, conn_id, poll_interval=0.1, end_time=time.time() + 30)
+    gen = first.run()
+    task = asyncio.ensure_future(gen.__anext__())
+    await asyncio.sleep(0.15)
+    task.cancel()  # the triggerer died
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    _, kwargs = first.serialize()
+    [event] = await events_of(KakaoPoseJobTrigger(**kwargs))
+    assert event["status"] == "success" and event["job_id"] == job_id
+    assert emulator.count(method="POST") == 1
+
+
+async def test_never_blocks_the_event_loop(emulator, make_conn, caplog):
+    """asyncio debug mode reports any callback that holds the loop for more than 50 ms."""
+    conn_id = make_conn()
+    job_ids = [KakaoPoseHook(conn_id).submit_video_job(video_url=VIDEO_URL) for _ in range(5)]
+    loop = asyncio.get_running_loop()
+    loop.set_debug(True)
+    loop.slow_callback_duration = 0.05
+    caplog.set_level(logging.WARNING, logger="asyncio")
+    try:
+        results = await asyncio.gather(
+            *(events_of(KakaoPoseJobTrigger(j, conn_id, poll_interval=0.1, end_time=time.time() + 30)) for j in job_ids)
+        )
+    finally:
+        loop.set_debug(False)
+    assert all(r[0]["status"] == "success" for r in results)
+    slow = [r.getMessage() for r in caplog.records if r.name == "asyncio" and "took" in r.getMessage()]
+    assert not slow, slow
+
+
+async def test_slow_callback_detection_works(caplog):
+    """The check above can fail: a blocking sleep in a coroutine is reported."""
+    loop = asyncio.get_running_loop()
+    loop.set_debug(True)
+    loop.slow_callback_duration = 0.05
+    caplog.set_level(logging.WARNING, logger="asyncio")
+
+    async def blocking():
+        time.sleep(0.1)
+
+    try:
+        await asyncio.ensure_future(blocking())
+        await asyncio.sleep(0)
+    finally:
+        loop.set_debug(False)
+    assert any("took" in r.getMessage() for r in caplog.records if r.name == "asyncio")
+
+
+def test_poll_interval_must_be_positive():
+    with pytest.raises(ValueError, match="poll_interval"):
+        KakaoPoseJobTrigger("x", poll_interval=0)
