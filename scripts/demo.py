@@ -53,7 +53,7 @@ def summarize(files: list[str]) -> None:
             "SELECT count(*), count(DISTINCT frame_num), count(*) FILTER (WHERE keypoint_id = 1) FROM read_parquet(?)",
             [path],
         ).fetchall()[0]
-        print(f"  {os.path.relpath(path, ROOT)}: {rows} rows, {frames} frame(s), {persons} person detections")
+        print(f"  {os.path.relpath(path, ROOT)}: {rows} rows, {frames} frame(s) with people, {persons} person detections")
     print("  mean keypoint score over all files:")
     scores = con.execute(
         "SELECT keypoint, round(avg(score), 3) AS mean_score, count(x) AS detected, count(*) AS total "
