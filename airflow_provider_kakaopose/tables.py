@@ -40,13 +40,16 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COLUMNS",
+    "ERROR_COLUMNS",
     "KEYPOINT_NAMES",
     "ROW_GROUP_SIZE",
     "SKELETON",
+    "errors_table",
     "keypoints_reader",
     "keypoints_schema",
     "keypoints_table",
     "read_keypoints",
+    "read_table_if_exists",
     "to_coco",
     "write_parquet",
 ]
@@ -1040,6 +1043,55 @@ def _read_table(uri: Any) -> pa.Table:
         return pq.read_table(path)
     with fs.open(path, "rb") as f:
         return pq.read_table(f)
+
+
+def read_table_if_exists(uri: str | os.PathLike | Any) -> pa.Table | None:
+    """The Parquet table at ``uri`` (any storage), or ``None`` when there is no file there yet."""
+    fs, path = _resolve(uri)
+    if _is_local(fs):
+        path = os.path.abspath(os.path.expanduser(path))
+        if not os.path.exists(path):
+            return None
+    elif not fs.exists(path):
+        return None
+    return _read_table(uri)
+
+
+#: Columns of the errors table written beside a batch's keypoints: one row per input that failed for good.
+ERROR_COLUMNS: tuple[str, ...] = ("source", "error_type", "status_code", "code", "message", "attempts")
+
+
+def errors_schema() -> pa.Schema:
+    """Arrow schema of the errors table (see :data:`ERROR_COLUMNS`)."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            pa.field("source", pa.string()),
+            pa.field("error_type", pa.dictionary(pa.int8(), pa.string()), nullable=False),
+            pa.field("status_code", pa.int16()),
+            pa.field("code", pa.int32()),
+            pa.field("message", pa.string(), nullable=False),
+            pa.field("attempts", pa.int16()),
+        ],
+        metadata={f"{_META}kind".encode(): b'"errors"'},
+    )
+
+
+def errors_table(errors: Iterator[dict[str, Any]] | list[dict[str, Any]]) -> pa.Table:
+    """Build the errors table from dicts with the :data:`ERROR_COLUMNS` keys (missing keys are null)."""
+    import pyarrow as pa
+
+    rows = list(errors)
+    schema = errors_schema()
+    columns = {}
+    for field in schema:
+        values = [row.get(field.name) for row in rows]
+        if pa.types.is_dictionary(field.type):
+            columns[field.name] = pa.array(values, pa.string()).dictionary_encode().cast(field.type)
+        else:
+            columns[field.name] = pa.array(values, field.type)
+    return pa.Table.from_pydict(columns, schema=schema)
 
 
 def read_keypoints(uri: str | os.PathLike | Any) -> pd.DataFrame:

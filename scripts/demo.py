@@ -53,7 +53,9 @@ def summarize(files: list[str]) -> None:
             "SELECT count(*), count(DISTINCT frame_num), count(*) FILTER (WHERE keypoint_id = 1) FROM read_parquet(?)",
             [path],
         ).fetchall()[0]
-        print(f"  {os.path.relpath(path, ROOT)}: {rows} rows, {frames} frame(s) with people, {persons} person detections")
+        print(
+            f"  {os.path.relpath(path, ROOT)}: {rows} rows, {frames} frame(s) with people, {persons} person detections"
+        )
     print("  mean keypoint score over all files:")
     scores = con.execute(
         "SELECT keypoint, round(avg(score), 3) AS mean_score, count(x) AS detected, count(*) AS total "
@@ -98,10 +100,17 @@ def main() -> int:
     finally:
         if emulator is not None:
             emulator.stop()
-    files = sorted(glob.glob(str(OUTPUT / "**" / "*.parquet"), recursive=True))
+    found = sorted(glob.glob(str(OUTPUT / "**" / "*.parquet"), recursive=True))
+    files = [f for f in found if not f.endswith(".errors.parquet")]
+    errors = [f for f in found if f.endswith(".errors.parquet")]
     print(f"\nParquet landed under {OUTPUT}:")
     if files:
         summarize(files)
+    if errors:
+        import duckdb
+
+        n_errors = duckdb.connect().execute("SELECT count(*) FROM read_parquet(?)", [errors]).fetchall()[0][0]
+        print(f"  errors tables: {len(errors)}, {n_errors} failed input(s)")
     return 1 if failed or not files else 0
 
 

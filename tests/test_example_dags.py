@@ -29,7 +29,7 @@ def run_example(airflow_db, emulator, monkeypatch, tmp_path):
             sys.modules.pop(name, None)
         dag = importlib.import_module(dag_id).dag
         dag_run = dag.test()
-        files = sorted(str(p) for p in (tmp_path / "out").rglob("*.parquet"))
+        files = sorted(str(p) for p in (tmp_path / "out").rglob("*.parquet") if not p.name.endswith(".errors.parquet"))
         return dag_run, files
 
     return run
@@ -52,6 +52,9 @@ def test_images_dag(run_example, emulator):
     assert dag_run.state == "success"
     [path] = files
     assert "/kakao_pose_images/" in path
+    assert duckdb.connect().execute(
+        "SELECT count(*) FROM read_parquet(?)", [path.replace(".parquet", ".errors.parquet")]
+    ).fetchall() == [(0,)]
     [(rows, sources, persons, bad_ids)] = query(
         "SELECT count(*), count(DISTINCT source), count(*) FILTER (WHERE keypoint_id = 1),"
         " count(*) FILTER (WHERE keypoint_id NOT BETWEEN 1 AND 17) FROM FILES",

@@ -321,7 +321,7 @@ def test_video_operator_failed_job_in_worker(emulator, make_conn):
 
 def test_templated_fields():
     assert set(KakaoPoseVideoOperator.template_fields) == {"video", "output_uri", "callback_url"}
-    assert set(KakaoPoseImageOperator.template_fields) == {"images", "output_uri"}
+    assert set(KakaoPoseImageOperator.template_fields) == {"images", "output_uri", "errors_uri"}
     assert set(KakaoPoseJobToParquetOperator.template_fields) >= {"job_id", "output_uri"}
 
 
@@ -338,7 +338,16 @@ def test_image_operator_urls_and_files(emulator, make_conn, tmp_path):
     op = KakaoPoseImageOperator(task_id="i", images=images, output_uri=str(out), kakao_pose_conn_id=make_conn())
     summary = op.execute(context())
     table = pq.read_table(out)
-    assert summary == {"output_uri": str(out), "images": 3, "persons": summary["persons"], "rows": table.num_rows}
+    assert summary == {
+        "output_uri": str(out),
+        "errors_uri": str(tmp_path / "out" / "images.errors.parquet"),
+        "images": 3,
+        "succeeded": 3,
+        "failed": 0,
+        "persons": summary["persons"],
+        "rows": table.num_rows,
+        "reused": 0,
+    }
     assert summary["rows"] == 17 * summary["persons"]
     assert set(table["source"].to_pylist()) <= set(images)
     assert [r.file_name for r in emulator.requests] == [None, "a.png", "b.jpg"]
@@ -358,7 +367,7 @@ def test_image_operator_single_item_and_bad_inputs(emulator, make_conn, tmp_path
             KakaoPoseImageOperator(task_id="i", images=bad, output_uri=str(out), kakao_pose_conn_id=conn_id).execute(
                 context()
             )
-    with pytest.raises(KakaoPoseInputError, match="does not exist"):
+    with pytest.raises(KakaoPoseError, match=r"1 of 1 image\(s\) failed"):  # recorded, then the task fails
         KakaoPoseImageOperator(
             task_id="i", images=[str(tmp_path / "missing.png")], output_uri=str(out), kakao_pose_conn_id=conn_id
         ).execute(context())

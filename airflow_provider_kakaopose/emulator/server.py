@@ -630,6 +630,8 @@ class PoseEmulator:
             problems = check_url(url, "image_url")
             if problems:
                 return _error(400, -2, "; ".join(problems))
+            if self._unreachable(url, cfg):
+                return _error(400, -2, f"Failed to get image from image_url {url!r}")
             width, height = URL_IMAGE_SIZE
             key = self._content_key("image_url", url)
         persons = synth.image_persons(synth.stable_rng(key), width, height)

@@ -7,6 +7,7 @@ Neither hook does its own status-code or retry logic: each turns its transport's
 
 from __future__ import annotations
 
+import collections
 import email.utils
 import json
 import logging
@@ -312,20 +313,32 @@ class RateLimiter:
 
     :meth:`reserve` books the next free slot and returns how long the caller must wait for it; the lock is
     held only for that arithmetic, so it never blocks an event loop.
+
+    It is also adaptive (AIMD-like): a quota answer from the service (:meth:`on_quota`) sets the spacing to
+    what 80 % of the pace of the last second would need (at most once per second, however many requests in
+    flight hit the quota at once); every success (:meth:`on_success`) relaxes it by 2 %, back down to the
+    configured rate. So a batch that outruns the service's quota slows down together instead of failing.
     """
+
+    #: Spacing used after a quota answer when too little recent traffic was seen to measure a pace.
+    first_penalty = 0.1
+    max_penalty = 5.0
 
     def __init__(self, rate_per_second: float | None) -> None:
         self.interval = 1.0 / rate_per_second if rate_per_second else 0.0
+        self.penalty = 0.0
         self._next = 0.0
+        self._recent: collections.deque[float] = collections.deque(maxlen=4096)
+        self._calm_until = 0.0
         self._lock = threading.Lock()
 
     def reserve(self) -> float:
-        if not self.interval:
-            return 0.0
         with self._lock:
             now = time.monotonic()
-            slot = max(now, self._next)
-            self._next = slot + self.interval
+            spacing = max(self.interval, self.penalty)
+            slot = max(now, self._next) if spacing else now
+            self._next = slot + spacing
+            self._recent.append(slot)
             return slot - now
 
     def acquire(self) -> None:
@@ -333,6 +346,25 @@ class RateLimiter:
         delay = self.reserve()
         if delay > 0:
             time.sleep(delay)
+
+    def on_quota(self) -> None:
+        """The service said the quota is exhausted: space requests further apart."""
+        with self._lock:
+            now = time.monotonic()
+            if now < self._calm_until:
+                return  # the requests already in flight hit the same limit; one slow-down is enough
+            self._calm_until = now + 1.0
+            pace = sum(1 for t in self._recent if now - 1.0 < t <= now)
+            current = max(self.interval, self.penalty)
+            target = 1.0 / (0.8 * pace) if pace >= 2 else max(current * 2, self.first_penalty)
+            self.penalty = min(max(target, current * 1.1), self.max_penalty)
+
+    def on_success(self) -> None:
+        """A request went through: relax the extra spacing a little."""
+        if self.penalty:
+            with self._lock:
+                relaxed = self.penalty * 0.98
+                self.penalty = relaxed if relaxed > self.interval * 1.01 else 0.0
 
 
 # -------------------------------------------------------------------------------------------- uploads

@@ -24,6 +24,7 @@ from airflow_provider_kakaopose.exceptions import (
     KakaoPoseConnectionError,
     KakaoPoseError,
     KakaoPoseInputError,
+    KakaoPoseQuotaError,
 )
 from airflow_provider_kakaopose.get_provider_info import (
     CONN_FIELDS,
@@ -218,9 +219,9 @@ class KakaoPoseHook(_KakaoPoseHookBase):
             except requests.exceptions.RequestException as err:
                 raise KakaoPoseError(f"{method} {path} to {s.base_url} failed: {err}") from None
             try:
-                return check_response(method, path, resp.status_code, resp.headers, body)
+                return _settle(self.rate_limiter, check_response(method, path, resp.status_code, resp.headers, body))
             except KakaoPoseError as err:
-                raise _with_attempts(err, attempts) from None
+                raise _with_attempts(_settle_error(self.rate_limiter, err), attempts) from None
 
         return Retrying(**retry_kwargs(s, self.log, f"{method} {path}"))(attempt)
 
@@ -362,9 +363,9 @@ class KakaoPoseAsyncHook(_KakaoPoseHookBase):
             except aiohttp.ClientError as err:
                 raise KakaoPoseError(f"{method} {path} to {s.base_url} failed: {err}") from None
             try:
-                return check_response(method, path, status, headers, body)
+                return _settle(limiter, check_response(method, path, status, headers, body))
             except KakaoPoseError as err:
-                raise _with_attempts(err, attempts) from None
+                raise _with_attempts(_settle_error(limiter, err), attempts) from None
 
         own = self._session is None
         session = aiohttp.ClientSession(headers={"Accept": "application/json"}) if own else self._session
@@ -381,6 +382,17 @@ class KakaoPoseAsyncHook(_KakaoPoseHookBase):
         """The job's body as the service returns it, whatever the status: ``GET /pose/job/{job_id}``."""
         path = job_path(job_id)
         return check_job(parse_json(await self._request("GET", path), "GET", path), "GET", path)
+
+
+def _settle(limiter: RateLimiter, body: bytes) -> bytes:
+    limiter.on_success()
+    return body
+
+
+def _settle_error(limiter: RateLimiter, err: KakaoPoseError) -> KakaoPoseError:
+    if isinstance(err, KakaoPoseQuotaError):
+        limiter.on_quota()
+    return err
 
 
 def _with_attempts(err: KakaoPoseError, attempts: int) -> KakaoPoseError:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, conf
 
-from airflow_provider_kakaopose.exceptions import KakaoPoseError, KakaoPoseInputError
+from airflow_provider_kakaopose.exceptions import KakaoPoseAuthError, KakaoPoseError, KakaoPoseInputError
 from airflow_provider_kakaopose.get_provider_info import DEFAULT_CONN_ID
 from airflow_provider_kakaopose.sensors.pose import raise_for_event, raise_for_job
 
@@ -71,23 +71,51 @@ class ImageOutcome:
 
     source: str
     persons: list[dict] | None = None
-    error: KakaoPoseError | None = None
+    error: BaseException | None = None
+
+    def error_row(self) -> dict[str, Any]:
+        err = self.error
+        return {
+            "source": self.source,
+            "error_type": type(err).__name__,
+            "status_code": getattr(err, "status_code", None),
+            "code": getattr(err, "code", None),
+            "message": str(err),
+            "attempts": getattr(err, "attempts", None),
+        }
+
+
+def default_errors_uri(output_uri: str) -> str:
+    """``…/keypoints.parquet`` → ``…/keypoints.errors.parquet`` (beside the keypoints)."""
+    stem = output_uri[: -len(".parquet")] if output_uri.endswith(".parquet") else output_uri
+    return f"{stem}.errors.parquet"
 
 
 class KakaoPoseImageOperator(BaseOperator):
-    """Detect poses in one image or a list of images and write one Parquet table.
+    """Detect poses in a batch of images, concurrently at the quota's pace; write keypoints and errors.
 
     :param images: one item or a list (templated). http(s) URLs are passed to the service as ``image_url``;
         anything else (local path, ``file://``, ``s3://conn_id@bucket/key``, …) is read through
         ObjectStoragePath and uploaded.
-    :param output_uri: where the Parquet goes (templated): local path or any ObjectStoragePath/fsspec URI,
-        or an ``Asset`` (then it is also added to the task's outlets).
+    :param output_uri: where the keypoints Parquet goes (templated): local path or any
+        ObjectStoragePath/fsspec URI, or an ``Asset`` (then it is also added to the task's outlets).
+    :param errors_uri: where the errors Parquet goes (templated); default ``<output stem>.errors.parquet``.
+        Always written (empty when nothing failed), so a rerun never leaves a stale one.
+    :param max_concurrency: requests in flight at once; the connection's ``rate_limit_per_second`` still
+        caps the pace for the whole batch, and quota answers slow the whole batch down.
+    :param max_failed_ratio: share of images allowed to fail before the task fails (default 0: any failure
+        fails the task — after both tables are written).
     :param kakao_pose_conn_id: the ``kakao_pose`` connection.
 
-    Returns (XCom) a small summary: ``{"output_uri", "images", "persons", "rows"}`` — never the raw answers.
+    An image that fails for good (a broken input rule, a 4xx other than quota, retries exhausted) becomes a
+    row of the errors table and the batch goes on; a refused key stops the batch at once. A retry of the
+    same task instance re-sends only the images its previous try did not finish (see the docs).
+
+    Returns (XCom) ``{"output_uri", "errors_uri", "images", "succeeded", "failed", "persons", "rows",
+    "reused"}`` — never the raw answers.
     """
 
-    template_fields: Sequence[str] = ("images", "output_uri")
+    template_fields: Sequence[str] = ("images", "output_uri", "errors_uri")
     ui_color = "#fee500"
 
     def __init__(
@@ -95,12 +123,22 @@ class KakaoPoseImageOperator(BaseOperator):
         *,
         images: Any,
         output_uri: Any,
+        errors_uri: str | None = None,
+        max_concurrency: int = 16,
+        max_failed_ratio: float = 0.0,
         kakao_pose_conn_id: str = DEFAULT_CONN_ID,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be at least 1, not {max_concurrency!r}")
+        if not 0.0 <= max_failed_ratio <= 1.0:
+            raise ValueError(f"max_failed_ratio must be between 0 and 1, not {max_failed_ratio!r}")
         self.images = images
         self.output_uri = output_uri
+        self.errors_uri = errors_uri
+        self.max_concurrency = max_concurrency
+        self.max_failed_ratio = max_failed_ratio
         self.kakao_pose_conn_id = kakao_pose_conn_id
         _add_asset_outlet(self, output_uri)
 
@@ -114,41 +152,139 @@ class KakaoPoseImageOperator(BaseOperator):
         return items
 
     def analyze_one(self, hook: KakaoPoseHook, item: Any) -> ImageOutcome:
-        """Analyse one image. Errors propagate today; a batch policy can record them instead."""
-        source, kwargs = open_input(item)
-        if "url" in kwargs:
-            persons = hook.analyze_image(image_url=kwargs["url"])
-        else:
-            persons = hook.analyze_image(file=kwargs["file"])
+        """Analyse one image; a failure that is the image's own becomes the outcome's error."""
+        try:
+            source, kwargs = open_input(item)
+        except KakaoPoseError as err:
+            return ImageOutcome(source=str(item), error=err)
+        try:
+            if "url" in kwargs:
+                persons = hook.analyze_image(image_url=kwargs["url"])
+            else:
+                persons = hook.analyze_image(file=kwargs["file"])
+        except KakaoPoseAuthError:
+            raise  # the key is wrong for every image: stop the batch
+        except (KakaoPoseError, OSError) as err:
+            return ImageOutcome(source=source, error=err)
         return ImageOutcome(source=source, persons=persons)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        import pyarrow as pa
+        from concurrent.futures import ThreadPoolExecutor
 
         from airflow_provider_kakaopose.hooks.pose import KakaoPoseHook
-        from airflow_provider_kakaopose.tables import keypoints_table, write_parquet
+        from airflow_provider_kakaopose.tables import errors_table, write_parquet
 
         output_uri = output_uri_of(self.output_uri)
         if not output_uri:
             raise KakaoPoseInputError("output_uri is required")
+        errors_uri = self.errors_uri or default_errors_uri(output_uri)
         items = self._items()
+        run = _run_identity(context)
         hook = KakaoPoseHook(self.kakao_pose_conn_id)
-        tables = []
-        persons = 0
-        for n, item in enumerate(items, 1):
-            outcome = self.analyze_one(hook, item)
-            persons += len(outcome.persons or [])
-            tables.append(keypoints_table(outcome.persons or [], source=outcome.source))
-            self.log.info("Image %d/%d %s: %d person(s)", n, len(items), outcome.source, len(outcome.persons))
-        # One table for the batch: per-image "source" metadata gives way to the list of every image analysed
-        # (images with nobody in them have no rows, but are still accounted for).
-        meta = {k: v for k, v in (tables[0].schema.metadata or {}).items() if k != b"kakaopose:source"}
-        meta[b"kakaopose:sources"] = json.dumps([str(open_input(i)[0]) for i in items]).encode()
-        table = pa.concat_tables([t.replace_schema_metadata(meta) for t in tables])
+        try:
+            previous = _previous_try(output_uri, run, self.log)
+            todo = [i for i, item in enumerate(items) if open_input_label(item) not in previous]
+            outcomes: list[ImageOutcome | None] = [None] * len(items)
+            self.log.info(
+                "Analysing %d image(s) with up to %d in flight%s",
+                len(todo),
+                self.max_concurrency,
+                f" ({len(items) - len(todo)} reused from the previous try)" if previous else "",
+            )
+            with ThreadPoolExecutor(max_workers=min(self.max_concurrency, max(len(todo), 1))) as pool:
+                for i, outcome in zip(todo, pool.map(lambda n: self.analyze_one(hook, items[n]), todo), strict=True):
+                    outcomes[i] = outcome
+        finally:
+            hook.close()
+        failures = [o for o in outcomes if o is not None and o.error is not None]
+        table, persons = _batch_table(items, outcomes, previous, run, len(failures))
+        for outcome in failures:
+            self.log.warning("Image %s failed: %s", outcome.source, outcome.error)
         write_parquet(table, output_uri)
-        summary = {"output_uri": output_uri, "images": len(items), "persons": persons, "rows": table.num_rows}
+        write_parquet(errors_table(o.error_row() for o in failures), errors_uri)
+        summary = {
+            "output_uri": output_uri,
+            "errors_uri": errors_uri,
+            "images": len(items),
+            "succeeded": len(items) - len(failures),
+            "failed": len(failures),
+            "persons": persons,
+            "rows": table.num_rows,
+            "reused": len(items) - len(todo),
+        }
         self.log.info("Wrote %s", summary)
+        if failures and len(failures) / len(items) > self.max_failed_ratio:
+            raise KakaoPoseError(
+                f"{len(failures)} of {len(items)} image(s) failed (more than max_failed_ratio="
+                f"{self.max_failed_ratio}); both tables were written, see {errors_uri}"
+            )
         return summary
+
+
+def open_input_label(item: Any) -> str:
+    """The ``source`` value an input gets in the tables."""
+    return str(item)
+
+
+def _run_identity(context: Context) -> str:
+    """Which task instance wrote an output, so a retry can tell its own earlier output from a stale one."""
+    ti = context.get("ti")
+    parts = [getattr(ti, name, None) for name in ("dag_id", "run_id", "task_id", "map_index")]
+    return json.dumps(parts)
+
+
+def _previous_try(output_uri: str, run: str, log: Any) -> dict[str, Any]:
+    """Rows per source from an earlier try of this same task instance (empty if none or not ours)."""
+    from airflow_provider_kakaopose.tables import read_table_if_exists
+
+    table = read_table_if_exists(output_uri)
+    if table is None:
+        return {}
+    meta = table.schema.metadata or {}
+    if meta.get(b"kakaopose:run", b"").decode() != run or json.loads(run)[1] is None:
+        return {}  # another run's file (or no run id to compare): start afresh
+    if not int(meta.get(b"kakaopose:failed", b"0")):
+        return {}  # the earlier try finished everything: a rerun means "compute again"
+    done = json.loads(meta.get(b"kakaopose:sources", b"[]"))
+    log.info("Found %d finished image(s) from an earlier try of this task at %s", len(done), output_uri)
+    return {source: table for source in done}
+
+
+def _batch_table(
+    items: list[Any], outcomes: list[ImageOutcome | None], previous: dict[str, Any], run: str, failed: int
+) -> tuple[Any, int]:
+    """One keypoints table for the batch, in input order; metadata lists every image that succeeded."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from airflow_provider_kakaopose.tables import keypoints_schema, keypoints_table
+
+    parts, done, persons = [], [], 0
+    reused = {}
+    for item, outcome in zip(items, outcomes, strict=True):
+        label = open_input_label(item)
+        if outcome is None:  # finished by the previous try: take its rows
+            if label not in reused:
+                old = previous[label]
+                reused[label] = old.filter(pc.equal(old["source"].cast(pa.string()), label))
+            part = reused[label]
+        elif outcome.error is None:
+            part = keypoints_table(outcome.persons or [], source=outcome.source)
+        else:
+            continue
+        done.append(label)
+        persons += int(pc.sum(pc.equal(part["keypoint_id"], 1)).as_py() or 0)
+        parts.append(part)
+    schema = keypoints_schema()
+    meta = dict(parts[0].schema.metadata or {}) if parts else {}
+    meta.pop(b"kakaopose:source", None)
+    meta[b"kakaopose:kind"] = b'"image"'
+    meta[b"kakaopose:sources"] = json.dumps(done).encode()
+    meta[b"kakaopose:run"] = run.encode()
+    meta[b"kakaopose:failed"] = str(failed).encode()
+    schema = schema.with_metadata(meta)
+    table = pa.concat_tables([p.cast(schema) for p in parts]) if parts else schema.empty_table()
+    return table.replace_schema_metadata(meta), persons
 
 
 class _JobLoader:

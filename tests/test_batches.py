@@ -1,0 +1,218 @@
+"""Image batches: concurrency under the rate limit, per-image errors, accounting, resumable retries."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import image_bytes
+from test_operators import context
+
+from airflow_provider_kakaopose.exceptions import KakaoPoseAuthError, KakaoPoseError
+from airflow_provider_kakaopose.hooks._client import RateLimiter
+from airflow_provider_kakaopose.operators.pose import KakaoPoseImageOperator, default_errors_uri
+
+
+class TI:
+    """A task instance identity, as a retry of the same task sees it."""
+
+    dag_id, run_id, task_id, map_index = "d", "manual__1", "t", -1
+
+    def xcom_push(self, key, value):
+        pass
+
+
+def ti_context():
+    return {"ti": TI(), "task_state_store": None}
+
+
+def sources_and_errors(out) -> tuple[list[str], list[dict]]:
+    meta = pq.read_schema(out).metadata
+    errors = pq.read_table(default_errors_uri(str(out))).to_pylist()
+    return json.loads(meta[b"kakaopose:sources"]), errors
+
+
+def test_failures_go_to_the_errors_table_and_every_input_is_accounted_for(emulator, make_conn, tmp_path):
+    missing = str(tmp_path / "missing.png")
+    tiny = tmp_path / "tiny.png"
+    tiny.write_bytes(image_bytes(100, 100))
+    images = [
+        "https://example.com/ok1.jpg",
+        "https://host.invalid/gone.jpg",  # the service cannot fetch it: -2
+        missing,  # no such file: refused before sending
+        str(tiny),  # too small: refused before sending
+        "ftp://example.com/x.jpg",  # not http(s): read as a storage URI, fails
+        "https://example.com/ok2.jpg",
+    ]
+    out = tmp_path / "k.parquet"
+    op = KakaoPoseImageOperator(
+        task_id="i", images=images, output_uri=str(out), max_failed_ratio=1.0, kakao_pose_conn_id=make_conn()
+    )
+    summary = op.execute(context())
+    assert (summary["images"], summary["succeeded"], summary["failed"]) == (6, 2, 4)
+    sources, errors = sources_and_errors(out)
+    assert sorted(sources) == ["https://example.com/ok1.jpg", "https://example.com/ok2.jpg"]
+    assert len(sources) + len(errors) == len(images)
+    by_source = {e["source"]: e for e in errors}
+    assert by_source["https://host.invalid/gone.jpg"]["error_type"] == "KakaoPoseInputError"
+    assert (
+        by_source["https://host.invalid/gone.jpg"]["status_code"],
+        by_source["https://host.invalid/gone.jpg"]["code"],
+    ) == (400, -2)
+    assert by_source["https://host.invalid/gone.jpg"]["attempts"] == 1
+    assert "does not exist" in by_source[missing]["message"]
+    assert "shorter side must be at least 320" in by_source[str(tiny)]["message"]
+    assert by_source[missing]["status_code"] is None
+    assert set(pq.read_table(out)["source"].to_pylist()) <= set(sources)
+    assert emulator.count(method="POST", path="/pose") == 3  # local rule breaks never reach the service
+
+
+def test_default_ratio_fails_the_task_after_writing_both_tables(emulator, make_conn, tmp_path):
+    out = tmp_path / "k.parquet"
+    op = KakaoPoseImageOperator(
+        task_id="i",
+        images=["https://example.com/a.jpg", "https://x.invalid/b.jpg"],
+        output_uri=str(out),
+        kakao_pose_conn_id=make_conn(),
+    )
+    with pytest.raises(KakaoPoseError, match=r"1 of 2 image\(s\) failed"):
+        op.execute(context())
+    sources, errors = sources_and_errors(out)
+    assert sources == ["https://example.com/a.jpg"] and [e["source"] for e in errors] == ["https://x.invalid/b.jpg"]
+
+
+def test_ratio_within_the_limit_succeeds(emulator, make_conn, tmp_path):
+    images = [f"https://example.com/{n}.jpg" for n in range(9)] + ["https://x.invalid/b.jpg"]
+    op = KakaoPoseImageOperator(
+        task_id="i",
+        images=images,
+        output_uri=str(tmp_path / "k.parquet"),
+        max_failed_ratio=0.1,
+        kakao_pose_conn_id=make_conn(),
+    )
+    assert op.execute(context())["failed"] == 1
+
+
+def test_a_refused_key_stops_the_batch(emulator, make_conn, tmp_path):
+    op = KakaoPoseImageOperator(
+        task_id="i",
+        images=[f"https://example.com/{n}.jpg" for n in range(50)],
+        output_uri=str(tmp_path / "k.parquet"),
+        max_concurrency=2,
+        kakao_pose_conn_id=make_conn(password="wrong-key-9"),
+    )
+    with pytest.raises(KakaoPoseAuthError):
+        op.execute(context())
+    assert emulator.count() < 50
+
+
+def test_concurrency_overlaps_latency(emulator, make_conn, tmp_path):
+    emulator.configure(latency=0.2)
+    images = [f"https://example.com/{n}.jpg" for n in range(40)]
+    op = KakaoPoseImageOperator(
+        task_id="i",
+        images=images,
+        output_uri=str(tmp_path / "k.parquet"),
+        max_concurrency=20,
+        kakao_pose_conn_id=make_conn(),
+    )
+    start = time.monotonic()
+    op.execute(context())
+    assert time.monotonic() - start < 2.5  # sequential would take 8 s
+
+
+def test_rate_limit_holds_for_the_whole_batch(emulator, make_conn, tmp_path):
+    images = [f"https://example.com/{n}.jpg" for n in range(30)]
+    op = KakaoPoseImageOperator(
+        task_id="i",
+        images=images,
+        output_uri=str(tmp_path / "k.parquet"),
+        max_concurrency=16,
+        kakao_pose_conn_id=make_conn(rate_limit_per_second=20),
+    )
+    op.execute(context())
+    times = sorted(r.time for r in emulator.requests)
+    for i in range(len(times) - 20):
+        assert times[i + 20] - times[i] >= 0.95  # never more than 20 in any second
+
+
+def test_quota_answers_slow_the_batch_instead_of_failing_it(emulator, make_conn, tmp_path):
+    emulator.configure(quota_per_second=10, quota_mode="kakao")
+    images = [f"https://example.com/{n}.jpg" for n in range(40)]
+    op = KakaoPoseImageOperator(
+        task_id="i",
+        images=images,
+        output_uri=str(tmp_path / "k.parquet"),
+        max_concurrency=16,
+        kakao_pose_conn_id=make_conn(max_retries=8, retry_wait_initial=0.1, retry_wait_max=1.0),
+    )
+    summary = op.execute(context())
+    assert summary["failed"] == 0 and summary["succeeded"] == 40
+    quota = sum(1 for r in emulator.requests if r.status == 400)
+    assert quota > 0  # the service did push back, and the batch absorbed it
+
+
+def test_adaptive_limiter_widens_once_per_second_and_relaxes():
+    limiter = RateLimiter(20)
+    for _ in range(20):  # a second's worth of traffic at 20/s
+        limiter.reserve()
+    limiter._recent = type(limiter._recent)(time.monotonic() - 0.5 + i * 0.02 for i in range(20))
+    limiter.on_quota()
+    assert limiter.penalty == pytest.approx(1 / 16, rel=0.05)  # 80 % of the pace seen
+    limiter.on_quota()  # the other requests in flight: no further slow-down within the second
+    assert limiter.penalty == pytest.approx(1 / 16, rel=0.05)
+    for _ in range(50):
+        limiter.on_success()
+    assert limiter.penalty == 0.0
+    unlimited = RateLimiter(None)
+    unlimited.on_quota()
+    assert unlimited.penalty == pytest.approx(RateLimiter.first_penalty)
+
+
+def test_retry_resends_only_what_failed(emulator, make_conn, tmp_path):
+    conn_id = make_conn(max_retries=0)
+    images = ["https://example.com/a.jpg", "https://example.com/b.jpg", "https://example.com/c.jpg"]
+    out = tmp_path / "k.parquet"
+
+    def attempt():
+        op = KakaoPoseImageOperator(
+            task_id="t", images=images, output_uri=str(out), max_concurrency=1, kakao_pose_conn_id=conn_id
+        )
+        return op.execute(ti_context())
+
+    emulator.script_faults(["500"])  # the first request of the first try fails for good
+    with pytest.raises(KakaoPoseError, match="1 of 3"):
+        attempt()
+    first_rows = pq.read_table(out).num_rows
+    emulator.clear_requests()
+    summary = attempt()  # the retry
+    assert [r.fields["image_url"] for r in emulator.requests] == ["https://example.com/a.jpg"]
+    assert summary["reused"] == 2 and summary["failed"] == 0
+    table = pq.read_table(out)
+    assert sorted(set(table["source"].to_pylist())) <= images
+    assert table.num_rows > first_rows
+    sources, errors = sources_and_errors(out)
+    assert sources == images and errors == []
+    # A rerun after full success computes again (and replaces, never duplicates).
+    emulator.clear_requests()
+    again = attempt()
+    assert again["reused"] == 0 and emulator.count() == 3
+    assert pq.read_table(out).num_rows == table.num_rows
+
+
+def test_rerun_replaces_output_never_duplicates(emulator, make_conn, tmp_path):
+    out = tmp_path / "k.parquet"
+    images = ["https://example.com/a.jpg", "https://example.com/b.jpg"]
+    conn_id = make_conn()
+    for _ in range(2):
+        KakaoPoseImageOperator(task_id="i", images=images, output_uri=str(out), kakao_pose_conn_id=conn_id).execute(
+            context()
+        )
+    table = pq.read_table(out)
+    keys = list(
+        zip(table["source"].to_pylist(), table["person_idx"].to_pylist(), table["keypoint_id"].to_pylist(), strict=True)
+    )
+    assert len(keys) == len(set(keys))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.errors.parquet", "k.parquet"]
