@@ -73,7 +73,7 @@ class Deployment:
         Nothing from the test session's own Airflow settings (conftest points AIRFLOW_HOME elsewhere and turns
         unit-test mode on) may leak into the deployment.
         """
-        return {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "KAKAO_POSE"))}
+        return {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "_AIRFLOW", "KAKAO_POSE"))}
 
     def airflow_env(self, dags_folder: Path, extra: dict[str, str]) -> dict[str, str]:
         """The environment shared by every Airflow component (they must agree on DB, secrets and URLs)."""

@@ -147,3 +147,23 @@ async def test_slow_callback_detection_works(caplog):
 def test_poll_interval_must_be_positive():
     with pytest.raises(ValueError, match="poll_interval"):
         KakaoPoseJobTrigger("x", poll_interval=0)
+
+
+async def test_triggers_on_one_loop_share_a_session_and_a_rate_limit(emulator, make_conn):
+    from airflow_provider_kakaopose.hooks.pose import KakaoPoseAsyncHook
+
+    conn_id = make_conn(rate_limit_per_second=20)
+    a, b = KakaoPoseAsyncHook(conn_id), KakaoPoseAsyncHook(conn_id)
+    async with a, b:
+        assert a._session is b._session
+        session = a._session
+        await asyncio.gather(a.get_job("x"), b.get_job("y"))
+        assert a._rate_limiter is b._rate_limiter
+    assert session.closed  # closed when its last user left
+    # Twenty triggers polling together still respect the connection's 20/s.
+    start = time.monotonic()
+    events = await asyncio.gather(
+        *(events_of(KakaoPoseJobTrigger(f"n{i}", conn_id, poll_interval=1)) for i in range(30))
+    )
+    assert all(e[0]["status"] == "not found" for e in events)
+    assert time.monotonic() - start >= 1.3  # 32 requests at 20/s

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import weakref
 from functools import cached_property
 from typing import IO, Any
 
@@ -294,12 +295,61 @@ class KakaoPoseHook(_KakaoPoseHookBase):
         return True, f"Connected to {settings.base_url}; the REST API key was accepted"
 
 
+class _LoopSessions:
+    """One aiohttp session per event loop, shared by every async hook on that loop (reference counted).
+
+    A triggerer runs all its triggers on one loop: a thousand waiting jobs then share one connection pool
+    instead of holding a thousand sessions.
+    """
+
+    def __init__(self) -> None:
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[Any]] = weakref.WeakKeyDictionary()
+
+    def acquire(self) -> Any:
+        import aiohttp
+
+        loop = asyncio.get_running_loop()
+        entry = self._by_loop.get(loop)
+        if entry is None or entry[0].closed:
+            connector = aiohttp.TCPConnector(limit=100, limit_per_host=100)
+            entry = [aiohttp.ClientSession(connector=connector, headers={"Accept": "application/json"}), 0]
+            self._by_loop[loop] = entry
+        entry[1] += 1
+        return entry[0]
+
+    async def release(self, session: Any) -> None:
+        entry = self._by_loop.get(asyncio.get_running_loop())
+        if entry is None or entry[0] is not session:
+            await session.close()
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del self._by_loop[asyncio.get_running_loop()]
+            await session.close()
+
+
+_SESSIONS = _LoopSessions()
+_LIMITERS: dict[tuple[str, str, float | None], RateLimiter] = {}
+_LIMITERS_LOCK = threading.Lock()
+
+
+def shared_rate_limiter(settings: ConnSettings, conn_id: str) -> RateLimiter:
+    """The process-wide limiter of one connection, shared by every async hook (and so every trigger)."""
+    key = (conn_id, settings.base_url, settings.rate_limit_per_second)
+    with _LIMITERS_LOCK:
+        limiter = _LIMITERS.get(key)
+        if limiter is None:
+            limiter = _LIMITERS[key] = RateLimiter(settings.rate_limit_per_second)
+        return limiter
+
+
 class KakaoPoseAsyncHook(_KakaoPoseHookBase):
     """Asynchronous client (aiohttp) for polling jobs from a trigger, with the sync hook's retry rules.
 
     The connection is looked up asynchronously, so nothing blocks the triggerer's event loop. Use it as an
-    async context manager to reuse one HTTP session for many calls; without it, each call opens and closes
-    its own session.
+    async context manager: all hooks entered on one event loop share one HTTP session (one connection pool),
+    and all async hooks of one connection in a process share one rate limiter, so many triggers together
+    stay under ``rate_limit_per_second``. Without ``async with``, each call opens and closes its own session.
     """
 
     def __init__(
@@ -319,24 +369,22 @@ class KakaoPoseAsyncHook(_KakaoPoseHookBase):
         async with self._settings_lock:  # concurrent first calls must share one limiter
             if self._settings is None:
                 settings = self._settings_from(await self.aget_connection(self.kakao_pose_conn_id))
-                self._rate_limiter = RateLimiter(settings.rate_limit_per_second)
+                self._rate_limiter = shared_rate_limiter(settings, self.kakao_pose_conn_id)
                 self._settings = settings
         return self._settings
 
     async def __aenter__(self) -> KakaoPoseAsyncHook:
-        import aiohttp
-
-        self._session = aiohttp.ClientSession(headers={"Accept": "application/json"})
+        self._session = _SESSIONS.acquire()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     async def close(self) -> None:
-        """Close the shared session, if one was opened."""
+        """Give back the shared session (closed when its last user leaves)."""
         if self._session is not None:
-            await self._session.close()
-            self._session = None
+            session, self._session = self._session, None
+            await _SESSIONS.release(session)
 
     async def _request(self, method: str, path: str) -> bytes:
         import aiohttp
