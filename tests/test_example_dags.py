@@ -92,3 +92,39 @@ def test_mapped_videos_dag(run_example, emulator):
     assert emulator.count(method="POST", path="/pose/job") == 2
     persons = [query("SELECT max(person_idx) + 1 FROM FILES", [f])[0][0] for f in files]
     assert persons == [2, 1]
+
+
+def test_no_key_anywhere_after_running_every_example(run_example, airflow_db, tmp_path):
+    """Canary key: run every example DAG, then search the metadata DB (XCom, trigger kwargs, rendered
+    fields, task instances, logs), every file under AIRFLOW_HOME and every Parquet file for it.
+
+    Captured stdout/stderr/logs of this test are searched by the conftest guard as well.
+    """
+    from pathlib import Path
+
+    from airflow.models.trigger import Trigger
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    for dag_id in DAG_IDS:
+        dag_run, _ = run_example(dag_id)
+        assert dag_run.state == "success"
+    key = API_KEY.encode()
+    with create_session() as session:
+        triggers = session.query(Trigger).all()
+        xcoms = session.query(XComModel).all()
+        assert triggers, "the deferrable examples should have stored triggers"
+        assert xcoms, "the examples should have pushed XComs"
+        for trigger in triggers:
+            assert trigger.classpath.endswith("KakaoPoseJobTrigger")
+            assert set(trigger.kwargs) == {"job_id", "kakao_pose_conn_id", "poll_interval", "end_time"}
+            assert API_KEY not in repr(trigger.kwargs) and API_KEY not in str(trigger.encrypted_kwargs)
+        for xcom in xcoms:
+            assert API_KEY not in repr(xcom.value)
+    searched = 0
+    for root in (Path(airflow_db), tmp_path / "out"):
+        for path in root.rglob("*"):
+            if path.is_file():
+                searched += 1
+                assert key not in path.read_bytes(), f"the key is in {path}"
+    assert searched >= 6  # at least the SQLite DB and the Parquet files were searched
