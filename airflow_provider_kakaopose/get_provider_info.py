@@ -88,6 +88,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_provider_kakaopose.triggers.pose"],
             }
         ],
+        "extra-links": ["airflow_provider_kakaopose.operators.pose.KakaoPoseJobLink"],
         "connection-types": [
             {
                 "connection-type": CONN_TYPE,

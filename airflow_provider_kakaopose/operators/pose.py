@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator, conf
+from airflow.sdk import BaseOperator, BaseOperatorLink, conf
 
 from airflow_provider_kakaopose.exceptions import KakaoPoseAuthError, KakaoPoseError, KakaoPoseInputError
 from airflow_provider_kakaopose.get_provider_info import DEFAULT_CONN_ID
@@ -85,13 +85,107 @@ class ImageOutcome:
         }
 
 
+class KakaoPoseJobLink(BaseOperatorLink):
+    """ "Pose job result": the job's ``GET /pose/job/{id}`` URL on the connection's base URL.
+
+    (The service asks for the key on that URL too, so a browser shows 401: use it with ``curl -H``.)
+    """
+
+    name = "Pose job result"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: Any) -> str:
+        return getattr(operator, "job_url", None) or ""
+
+
+def _job_url(conn_id: str, job_id: str) -> str | None:
+    from airflow_provider_kakaopose.hooks.pose import KakaoPoseHook
+
+    try:
+        return f"{KakaoPoseHook(conn_id).settings.base_url}/pose/job/{job_id}"
+    except KakaoPoseError:
+        return None
+
+
+def _ol_dataset(uri: str, schema: Any = None) -> Any:
+    """An OpenLineage dataset for a URL, a local path or a storage URI (naming per the OpenLineage spec)."""
+    from urllib.parse import urlsplit
+
+    from openlineage.client.event_v2 import Dataset
+
+    parts = urlsplit(uri)
+    if parts.scheme in ("", "file"):
+        namespace, name = "file", os.path.abspath(parts.path if parts.scheme else uri)
+    else:
+        netloc = parts.netloc.split("@", 1)[-1]  # Airflow's s3://conn_id@bucket/key: the bucket is the namespace
+        namespace, name = f"{parts.scheme}://{netloc}", parts.path.lstrip("/") or "/"
+    facets = {}
+    if schema is not None:
+        from openlineage.client.facet_v2 import schema_dataset
+
+        facets["schema"] = schema_dataset.SchemaDatasetFacet(
+            fields=[schema_dataset.SchemaDatasetFacetFields(name=f.name, type=str(f.type)) for f in schema]
+        )
+    return Dataset(namespace=namespace, name=name, facets=facets)
+
+
+class _PoseLineage:
+    """OpenLineage facets for the pose operators: inputs are what was analysed, outputs the Parquet tables
+    (with a schema facet). Only used when the OpenLineage provider is installed."""
+
+    lineage_inputs: list[str]
+    lineage_outputs: list[tuple[str, str]]  # (uri, "keypoints" | "errors")
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        from airflow.providers.openlineage.extractors import OperatorLineage
+
+        from airflow_provider_kakaopose.tables import errors_schema, keypoints_schema
+
+        schemas = {"keypoints": keypoints_schema(), "errors": errors_schema()}
+        return OperatorLineage(
+            inputs=[_ol_dataset(uri) for uri in getattr(self, "lineage_inputs", [])],
+            outputs=[_ol_dataset(uri, schemas[kind]) for uri, kind in getattr(self, "lineage_outputs", [])],
+        )
+
+
+class Progress:
+    """Logs ``n / total, rate, ETA`` every ``every`` seconds while a long batch runs."""
+
+    def __init__(self, total: int, what: str, log: Any, every: float = 5.0) -> None:
+        self.total, self.what, self.log, self.every = total, what, log, every
+        self.count = 0
+        self.start = self._last = time.monotonic()
+
+    def step(self) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now - self._last >= self.every and self.count < self.total:
+            self._last = now
+            rate = self.count / (now - self.start)
+            eta = (self.total - self.count) / rate if rate else float("inf")
+            self.log.info(
+                "Progress: %d/%d %ss (%.0f%%), %.1f/s, ETA %.0f s",
+                self.count,
+                self.total,
+                self.what,
+                100 * self.count / self.total,
+                rate,
+                eta,
+            )
+
+    def done(self) -> None:
+        elapsed = time.monotonic() - self.start
+        self.log.info(
+            "Done: %d %ss in %.1f s (%.1f/s)", self.count, self.what, elapsed, self.count / max(elapsed, 1e-9)
+        )
+
+
 def default_errors_uri(output_uri: str) -> str:
     """``…/keypoints.parquet`` → ``…/keypoints.errors.parquet`` (beside the keypoints)."""
     stem = output_uri[: -len(".parquet")] if output_uri.endswith(".parquet") else output_uri
     return f"{stem}.errors.parquet"
 
 
-class KakaoPoseImageOperator(BaseOperator):
+class KakaoPoseImageOperator(_PoseLineage, BaseOperator):
     """Detect poses in a batch of images, concurrently at the quota's pace; write keypoints and errors.
 
     :param images: one item or a list (templated). http(s) URLs are passed to the service as ``image_url``;
@@ -169,7 +263,7 @@ class KakaoPoseImageOperator(BaseOperator):
         return ImageOutcome(source=source, persons=persons)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from concurrent.futures import ThreadPoolExecutor
+        from concurrent.futures import ThreadPoolExecutor, as_completed
 
         from airflow_provider_kakaopose.hooks.pose import KakaoPoseHook
         from airflow_provider_kakaopose.tables import errors_table, write_parquet
@@ -191,9 +285,18 @@ class KakaoPoseImageOperator(BaseOperator):
                 self.max_concurrency,
                 f" ({len(items) - len(todo)} reused from the previous try)" if previous else "",
             )
+            progress = Progress(len(todo), "image", self.log)
             with ThreadPoolExecutor(max_workers=min(self.max_concurrency, max(len(todo), 1))) as pool:
-                for i, outcome in zip(todo, pool.map(lambda n: self.analyze_one(hook, items[n]), todo), strict=True):
-                    outcomes[i] = outcome
+                futures = {pool.submit(self.analyze_one, hook, items[n]): n for n in todo}
+                try:
+                    for future in as_completed(futures):
+                        outcomes[futures[future]] = future.result()
+                        progress.step()
+                except BaseException:
+                    for future in futures:  # e.g. a refused key: do not send the rest
+                        future.cancel()
+                    raise
+            progress.done()
         finally:
             hook.close()
         failures = [o for o in outcomes if o is not None and o.error is not None]
@@ -202,6 +305,8 @@ class KakaoPoseImageOperator(BaseOperator):
             self.log.warning("Image %s failed: %s", outcome.source, outcome.error)
         write_parquet(table, output_uri)
         write_parquet(errors_table(o.error_row() for o in failures), errors_uri)
+        self.lineage_inputs = [open_input_label(item) for item in items]
+        self.lineage_outputs = [(output_uri, "keypoints"), (errors_uri, "errors")]
         summary = {
             "output_uri": output_uri,
             "errors_uri": errors_uri,
@@ -287,7 +392,7 @@ def _batch_table(
     return table.replace_schema_metadata(meta), persons
 
 
-class _JobLoader:
+class _JobLoader(_PoseLineage):
     """Fetch a finished job's raw body and write its table (shared by the video and load operators)."""
 
     kakao_pose_conn_id: str
@@ -301,6 +406,10 @@ class _JobLoader:
             return {"job_id": job_id, "status": "success", "output_uri": None}
         from airflow_provider_kakaopose.tables import keypoints_reader, write_parquet
 
+        self.job_url = _job_url(self.kakao_pose_conn_id, job_id)
+        if source is not None:
+            self.lineage_inputs = [source]
+        self.lineage_outputs = [(output_uri, "keypoints")]
         raw = KakaoPoseHook(self.kakao_pose_conn_id).get_job_bytes(job_id)
         reader = keypoints_reader(raw, source=source)  # raises for failed / not found bodies too
         counter = _Counter(reader)
@@ -362,6 +471,7 @@ class KakaoPoseVideoOperator(_JobLoader, BaseOperator):
 
     template_fields: Sequence[str] = ("video", "output_uri", "callback_url")
     ui_color = "#fee500"
+    operator_extra_links = (KakaoPoseJobLink(),)
 
     def __init__(
         self,
@@ -430,6 +540,8 @@ class KakaoPoseVideoOperator(_JobLoader, BaseOperator):
         hook = KakaoPoseHook(self.kakao_pose_conn_id)
         job = self._reattach(context, hook) or self._submit(context, hook)
         job_id = job["job_id"]
+        self.job_url = _job_url(self.kakao_pose_conn_id, job_id)
+        self.lineage_inputs = [self._source()]
         context["ti"].xcom_push(key="job_id", value=job_id)
         if not self.wait_for_completion:
             return job_id
@@ -448,11 +560,16 @@ class KakaoPoseVideoOperator(_JobLoader, BaseOperator):
                 method_name="execute_complete",
                 timeout=timedelta(seconds=max(deadline - time.time(), 0) + 300),
             )
+        status = body["status"]
+        self.log.info("Pose job %s is %s; waiting in the worker", job_id, status)
         while not raise_for_job(job_id, body):
             if time.time() >= deadline:
                 raise KakaoPoseError(f"Pose job {job_id} was still {body['status']} after {self.timeout:.0f} s")
             time.sleep(min(self.poll_interval, max(deadline - time.time(), 0.01)))
             body = hook.get_job(job_id)
+            if body["status"] != status:
+                status = body["status"]
+                self.log.info("Pose job %s is now %s", job_id, status)
         return self.load_job(job_id, output_uri_of(self.output_uri), self._source())
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
@@ -473,6 +590,7 @@ class KakaoPoseJobToParquetOperator(_JobLoader, BaseOperator):
 
     template_fields: Sequence[str] = ("job_id", "output_uri", "source")
     ui_color = "#fee500"
+    operator_extra_links = (KakaoPoseJobLink(),)
 
     def __init__(
         self,
