@@ -36,3 +36,8 @@ POLL_INTERVAL = float(os.environ.get("KAKAO_POSE_POLL_INTERVAL", "2"))
 
 #: Deterministic per run: a rerun of the same logical date replaces its output.
 RUN_DIR = "{{ dag.dag_id }}/{{ ds_nodash }}"
+
+#: Asset updated by the video example each time it lands a table; downstream DAGs can be scheduled on it.
+POSE_VIDEO_ASSET_URI = (
+    f"{OUTPUT_ROOT}/kakao_pose_video" if "://" in OUTPUT_ROOT else f"file://{OUTPUT_ROOT}/kakao_pose_video"
+)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pendulum
-from _common import OUTPUT_ROOT, POLL_INTERVAL, RUN_DIR, VIDEOS
-from airflow.sdk import DAG
+from _common import OUTPUT_ROOT, POLL_INTERVAL, POSE_VIDEO_ASSET_URI, RUN_DIR, VIDEOS
+from airflow.sdk import DAG, Asset
 
 from airflow_provider_kakaopose.operators.pose import KakaoPoseVideoOperator
 
@@ -23,4 +23,5 @@ with DAG(
         poll_interval=POLL_INTERVAL,
         timeout=1800,
         retries=2,
+        outlets=[Asset(POSE_VIDEO_ASSET_URI)],  # downstream: kakao_pose_asset_consumer
     )

@@ -19,7 +19,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 HOME = ROOT / ".airflow" / "demo"
 OUTPUT = ROOT / "out" / "demo"
-DAG_IDS = ["kakao_pose_images", "kakao_pose_video", "kakao_pose_video_sensor", "kakao_pose_videos_mapped"]
+DAG_IDS = [
+    "kakao_pose_images",
+    "kakao_pose_video",
+    "kakao_pose_asset_consumer",
+    "kakao_pose_video_sensor",
+    "kakao_pose_videos_mapped",
+]
 LOGICAL_DATE = "2026-01-01"
 
 

@@ -10,7 +10,13 @@ import duckdb
 import pytest
 from conftest import API_KEY, DAGS
 
-DAG_IDS = ["kakao_pose_images", "kakao_pose_video", "kakao_pose_video_sensor", "kakao_pose_videos_mapped"]
+DAG_IDS = [
+    "kakao_pose_images",
+    "kakao_pose_video",
+    "kakao_pose_video_sensor",
+    "kakao_pose_videos_mapped",
+    "kakao_pose_asset_consumer",
+]
 VIDEOS = "https://example.com/a.mp4?frames=12&persons=2,https://example.com/b.mp4?frames=7&persons=1"
 
 
@@ -128,3 +134,22 @@ def test_no_key_anywhere_after_running_every_example(run_example, airflow_db, tm
                 searched += 1
                 assert key not in path.read_bytes(), f"the key is in {path}"
     assert searched >= 6  # at least the SQLite DB and the Parquet files were searched
+
+
+def test_asset_consumer_queries_what_the_video_dag_landed(run_example):
+    dag_run, _ = run_example("kakao_pose_video")
+    assert dag_run.state == "success"
+    dag_run, _ = run_example("kakao_pose_asset_consumer")
+    assert dag_run.state == "success"
+    [ti] = dag_run.get_task_instances()
+    rows = ti.xcom_pull(task_ids="people_per_second")
+    assert rows and rows[0]["second"] == 0 and rows[0]["people_per_frame"] == 2.0
+
+
+def test_video_dag_declares_the_asset_the_consumer_waits_for(run_example):
+    for name in ("_common", "kakao_pose_video", "kakao_pose_asset_consumer"):
+        sys.modules.pop(name, None)
+    producer = importlib.import_module("kakao_pose_video").dag
+    consumer = importlib.import_module("kakao_pose_asset_consumer").dag
+    [outlet] = producer.get_task("analyze_video").outlets
+    assert list(consumer.timetable.asset_condition.objects) == [outlet]
