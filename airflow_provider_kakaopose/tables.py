@@ -145,7 +145,8 @@ def keypoints_schema() -> pa.Schema:
     if _SCHEMA is None:
         import pyarrow as pa
 
-        dict_str = pa.dictionary(pa.int8(), pa.string())
+        dict_str = pa.dictionary(pa.int32(), pa.string())  # a batch may hold thousands of sources
+        dict_kp = pa.dictionary(pa.int8(), pa.string())
         f32 = pa.float32()
         _SCHEMA = pa.schema(
             [
@@ -155,7 +156,7 @@ def keypoints_schema() -> pa.Schema:
                 pa.field("time_s", pa.float64()),
                 pa.field("person_idx", pa.int16(), nullable=False),
                 pa.field("keypoint_id", pa.int8(), nullable=False),
-                pa.field("keypoint", dict_str, nullable=False),
+                pa.field("keypoint", dict_kp, nullable=False),
                 pa.field("x", f32),
                 pa.field("y", f32),
                 pa.field("score", f32, nullable=False),
@@ -310,8 +311,8 @@ def _dict_column(value: str | None, n: int) -> pa.Array:
     import pyarrow as pa
 
     if value is None:
-        return pa.DictionaryArray.from_arrays(pa.nulls(n, pa.int8()), pa.array([], pa.string()))
-    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int8)), pa.array([value], pa.string()))
+        return pa.DictionaryArray.from_arrays(pa.nulls(n, pa.int32()), pa.array([], pa.string()))
+    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([value], pa.string()))
 
 
 def _build_batch(

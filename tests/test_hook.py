@@ -519,3 +519,35 @@ async def test_async_connection_lookup_does_not_block_the_loop(emulator, make_co
 
     monkeypatch.setattr(BaseHook, "get_connection", classmethod(forbidden))
     assert (await KakaoPoseAsyncHook(make_conn()).get_job("nope"))["status"] == "not found"
+
+
+def test_malformed_answer_carries_attempts_and_status(emulator, make_conn):
+    emulator.script_faults(["500", "malformed"])
+    with pytest.raises(KakaoPoseResponseError) as info:
+        KakaoPoseHook(make_conn()).get_job("x")
+    assert (info.value.attempts, info.value.status_code) == (2, 200)
+
+
+@pytest.mark.parametrize("fault", ["slow", "drop"])
+def test_job_submission_is_not_resent_when_it_may_have_arrived(emulator, make_conn, fault):
+    """A read timeout or a dropped answer may come after the service created the job: resending would
+    create a second job, so the submission fails instead (GETs and image analysis are still retried)."""
+    emulator.configure(slow_seconds=1.0)
+    emulator.script_faults([fault])
+    with pytest.raises(KakaoPoseConnectionError, match="not resent") as info:
+        KakaoPoseHook(make_conn(read_timeout=0.3)).submit_video_job(video_url=VIDEO_URL)
+    assert info.value.attempts == 1 and not info.value.retryable
+    assert emulator.count(method="POST", path="/pose/job") == 1
+
+
+def test_job_submission_is_resent_when_the_connection_was_refused(make_conn):
+    hook = KakaoPoseHook(make_conn(host=f"http://127.0.0.1:{free_port()}", max_retries=2))
+    with pytest.raises(KakaoPoseConnectionError) as info:
+        hook.submit_video_job(video_url=VIDEO_URL)
+    assert info.value.attempts == 3 and "not resent" not in str(info.value)
+
+
+def test_job_submission_is_resent_after_a_clear_server_answer(emulator, make_conn):
+    emulator.script_faults(["503", "quota"])
+    assert KakaoPoseHook(make_conn()).submit_video_job(video_url=VIDEO_URL)
+    assert emulator.count(method="POST", path="/pose/job") == 3

@@ -38,7 +38,7 @@ from airflow_provider_kakaopose.tables import (
     write_parquet,
 )
 
-SAMPLES = Path("/work/shared/api/samples")
+SAMPLES = Path(__file__).parent / "data" / "samples"  # the service guide's sample bodies
 if not SAMPLES.exists():  # pragma: no cover - the repo's own copy, if the shared folder is absent
     SAMPLES = Path(__file__).parent / "data" / "samples"
 
@@ -113,8 +113,8 @@ def test_columns_and_types():
     assert tuple(t.column_names) == COLUMNS
     types_ = {f.name: str(f.type) for f in t.schema}
     assert types_ == {
-        "source": "dictionary<values=string, indices=int8, ordered=0>",
-        "job_id": "dictionary<values=string, indices=int8, ordered=0>",
+        "source": "dictionary<values=string, indices=int32, ordered=0>",
+        "job_id": "dictionary<values=string, indices=int32, ordered=0>",
         "frame_num": "int32",
         "time_s": "double",
         "person_idx": "int16",
@@ -614,3 +614,15 @@ def test_dataframe_types_in_pandas(table):
     df = table.to_pandas()
     assert isinstance(df, pd.DataFrame)
     assert df.time_s.iloc[0] == 0.0 and df.time_s.iloc[-1] == pytest.approx(2 / 30)
+
+
+def test_a_batch_with_many_sources_round_trips(tmp_path):
+    """Hundreds of sources in one table (an image batch) must still write and read back."""
+    import pyarrow as pa
+
+    persons = json.loads((SAMPLES / "image_response.json").read_text())
+    table = pa.concat_tables([keypoints_table(persons, source=f"https://example.com/{n}.jpg") for n in range(300)])
+    path = tmp_path / "batch.parquet"
+    write_parquet(table, path)
+    back = read_keypoints(path)
+    assert back["source"].nunique() == 300 and len(back) == table.num_rows

@@ -341,11 +341,34 @@ class RateLimiter:
             self._recent.append(slot)
             return slot - now
 
+    def _overslept(self, slot: float) -> bool:
+        """True when the caller woke so long after its slot that sending now would bunch requests."""
+        spacing = max(self.interval, self.penalty)
+        return bool(spacing) and time.monotonic() - slot > spacing
+
     def acquire(self) -> None:
-        """Block the calling thread until its slot (sync hook)."""
-        delay = self.reserve()
-        if delay > 0:
-            time.sleep(delay)
+        """Block the calling thread until its slot (sync hook). A thread that wakes more than one spacing
+        late (a busy machine) books a new slot instead of sending in a burst with the others."""
+        while True:
+            delay = self.reserve()
+            slot = time.monotonic() + delay
+            if delay > 0:
+                time.sleep(delay)
+            if not self._overslept(slot):
+                return
+
+    async def acquire_async(self) -> None:
+        """Await the caller's slot without blocking the event loop; a late wake-up (a busy loop) books a
+        new slot, so a thousand triggers never send their overdue polls in one burst."""
+        import asyncio
+
+        while True:
+            delay = self.reserve()
+            slot = time.monotonic() + delay
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if not self._overslept(slot):
+                return
 
     def on_quota(self) -> None:
         """The service said the quota is exhausted: space requests further apart."""
@@ -364,7 +387,7 @@ class RateLimiter:
         if self.penalty:
             with self._lock:
                 relaxed = self.penalty * 0.98
-                self.penalty = relaxed if relaxed > self.interval * 1.01 else 0.0
+                self.penalty = relaxed if relaxed > max(self.interval * 1.01, 0.001) else 0.0
 
 
 # -------------------------------------------------------------------------------------------- uploads

@@ -12,10 +12,12 @@ import asyncio
 import os
 import threading
 import weakref
+from collections.abc import Callable
 from functools import cached_property
 from typing import IO, Any
 
 import requests
+import urllib3
 from airflow.sdk import BaseHook
 from tenacity import AsyncRetrying, Retrying
 
@@ -174,6 +176,12 @@ class KakaoPoseHook(_KakaoPoseHookBase):
         """Return the pooled ``requests`` session (authorization is added per request)."""
         return self.session
 
+    def __enter__(self) -> KakaoPoseHook:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         """Close the pooled session."""
         if "session" in self.__dict__:
@@ -190,13 +198,21 @@ class KakaoPoseHook(_KakaoPoseHookBase):
         fields: dict[str, str] | None = None,
         upload: Upload | None = None,
         settings: ConnSettings | None = None,
-    ) -> bytes:
-        """Send one logical request (with retries) and return the 2xx body; errors are mapped."""
+        parse: Callable[[bytes], Any] = bytes,
+        resend_if_unsure: bool = True,
+    ) -> Any:
+        """Send one logical request (with retries) and return ``parse(body)`` of the 2xx answer.
+
+        ``parse`` runs inside the attempt, so its errors carry ``attempts`` and the HTTP status.
+        ``resend_if_unsure=False`` (job submission) never resends after a failure that may have happened
+        once the request reached the service (read timeout, dropped connection): that would create a
+        second job.
+        """
         s = settings or self.settings
         url = s.base_url + path
         attempts = 0
 
-        def attempt() -> bytes:
+        def attempt() -> Any:
             nonlocal attempts
             attempts += 1
             self.rate_limiter.acquire()
@@ -216,13 +232,22 @@ class KakaoPoseHook(_KakaoPoseHookBase):
                 requests.exceptions.Timeout,
                 requests.exceptions.ChunkedEncodingError,
             ) as err:
-                raise _with_attempts(transport_error(method, path, s.base_url, err), attempts) from None
+                error = transport_error(method, path, s.base_url, err)
+                if not resend_if_unsure and _may_have_arrived(err):
+                    error.retryable = False
+                    error.message = error.args[0] + " (the request may have reached the service; not resent)"
+                    error.args = (error.message,)
+                raise _with_attempts(error, attempts) from None
             except requests.exceptions.RequestException as err:
                 raise KakaoPoseError(f"{method} {path} to {s.base_url} failed: {err}") from None
             try:
-                return _settle(self.rate_limiter, check_response(method, path, resp.status_code, resp.headers, body))
+                result = parse(check_response(method, path, resp.status_code, resp.headers, body))
             except KakaoPoseError as err:
+                if err.status_code is None:
+                    err.status_code = resp.status_code
                 raise _with_attempts(_settle_error(self.rate_limiter, err), attempts) from None
+            self.rate_limiter.on_success()
+            return result
 
         return Retrying(**retry_kwargs(s, self.log, f"{method} {path}"))(attempt)
 
@@ -239,8 +264,13 @@ class KakaoPoseHook(_KakaoPoseHookBase):
         upload = read_upload(file, "image") if file is not None else None
         check_image_input(image_url, upload, self.settings, self.limits)
         fields = {"image_url": image_url} if image_url is not None else None
-        body = self._request("POST", "/pose", fields=fields, upload=upload)
-        return check_persons(parse_json(body, "POST", "/pose"), "POST", "/pose")
+        return self._request(
+            "POST",
+            "/pose",
+            fields=fields,
+            upload=upload,
+            parse=lambda body: check_persons(parse_json(body, "POST", "/pose"), "POST", "/pose"),
+        )
 
     def submit_video_job(
         self,
@@ -267,13 +297,19 @@ class KakaoPoseHook(_KakaoPoseHookBase):
             fields["video_url"] = video_url
         if callback_url is not None:
             fields["callback_url"] = callback_url
-        body = self._request("POST", "/pose/job", fields=fields, upload=upload)
-        return check_job_id(parse_json(body, "POST", "/pose/job"), "POST", "/pose/job")
+        return self._request(
+            "POST",
+            "/pose/job",
+            fields=fields,
+            upload=upload,
+            parse=lambda body: check_job_id(parse_json(body, "POST", "/pose/job"), "POST", "/pose/job"),
+            resend_if_unsure=False,
+        )
 
     def get_job(self, job_id: str) -> dict:
         """The job's body as the service returns it, whatever the status: ``GET /pose/job/{job_id}``."""
         path = job_path(job_id)
-        return check_job(parse_json(self._request("GET", path), "GET", path), "GET", path)
+        return self._request("GET", path, parse=lambda body: check_job(parse_json(body, "GET", path), "GET", path))
 
     def get_job_bytes(self, job_id: str) -> bytes:
         """The job's body as raw JSON bytes, unparsed: the fast path for large results (see the tables)."""
@@ -285,7 +321,9 @@ class KakaoPoseHook(_KakaoPoseHookBase):
             settings = self._settings_from(self.get_connection(self.kakao_pose_conn_id))
             probe = ConnSettings(**{**settings.__dict__, "max_retries": min(settings.max_retries, 1)})
             path = job_path(PROBE_JOB_ID)
-            check_job(parse_json(self._request("GET", path, settings=probe), "GET", path), "GET", path)
+            self._request(
+                "GET", path, settings=probe, parse=lambda body: check_job(parse_json(body, "GET", path), "GET", path)
+            )
         except KakaoPoseAuthError as err:
             return False, f"The service refused the REST API key: {err}"
         except KakaoPoseConnectionError as err:
@@ -386,7 +424,7 @@ class KakaoPoseAsyncHook(_KakaoPoseHookBase):
             session, self._session = self._session, None
             await _SESSIONS.release(session)
 
-    async def _request(self, method: str, path: str) -> bytes:
+    async def _request(self, method: str, path: str, parse: Callable[[bytes], Any] = bytes) -> Any:
         import aiohttp
 
         s = await self.get_settings()
@@ -396,12 +434,10 @@ class KakaoPoseAsyncHook(_KakaoPoseHookBase):
         timeout = aiohttp.ClientTimeout(sock_connect=s.connect_timeout, sock_read=s.read_timeout)
         attempts = 0
 
-        async def attempt(session: aiohttp.ClientSession) -> bytes:
+        async def attempt(session: aiohttp.ClientSession) -> Any:
             nonlocal attempts
             attempts += 1
-            delay = limiter.reserve()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            await limiter.acquire_async()
             try:
                 async with session.request(method, url, headers=s.auth_header, timeout=timeout) as resp:
                     body = await resp.read()
@@ -411,9 +447,13 @@ class KakaoPoseAsyncHook(_KakaoPoseHookBase):
             except aiohttp.ClientError as err:
                 raise KakaoPoseError(f"{method} {path} to {s.base_url} failed: {err}") from None
             try:
-                return _settle(limiter, check_response(method, path, status, headers, body))
+                result = parse(check_response(method, path, status, headers, body))
             except KakaoPoseError as err:
+                if err.status_code is None:
+                    err.status_code = status
                 raise _with_attempts(_settle_error(limiter, err), attempts) from None
+            limiter.on_success()
+            return result
 
         own = self._session is None
         session = aiohttp.ClientSession(headers={"Accept": "application/json"}) if own else self._session
@@ -429,12 +469,24 @@ class KakaoPoseAsyncHook(_KakaoPoseHookBase):
     async def get_job(self, job_id: str) -> dict:
         """The job's body as the service returns it, whatever the status: ``GET /pose/job/{job_id}``."""
         path = job_path(job_id)
-        return check_job(parse_json(await self._request("GET", path), "GET", path), "GET", path)
+        return await self._request(
+            "GET", path, parse=lambda body: check_job(parse_json(body, "GET", path), "GET", path)
+        )
 
 
-def _settle(limiter: RateLimiter, body: bytes) -> bytes:
-    limiter.on_success()
-    return body
+def _may_have_arrived(err: BaseException) -> bool:
+    """False only when the connection was never made (refused, DNS, connect timeout): safe to resend."""
+    if isinstance(err, requests.exceptions.ConnectTimeout):
+        return False
+    cause: BaseException | None = err
+    for _ in range(10):  # requests wraps urllib3's MaxRetryError, whose .reason is the real failure
+        if cause is None:
+            break
+        if isinstance(cause, urllib3.exceptions.NewConnectionError | urllib3.exceptions.NameResolutionError):
+            return False
+        inner = cause.args[0] if cause.args and isinstance(cause.args[0], BaseException) else None
+        cause = inner or cause.__cause__ or getattr(cause, "reason", None)
+    return True
 
 
 def _settle_error(limiter: RateLimiter, err: KakaoPoseError) -> KakaoPoseError:

@@ -410,7 +410,8 @@ class _JobLoader(_PoseLineage):
         if source is not None:
             self.lineage_inputs = [source]
         self.lineage_outputs = [(output_uri, "keypoints")]
-        raw = KakaoPoseHook(self.kakao_pose_conn_id).get_job_bytes(job_id)
+        with KakaoPoseHook(self.kakao_pose_conn_id) as hook:
+            raw = hook.get_job_bytes(job_id)
         reader = keypoints_reader(raw, source=source)  # raises for failed / not found bodies too
         counter = _Counter(reader)
         rows = write_parquet(counter.reader(), output_uri)
@@ -537,7 +538,10 @@ class KakaoPoseVideoOperator(_JobLoader, BaseOperator):
     def execute(self, context: Context) -> Any:
         from airflow_provider_kakaopose.hooks.pose import KakaoPoseHook
 
-        hook = KakaoPoseHook(self.kakao_pose_conn_id)
+        with KakaoPoseHook(self.kakao_pose_conn_id) as hook:
+            return self._execute(context, hook)
+
+    def _execute(self, context: Context, hook: KakaoPoseHook) -> Any:
         job = self._reattach(context, hook) or self._submit(context, hook)
         job_id = job["job_id"]
         self.job_url = _job_url(self.kakao_pose_conn_id, job_id)
@@ -564,7 +568,7 @@ class KakaoPoseVideoOperator(_JobLoader, BaseOperator):
         self.log.info("Pose job %s is %s; waiting in the worker", job_id, status)
         while not raise_for_job(job_id, body):
             if time.time() >= deadline:
-                raise KakaoPoseError(f"Pose job {job_id} was still {body['status']} after {self.timeout:.0f} s")
+                raise KakaoPoseError(f"Pose job {job_id} was still {body['status']} after {self.timeout:g} s")
             time.sleep(min(self.poll_interval, max(deadline - time.time(), 0.01)))
             body = hook.get_job(job_id)
             if body["status"] != status:
