@@ -22,7 +22,7 @@ from PIL import Image
 from airflow_provider_kakaopose.emulator import EmulatorConfig, PoseEmulator
 from airflow_provider_kakaopose.validation import Limits
 
-SAMPLES = Path("/work/shared/api/samples")
+SAMPLES = Path(__file__).parent / "data" / "samples"  # the service guide's sample bodies
 KEY = "s3cr3t-emulator-key-0123456789"
 AUTH = {"Authorization": f"KakaoAK {KEY}"}
 URL = "https://example.com/people.jpg"
