@@ -55,6 +55,8 @@ WORKER_PROCESSES = max(1, min(4, os.cpu_count() or 1))
 RESULT_CACHE_BYTES = 1024 * 1024 * 1024
 _KNOWN_SCHEMES = {"kakaoak": "KakaoAK", "bearer": "Bearer", "basic": "Basic", "token": "Token", "digest": "Digest"}
 _VIDEO_URL_KNOBS = ("frames", "persons", "fps", "width", "height")
+#: ``video_url`` knobs that override ``job_waiting_s`` / ``job_processing_s`` for one job.
+_VIDEO_URL_TIMING_KNOBS = ("waiting_s", "processing_s")
 
 
 def _as_tuple(value: Any, name: str) -> tuple[str, ...]:
@@ -658,6 +660,24 @@ class PoseEmulator:
         return dataclasses.replace(spec, **knobs)
 
     @staticmethod
+    def _job_timing(url: str | None, cfg: EmulatorConfig) -> tuple[float, float]:
+        """``(waiting_s, processing_s)`` of a new job: the knobs, or ``waiting_s=`` / ``processing_s=`` in the URL."""
+        timing = {"waiting_s": cfg.job_waiting_s, "processing_s": cfg.job_processing_s}
+        query = parse_qs(urlsplit(url).query) if url is not None else {}
+        for name in _VIDEO_URL_TIMING_KNOBS:
+            if name not in query:
+                continue
+            raw = query[name][-1]
+            try:
+                value = float(raw)
+            except ValueError:
+                raise _BadRequest(f"video_url emulator knob {name}={raw!r} is not a number") from None
+            if not (value >= 0 and math.isfinite(value)):
+                raise _BadRequest(f"video_url emulator knob {name}={raw!r} must be at least 0")
+            timing[name] = value
+        return timing["waiting_s"], timing["processing_s"]
+
+    @staticmethod
     def _check_callback(url: str, cfg: EmulatorConfig) -> list[str]:
         if cfg.callback_any_port:
             try:
@@ -694,13 +714,14 @@ class PoseEmulator:
                     raise _BadRequest("; ".join(problems))
                 key = self._content_key("video_url", url)
             spec = self._video_spec(url, cfg, smoothing)
+            waiting_s, processing_s = self._job_timing(url, cfg)
         except _BadRequest as err:
             return _error(400, -2, str(err))
         if url is not None and self._unreachable(url, cfg):
             spec = None
         with self._lock:
             job_id = self._new_job_id()
-        job = _Job(job_id, time.monotonic(), cfg.job_waiting_s, cfg.job_processing_s, spec, key, callback)
+        job = _Job(job_id, time.monotonic(), waiting_s, processing_s, spec, key, callback)
         self._jobs[job_id] = job
         self._spawn(self._finish_later(job))
         return _json(200, {"job_id": job_id})
