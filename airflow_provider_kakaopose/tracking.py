@@ -1,0 +1,492 @@
+"""Stable person identities across the frames of a video: add a ``track_id`` column to a keypoints table.
+
+The API's ``person_idx`` is only the order of the people within one frame. :func:`assign_tracks` links the
+detections of consecutive frames by an optimal assignment (box overlap + keypoint distance normalised by the
+box size, with a constant-velocity prediction), then re-links people who were missing for up to ``max_gap``
+frames, most recently lost first (a matching cascade), and numbers the resulting tracks. How it works, its
+parameters, its limits and its measured accuracy are in ``docs/tracking.md``.
+
+Everything is vectorised with numpy over all the frames at once: the assignment problems of all frame pairs
+with the same numbers of people are solved together by enumerating the possible assignments (up to 6 people
+a side), larger ones with :func:`scipy.optimize.linear_sum_assignment`. There is no Python loop per frame
+for the usual few-people video.
+
+Importing this module is cheap: numpy, scipy and pyarrow are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
+
+__all__ = ["DEFAULT_MAX_DISTANCE", "TRACK_COLUMN", "assign_tracks"]
+
+#: Name of the column :func:`assign_tracks` adds (right after ``person_idx``).
+TRACK_COLUMN = "track_id"
+#: The distance gate used when ``max_distance`` is ``None``, in box scales (``sqrt(bbox_w * bbox_h)``).
+DEFAULT_MAX_DISTANCE = 1.0
+#: How much the distance gate widens per missing frame when re-linking after a gap (fraction of the gate).
+GAP_WIDENING = 0.1
+#: Links looked back along a track to estimate its velocity.
+VELOCITY_STEPS = 3
+#: Largest number of possible assignments of one frame pair solved by enumeration (6 x 6 people = 720).
+_MAX_ENUMERATED = 720
+_N_KP = 17
+_TRACKING_KEY = b"kakaopose:tracking"
+_BOX = ("bbox_x", "bbox_y", "bbox_w", "bbox_h")
+
+
+# --------------------------------------------------------------------------------------------- input
+
+
+def _codes(column: pa.ChunkedArray, known: dict[Any, int]) -> np.ndarray:
+    """int32 codes of a (dictionary or plain) string column: equal values get equal codes, null is -1.
+
+    ``known`` maps values to codes and is extended; work per chunk is one small remap (a constant fill for
+    the usual one-value chunk).
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    pieces = []
+    for chunk in column.chunks:
+        if not pa.types.is_dictionary(chunk.type):
+            chunk = pc.dictionary_encode(chunk)
+        values = chunk.dictionary.to_pylist()
+        remap = np.array([known.setdefault(v, len(known)) for v in values] + [-1], dtype=np.int32)
+        if len(values) == 1 and not chunk.null_count:
+            pieces.append(np.full(len(chunk), remap[0], dtype=np.int32))
+            continue
+        indices = np.asarray(chunk.indices.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
+        pieces.append(remap[indices])  # -1 picks the trailing -1
+    return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
+
+
+def _numpy(table: pa.Table, name: str, dtype: Any = None) -> np.ndarray:
+    import numpy as np
+
+    return np.asarray(table.column(name).to_numpy(), dtype=dtype)
+
+
+class _People:
+    """One entry per person-frame (a *detection*), sorted by (video, frame, person_idx)."""
+
+    def __init__(self, table: pa.Table, max_gap: int) -> None:
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        n = table.num_rows
+        frame = _numpy(table, "frame_num")
+        person = _numpy(table, "person_idx")
+        kp_id = _numpy(table, "keypoint_id")
+        known: dict[Any, int] = {}
+        group = _codes(table.column("source"), known)
+        group = group.astype(np.int64) * (1 << 31) + _codes(table.column("job_id"), known)
+        # The usual layout: 17 rows per person, keypoints 1..17 in order.
+        canonical = n % _N_KP == 0
+        if canonical and n:
+            blocks = n // _N_KP
+            canonical = bool((kp_id.reshape(blocks, _N_KP) == np.arange(1, _N_KP + 1, dtype=kp_id.dtype)).all())
+            for a in (frame, person, group) if canonical else ():
+                a2 = a.reshape(blocks, _N_KP)
+                if not (a2 == a2[:, :1]).all():
+                    canonical = False
+                    break
+        self.row_order: np.ndarray | None = None
+        if canonical:
+            starts = np.arange(0, n, _N_KP)
+        else:
+            # Any other layout: sort the rows (stable) so that each person's rows are together.
+            row_order = np.lexsort((kp_id, person, frame, group))
+            self.row_order = row_order
+            frame, person, kp_id, group = frame[row_order], person[row_order], kp_id[row_order], group[row_order]
+            change = np.ones(n, dtype=bool)
+            change[1:] = (frame[1:] != frame[:-1]) | (person[1:] != person[:-1]) | (group[1:] != group[:-1])
+            starts = np.flatnonzero(change)
+        n_seg = len(starts)
+        seg_group = group[starts]
+        seg_frame = frame[starts].astype(np.int64)
+        seg_person = person[starts].astype(np.int64)
+        first_rows = starts if self.row_order is None else self.row_order[starts]
+        take = pa.array(first_rows, type=pa.int64())
+        # Detections in (group, frame, person) order (already so for a table from keypoints_table).
+        in_order = n_seg < 2 or bool(
+            (
+                (seg_group[1:] > seg_group[:-1])
+                | (
+                    (seg_group[1:] == seg_group[:-1])
+                    & (
+                        (seg_frame[1:] > seg_frame[:-1])
+                        | ((seg_frame[1:] == seg_frame[:-1]) & (seg_person[1:] > seg_person[:-1]))
+                    )
+                )
+            ).all()
+        )
+        order = None if in_order else np.lexsort((seg_person, seg_frame, seg_group))
+        x = pc.fill_null(table.column("x"), 0).to_numpy()
+        y = pc.fill_null(table.column("y"), 0).to_numpy()
+        seen = np.asarray(table.column("x").is_valid().to_numpy(zero_copy_only=False), dtype=np.float32)
+        if canonical:
+            kx, ky, km = (a.reshape(n_seg, _N_KP) for a in (x, y, seen))
+        else:
+            x, y, seen = x[self.row_order], y[self.row_order], seen[self.row_order]
+            seg_of_row = np.repeat(np.arange(n_seg), np.diff(np.append(starts, n)))
+            ok = (kp_id >= 1) & (kp_id <= _N_KP)
+            kx, ky, km = (np.zeros((n_seg, _N_KP), dtype=np.float32) for _ in range(3))
+            for dst, src in ((kx, x), (ky, y), (km, seen)):
+                dst[seg_of_row[ok], kp_id[ok].astype(np.int64) - 1] = src[ok]
+            self.row_seg = seg_of_row
+        box = [np.asarray(table.column(c).take(take).to_numpy(), np.float32) for c in ("bbox_x", "bbox_y")]
+        box += [np.asarray(table.column(c).take(take).to_numpy(), np.float32) for c in ("bbox_w", "bbox_h")]
+        is_video = np.asarray(table.column("time_s").take(take).is_valid().to_numpy(zero_copy_only=False), bool)
+        if order is not None:
+            kx, ky, km = kx[order], ky[order], km[order]
+            box = [b[order] for b in box]
+            seg_group, seg_frame, is_video = seg_group[order], seg_frame[order], is_video[order]
+        # seg_to_det: detection of each run of rows (in sorted-row order).
+        self.seg_to_det = None if order is None else np.argsort(order)
+        self.canonical = canonical
+        self.kx, self.ky, self.km = (np.ascontiguousarray(a, dtype=np.float32) for a in (kx, ky, km))
+        self.bx, self.by, self.bw, self.bh = box
+        self.frame = seg_frame
+        self.is_video = is_video
+        # A frame axis over all videos, with a spacer so that no link crosses from one video to the next.
+        if n_seg:
+            gstart = np.flatnonzero(np.append(True, seg_group[1:] != seg_group[:-1]))
+            gcode = np.repeat(np.arange(len(gstart)), np.diff(np.append(gstart, n_seg)))
+            span = int(seg_frame.max() - seg_frame.min()) + max_gap + 2
+            self.gframe = seg_frame - seg_frame.min() + gcode * span
+        else:
+            gcode = self.gframe = np.zeros(0, dtype=np.int64)
+        self.gcode = gcode
+        # Centre of the detected keypoints (the box centre when none is detected).
+        count = self.km.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cx = np.einsum("pk,pk->p", self.kx, self.km) / count
+            cy = np.einsum("pk,pk->p", self.ky, self.km) / count
+        none = count == 0
+        self.cx = np.where(none, self.bx + self.bw / 2, cx).astype(np.float32)
+        self.cy = np.where(none, self.by + self.bh / 2, cy).astype(np.float32)
+        self.x1, self.y1, self.area = self.bx + self.bw, self.by + self.bh, self.bw * self.bh
+        self.scale = np.maximum(np.sqrt(np.maximum(self.bw, 0) * np.maximum(self.bh, 0)), 1.0).astype(np.float32)
+        self.n = n_seg
+
+    def row_values(self, per_det: np.ndarray) -> np.ndarray:
+        """Spread a per-detection array to the table's rows, in the table's row order."""
+        import numpy as np
+
+        per_seg = per_det if self.seg_to_det is None else per_det[self.seg_to_det]
+        if self.canonical:
+            return np.repeat(per_seg, _N_KP)
+        out = np.empty(len(self.row_seg), dtype=per_seg.dtype)
+        out[self.row_order] = per_seg[self.row_seg]
+        return out
+
+
+# --------------------------------------------------------------------------------------------- matching
+
+
+@cache
+def _assignments(a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+    """All maximal one-to-one assignments between ``a`` rows and ``b`` columns, as (K, min(a, b)) indices."""
+    from itertools import permutations
+
+    import numpy as np
+
+    n, m = min(a, b), max(a, b)
+    perms = np.array(list(permutations(range(m), n)), dtype=np.int64).reshape(-1, n)
+    fixed = np.broadcast_to(np.arange(n), perms.shape)
+    return (fixed, perms) if a <= b else (perms, fixed)
+
+
+def _n_assignments(a: int, b: int) -> int:
+    from math import perm
+
+    return perm(max(a, b), min(a, b))
+
+
+def _velocity(p: _People, pred: np.ndarray, dets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Velocity (px per frame) of ``dets`` along their links: mean shift of the keypoints seen at both ends."""
+    import numpy as np
+
+    anc = dets.copy()
+    for _ in range(VELOCITY_STEPS):
+        back = pred[anc]
+        anc = np.where(back >= 0, back, anc)
+    dt = (p.frame[dets] - p.frame[anc]).astype(np.float32)
+    moving = dt > 0
+    vx = np.zeros(len(dets), dtype=np.float32)
+    vy = np.zeros(len(dets), dtype=np.float32)
+    if moving.any():
+        d, a, t = dets[moving], anc[moving], dt[moving]
+        both = p.km[d] * p.km[a]
+        cnt = both.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mx = np.einsum("pk,pk->p", p.kx[d] - p.kx[a], both) / cnt
+            my = np.einsum("pk,pk->p", p.ky[d] - p.ky[a], both) / cnt
+        none = cnt == 0
+        mx = np.where(none, p.cx[d] - p.cx[a], mx)
+        my = np.where(none, p.cy[d] - p.cy[a], my)
+        vx[moving], vy[moving] = mx / t, my / t
+    return vx, vy
+
+
+def _benefit(
+    p: _People,
+    prev: np.ndarray,
+    cur: np.ndarray,
+    gap: int,
+    vx: np.ndarray,
+    vy: np.ndarray,
+    min_iou: float,
+    max_distance: float,
+    use_keypoints: bool,
+) -> np.ndarray:
+    """Benefit of linking ``prev`` (G, a) to ``cur`` (G, b): ``limit - cost`` where allowed, else 0.
+
+    cost = (1 - IoU of the predicted box) + distance / mean box scale, the distance being between the
+    predicted and the actual centre of the keypoints; allowed when the distance is within the (gap-widened)
+    gate and, between consecutive frames, the IoU is at least ``min_iou``. With ``use_keypoints``, the
+    problems where someone has more than one allowed link are scored again with the mean distance of the
+    keypoints seen in both detections instead of the centres.
+    """
+    import numpy as np
+
+    dt = gap + 1
+    pv = prev[:, :, None]
+    cv = cur[:, None, :]
+    sx = (vx[prev] * dt)[:, :, None]
+    sy = (vy[prev] * dt)[:, :, None]
+    # Predicted box of the previous detection vs the current box.
+    ax0, ay0 = p.bx[pv] + sx, p.by[pv] + sy
+    iw = np.minimum(ax0 + p.bw[pv], p.x1[cv])
+    iw -= np.maximum(ax0, p.bx[cv])
+    ih = np.minimum(ay0 + p.bh[pv], p.y1[cv])
+    ih -= np.maximum(ay0, p.by[cv])
+    np.maximum(iw, 0, out=iw)
+    np.maximum(ih, 0, out=ih)
+    inter = np.multiply(iw, ih, out=iw)
+    union = p.area[pv] + p.area[cv]
+    union -= inter
+    iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    scale = 0.5 * (p.scale[pv] + p.scale[cv])
+    norm = np.hypot(p.cx[pv] + sx - p.cx[cv], p.cy[pv] + sy - p.cy[cv]) / scale
+    gate = max_distance * (1 + GAP_WIDENING * gap)
+    base = iou >= min_iou if gap == 0 else np.ones(iou.shape, dtype=bool)
+    allowed = base & (norm <= gate)
+    if use_keypoints and (prev.shape[1] > 1 or cur.shape[1] > 1):
+        contested = np.flatnonzero((allowed.sum(axis=2) > 1).any(axis=1) | (allowed.sum(axis=1) > 1).any(axis=1))
+        if len(contested):
+            norm[contested] = _keypoint_distance(p, prev[contested], cur[contested], sx[contested], sy[contested])
+            norm[contested] /= scale[contested]
+            allowed[contested] = base[contested] & (norm[contested] <= gate)
+    limit = np.float32(2 + gate)
+    return np.where(allowed, limit - (1 - iou) - norm, 0).astype(np.float32)
+
+
+def _keypoint_distance(p: _People, prev: np.ndarray, cur: np.ndarray, sx: np.ndarray, sy: np.ndarray) -> np.ndarray:
+    """Mean distance (px) of the keypoints seen in both, from each predicted ``prev`` to each ``cur``."""
+    import numpy as np
+
+    pv = prev[:, :, None]
+    cv = cur[:, None, :]
+    dx = p.kx[pv] - p.kx[cv]
+    dx += sx[..., None]
+    dy = p.ky[pv] - p.ky[cv]
+    dy += sy[..., None]
+    np.multiply(dx, dx, out=dx)
+    np.multiply(dy, dy, out=dy)
+    dx += dy
+    np.sqrt(dx, out=dx)
+    both = p.km[pv] * p.km[cv]
+    cnt = both.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dist = np.einsum("...k,...k->...", dx, both) / cnt
+    centre = np.hypot(p.cx[pv] + sx - p.cx[cv], p.cy[pv] + sy - p.cy[cv])
+    return np.where(cnt > 0, dist, centre)
+
+
+def _solve(benefit: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Maximum-benefit one-to-one assignment of each (a, b) problem; returns (problem, row, col) of the links."""
+    import numpy as np
+
+    g_n, a, b = benefit.shape
+    if _n_assignments(a, b) <= _MAX_ENUMERATED:
+        rows, cols = _assignments(a, b)
+        total = benefit[:, rows, cols].sum(axis=-1)  # (G, K)
+        best = np.argmax(total, axis=1)
+        r, c = rows[best], cols[best]  # (G, n)
+        g = np.broadcast_to(np.arange(g_n)[:, None], r.shape)
+        g, r, c = g.ravel(), r.ravel(), c.ravel()
+    else:
+        from scipy.optimize import linear_sum_assignment
+
+        gs, rs, cs = [], [], []
+        for i in range(g_n):
+            r, c = linear_sum_assignment(benefit[i], maximize=True)
+            gs.append(np.full(len(r), i))
+            rs.append(r)
+            cs.append(c)
+        g, r, c = np.concatenate(gs), np.concatenate(rs), np.concatenate(cs)
+    keep = benefit[g, r, c] > 0
+    return g[keep], r[keep], c[keep]
+
+
+def _link_pass(
+    p: _People,
+    pred: np.ndarray,
+    succ: np.ndarray,
+    gap: int,
+    *,
+    velocity: tuple[np.ndarray, np.ndarray],
+    min_iou: float,
+    max_distance: float,
+    use_keypoints: bool,
+) -> None:
+    """Link unlinked ends of frame ``f`` to unlinked starts of frame ``f + gap + 1``, for every f at once.
+
+    ``pred``/``succ``: the linked detection before/after each detection, -1 for none, -2 for images.
+    ``velocity``: per-detection velocities ``(vx, vy)`` (px per frame) used to predict where people went.
+    """
+    import numpy as np
+
+    ends = np.flatnonzero(succ == -1)
+    starts = np.flatnonzero(pred == -1)
+    if not len(ends) or not len(starts):
+        return
+    # Candidate counts per frame (gframe), and where each frame's candidates begin.
+    e_frames, e_first, e_count = np.unique(p.gframe[ends], return_index=True, return_counts=True)
+    s_frames, s_first, s_count = np.unique(p.gframe[starts], return_index=True, return_counts=True)
+    target = e_frames + gap + 1
+    pos = np.minimum(np.searchsorted(s_frames, target), len(s_frames) - 1)
+    hit = s_frames[pos] == target
+    ei, si = np.flatnonzero(hit), pos[hit]
+    if not len(ei):
+        return
+    vx, vy = velocity
+    a_all, b_all = e_count[ei], s_count[si]
+    shapes = a_all * 65536 + b_all
+    for shape in np.unique(shapes):
+        sel = shapes == shape
+        a, b = int(shape // 65536), int(shape % 65536)
+        prev = ends[e_first[ei[sel]][:, None] + np.arange(a)]
+        cur = starts[s_first[si[sel]][:, None] + np.arange(b)]
+        benefit = _benefit(p, prev, cur, gap, vx, vy, min_iou, max_distance, use_keypoints)
+        g, r, c = _solve(benefit)
+        linked_prev, linked_cur = prev[g, r], cur[g, c]
+        pred[linked_cur] = linked_prev
+        succ[linked_prev] = linked_cur
+
+
+def _track_ids(p: _People, max_gap: int, min_iou: float, max_distance: float) -> np.ndarray:
+    """Track id per detection (int64, numbered from 0 per video by first appearance; -1 for images)."""
+    import numpy as np
+
+    n = p.n
+    video = np.flatnonzero(p.is_video)
+    pred = np.where(p.is_video, -1, -2).astype(np.int64)
+    succ = pred.copy()
+    opts = {"min_iou": min_iou, "max_distance": max_distance}
+    # 1. consecutive frames, without motion, for the velocities; 2. again, predicting with them.
+    vx = np.zeros(n, dtype=np.float32)
+    vy = np.zeros(n, dtype=np.float32)
+    for moving in (False, True):
+        if moving:
+            vx[video], vy[video] = _velocity(p, pred, video)
+            pred[video] = -1
+            succ[video] = -1
+        _link_pass(p, pred, succ, 0, velocity=(vx, vy), use_keypoints=True, **opts)
+    # 3. the cascade over gaps: people missing for 1, 2, ... max_gap frames, most recent first, predicted
+    #    with the velocity at the end of their frame-to-frame track.
+    if max_gap:
+        ends = video[succ[video] == -1]  # only track ends are linked across gaps
+        vx[ends], vy[ends] = _velocity(p, pred, ends)
+    for gap in range(1, max_gap + 1):
+        _link_pass(p, pred, succ, gap, velocity=(vx, vy), use_keypoints=False, **opts)
+    # Tracks are the chains of links: find each detection's first detection by pointer jumping.
+    all_dets = np.arange(n)
+    root = np.where(pred < 0, all_dets, pred)
+    while True:
+        nxt = root[root]
+        if np.array_equal(nxt, root):
+            break
+        root = nxt
+    is_root = root == all_dets
+    rank = np.cumsum(is_root) - 1
+    track = rank[root]
+    # Number from 0 within each video: subtract the rank of the video's first track.
+    out = np.full(n, -1, dtype=np.int64)
+    if len(video):
+        gcode = p.gcode[video]
+        _, first = np.unique(gcode, return_index=True)
+        first_rank = np.zeros(int(gcode.max()) + 1, dtype=np.int64)
+        first_rank[gcode[first]] = track[video][first]
+        out[video] = track[video] - first_rank[gcode]
+    return out
+
+
+# --------------------------------------------------------------------------------------------- public
+
+
+def assign_tracks(
+    table: pa.Table,
+    *,
+    max_gap: int = 10,
+    min_iou: float = 0.1,
+    max_distance: float | None = None,
+) -> pa.Table:
+    """Add a stable ``track_id`` column (int32, right after ``person_idx``) to a keypoints table.
+
+    People are linked from frame to frame by an optimal assignment on box overlap and keypoint distance (with
+    a constant-velocity prediction); a person missing for up to ``max_gap`` frames who comes back near where
+    they were heading keeps their id; everyone else gets a new id. Ids are numbered from 0 per video (per
+    ``(source, job_id)``) in order of first appearance. Image rows (``time_s`` null) get a null ``track_id``.
+
+    :param table: a keypoints table (:func:`~airflow_provider_kakaopose.tables.keypoints_table`), possibly
+        holding several videos and images. Rows keep their order; an existing ``track_id`` column is replaced.
+    :param max_gap: the most frames a person may be missing and still keep their id (0: no re-linking).
+    :param min_iou: the least overlap between a person's predicted box and a box of the next frame for a
+        frame-to-frame link.
+    :param max_distance: the largest mean keypoint distance for a link, in box scales
+        (``sqrt(bbox_w * bbox_h)``); ``None`` means :data:`DEFAULT_MAX_DISTANCE` (1.0). After a gap of
+        ``g`` frames the limit is ``max_distance * (1 + 0.1 * g)``.
+    :return: the table with the column added; schema metadata kept, plus ``kakaopose:tracking`` (the
+        parameters, JSON).
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    if int(max_gap) != max_gap or max_gap < 0:
+        raise ValueError(f"max_gap must be a non-negative integer, got {max_gap!r}")
+    if not 0 <= min_iou <= 1:
+        raise ValueError(f"min_iou must be between 0 and 1, got {min_iou!r}")
+    distance = DEFAULT_MAX_DISTANCE if max_distance is None else float(max_distance)
+    if not distance > 0:
+        raise ValueError(f"max_distance must be positive, got {max_distance!r}")
+    missing = [
+        c
+        for c in ("source", "job_id", "frame_num", "time_s", "person_idx", "keypoint_id", "x", "y", *_BOX)
+        if c not in table.column_names
+    ]
+    if missing:
+        raise ValueError(f"not a keypoints table: no column(s) {', '.join(missing)}")
+    metadata = dict(table.schema.metadata or {})
+    if TRACK_COLUMN in table.column_names:
+        table = table.drop_columns([TRACK_COLUMN])
+    people = _People(table, int(max_gap))
+    per_det = _track_ids(people, int(max_gap), float(min_iou), distance) if people.n else np.zeros(0, np.int64)
+    values = people.row_values(per_det)
+    mask = values < 0
+    column = pa.array(values.astype(np.int32), type=pa.int32(), mask=mask if mask.any() else None)
+    at = table.column_names.index("person_idx") + 1
+    table = table.add_column(at, pa.field(TRACK_COLUMN, pa.int32()), column)
+    params = {"max_gap": int(max_gap), "min_iou": float(min_iou), "max_distance": distance, "method": "cascade"}
+    metadata[_TRACKING_KEY] = json.dumps(params).encode()
+    return table.replace_schema_metadata(metadata)

@@ -1,0 +1,370 @@
+"""Tests for :mod:`airflow_provider_kakaopose.tracking` on synthetic videos whose true identities are known."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from airflow_provider_kakaopose.tables import keypoints_table
+from airflow_provider_kakaopose.tracking import assign_tracks
+
+# A standing person, keypoint offsets from the centre in units of the person's height (x right, y down).
+POSE = np.array(
+    [
+        [0.0, -0.42],  # nose
+        [-0.03, -0.45],
+        [0.03, -0.45],
+        [-0.06, -0.43],
+        [0.06, -0.43],
+        [-0.12, -0.3],  # shoulders
+        [0.12, -0.3],
+        [-0.16, -0.12],  # elbows
+        [0.16, -0.12],
+        [-0.17, 0.04],  # wrists
+        [0.17, 0.04],
+        [-0.08, 0.02],  # hips
+        [0.08, 0.02],
+        [-0.09, 0.25],  # knees
+        [0.09, 0.25],
+        [-0.09, 0.48],  # ankles
+        [0.09, 0.48],
+    ]
+)
+
+
+def video(
+    paths: dict[int, np.ndarray],
+    heights: dict[int, float],
+    *,
+    seed: int = 0,
+    noise: float = 1.5,
+    undetected: float = 0.05,
+    job_id: str = "job-1",
+) -> tuple[dict, dict[tuple[int, int], int]]:
+    """A video job answer from true paths, and the true identity of each (frame_num, person_idx).
+
+    ``paths[identity]`` is an (F, 2) array of centres, NaN where the person is not in the frame. Keypoints get
+    Gaussian noise (px) and a small per-person pose variation; a share of them is undetected (sent as 0, 0, 0);
+    the box is the extent of the detected keypoints with a margin; the persons of a frame come in random order.
+    """
+    rng = np.random.default_rng(seed)
+    frames = len(next(iter(paths.values())))
+    poses = {i: POSE + rng.normal(0, 0.015, POSE.shape) for i in paths}
+    annotations, truth = [], {}
+    for f in range(frames):
+        present = [i for i in paths if not np.isnan(paths[i][f]).any()]
+        rng.shuffle(present)
+        objects = []
+        for p_idx, i in enumerate(present):
+            h = heights[i]
+            kp = paths[i][f] + poses[i] * h + rng.normal(0, noise, (17, 2))
+            seen = rng.random(17) >= undetected
+            seen[5] = True  # at least one keypoint
+            lo, hi = kp[seen].min(axis=0) - 0.05 * h, kp[seen].max(axis=0) + 0.05 * h
+            flat = []
+            for k in range(17):
+                flat += [round(float(kp[k, 0]), 2), round(float(kp[k, 1]), 2), 0.9] if seen[k] else [0.0, 0.0, 0.0]
+            w, bh = hi - lo
+            objects.append(
+                {
+                    "area": round(float(w * bh), 4),
+                    "bbox": [round(float(v), 2) for v in (lo[0], lo[1], w, bh)],
+                    "category_id": 1,
+                    "keypoints": flat,
+                    "score": 0.9,
+                }
+            )
+            truth[(f, p_idx)] = i
+        annotations.append({"frame_num": f, "objects": objects})
+    answer = {
+        "annotations": annotations,
+        "categories": [{"id": 1, "name": "person"}],
+        "info": {"description": "synthetic"},
+        "job_id": job_id,
+        "status": "success",
+        "video": {"fps": 30.0, "frames": frames, "height": 720, "width": 1280},
+    }
+    return answer, truth
+
+
+def person_frames(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    first = table.filter(pa.compute.equal(table.column("keypoint_id"), 1))
+    return (
+        first.column("frame_num").to_numpy(),
+        first.column("person_idx").to_numpy(),
+        first.column("track_id").to_numpy(zero_copy_only=False),
+    )
+
+
+def accuracy(table: pa.Table, truth: dict[tuple[int, int], int]) -> float:
+    """Share of person-frames whose track_id is their identity's majority id (0 if two identities share one)."""
+    frame, person, track = person_frames(table)
+    ident = np.array([truth[(int(f), int(p))] for f, p in zip(frame, person, strict=True)])
+    majority = {}
+    for i in np.unique(ident):
+        ids, counts = np.unique(track[ident == i], return_counts=True)
+        majority[i] = ids[np.argmax(counts)]
+    if len(set(majority.values())) < len(majority):
+        return 0.0
+    return float(np.mean([track[k] == majority[ident[k]] for k in range(len(ident))]))
+
+
+def line(start: tuple[float, float], velocity: tuple[float, float], frames: int) -> np.ndarray:
+    t = np.arange(frames)[:, None]
+    return np.asarray(start, float) + t * np.asarray(velocity, float)
+
+
+def check_invariants(table: pa.Table) -> None:
+    frame, _, track = person_frames(table)
+    pairs = {(int(f), int(t)) for f, t in zip(frame, track, strict=True)}
+    assert len(pairs) == len(frame), "two persons of one frame share a track_id"
+    # constant within a person's 17 rows
+    t = table.column("track_id").to_numpy(zero_copy_only=False).reshape(-1, 17)
+    assert (t == t[:, :1]).all()
+
+
+# --------------------------------------------------------------------------------------------- scenarios
+
+
+def test_two_people_crossing_paths():
+    frames = 120
+    paths = {0: line((300, 400), (5, 0), frames), 1: line((900, 400), (-5, 0), frames)}
+    answer, truth = video(paths, {0: 220, 1: 220}, seed=1)
+    table = assign_tracks(keypoints_table(answer))
+    check_invariants(table)
+    assert accuracy(table, truth) >= 0.99
+
+
+def test_two_people_crossing_diagonally_with_different_sizes():
+    frames = 150
+    paths = {0: line((200, 250), (6, 2), frames), 1: line((1100, 520), (-5, -1.5), frames)}
+    answer, truth = video(paths, {0: 260, 1: 180}, seed=2)
+    table = assign_tracks(keypoints_table(answer))
+    assert accuracy(table, truth) >= 0.99
+
+
+def test_person_missing_a_few_frames_keeps_id():
+    frames = 100
+    a = line((200, 360), (4, 0), frames)
+    a[40:47] = np.nan  # 7 missing frames (<= max_gap)
+    paths = {0: a, 1: line((900, 300), (-2, 1), frames)}
+    answer, truth = video(paths, {0: 200, 1: 200}, seed=3)
+    table = assign_tracks(keypoints_table(answer))
+    assert accuracy(table, truth) == 1.0
+    assert len(np.unique(person_frames(table)[2])) == 2
+
+
+def test_person_who_leaves_and_comes_back_nearby_keeps_id():
+    """Walks out of view, stays away 8 frames, comes back the way they left (not where they were heading)."""
+    frames = 80
+    a = np.vstack([line((150, 360), (-4, 0), 40), line((150 - 4 * 38, 360), (4, 0), 40)])
+    a[30:38] = np.nan
+    paths = {0: a, 1: line((800, 360), (0, 0), frames)}
+    answer, truth = video(paths, {0: 200, 1: 200}, seed=4)
+    table = assign_tracks(keypoints_table(answer))
+    assert accuracy(table, truth) == 1.0
+
+
+def test_person_away_longer_than_max_gap_gets_new_id():
+    frames = 100
+    a = line((200, 360), (3, 0), frames)
+    a[40:60] = np.nan  # 20 frames > max_gap=10
+    paths = {0: a, 1: line((1000, 300), (-1, 0), frames)}
+    answer, truth = video(paths, {0: 200, 1: 200}, seed=5)
+    table = assign_tracks(keypoints_table(answer), max_gap=10)
+    frame, _, track = person_frames(table)
+    ident = np.array([truth[(int(f), int(p))] for f, p in zip(*person_frames(table)[:2], strict=True)])
+    before = set(track[(ident == 0) & (frame < 40)])
+    after = set(track[(ident == 0) & (frame >= 60)])
+    other = set(track[ident == 1])
+    assert len(before) == len(after) == len(other) == 1
+    assert before != after and not (after & other)
+    # with a long enough max_gap the same person keeps the id
+    table = assign_tracks(keypoints_table(answer), max_gap=25)
+    assert accuracy(table, truth) == 1.0
+
+
+def crowd(n: int = 10, frames: int = 200, seed: int = 6) -> tuple[dict, dict]:
+    rng = np.random.default_rng(seed)
+    paths, heights = {}, {}
+    for i in range(n):
+        pos = np.array([rng.uniform(100, 1180), rng.uniform(150, 600)])
+        vel = rng.normal(0, 3, 2)
+        path = []
+        for _ in range(frames):
+            vel = 0.95 * vel + rng.normal(0, 0.4, 2)
+            pos = pos + vel
+            if not 60 < pos[0] < 1220:
+                vel[0] = -vel[0]
+            if not 120 < pos[1] < 620:
+                vel[1] = -vel[1]
+            path.append(pos.copy())
+        paths[i] = np.array(path)
+        heights[i] = rng.uniform(150, 260)
+    return video(paths, heights, seed=seed)
+
+
+def test_crowd_of_ten():
+    answer, truth = crowd()
+    table = assign_tracks(keypoints_table(answer))
+    check_invariants(table)
+    # measured 1.000 (seed 6); the bound leaves room for one identity switch among 10 people
+    assert accuracy(table, truth) >= 0.95
+
+
+def test_empty_frames_keep_ids():
+    frames = 60
+    paths = {0: line((200, 300), (3, 0), frames), 1: line((800, 400), (-3, 0), frames)}
+    answer, truth = video(paths, {0: 200, 1: 200}, seed=7)
+    for f in (10, 11, 30):  # nobody detected in these frames
+        answer["annotations"][f]["objects"] = []
+    truth = {k: v for k, v in truth.items() if k[0] not in (10, 11, 30)}
+    table = assign_tracks(keypoints_table(answer))
+    assert accuracy(table, truth) == 1.0
+    assert set(table.column("track_id").to_pylist()) == {0, 1}
+
+
+# --------------------------------------------------------------------------------------------- table contract
+
+
+def small_answer(job_id: str = "job-1", seed: int = 0, frames: int = 20) -> dict:
+    paths = {0: line((300, 300), (2, 0), frames), 1: line((900, 400), (-2, 0), frames)}
+    return video(paths, {0: 200, 1: 200}, seed=seed, job_id=job_id)[0]
+
+
+def test_column_position_type_row_order_and_metadata():
+    table = keypoints_table(small_answer(), source="v.mp4")
+    out = assign_tracks(table, max_gap=5, min_iou=0.2, max_distance=0.8)
+    names = table.column_names
+    at = names.index("person_idx") + 1
+    assert out.column_names == [*names[:at], "track_id", *names[at:]]
+    assert out.schema.field("track_id").type == pa.int32()
+    assert out.drop_columns(["track_id"]).equals(table)
+    meta = out.schema.metadata
+    for k, v in table.schema.metadata.items():
+        assert meta[k] == v
+    assert json.loads(meta[b"kakaopose:tracking"]) == {
+        "max_gap": 5,
+        "min_iou": 0.2,
+        "max_distance": 0.8,
+        "method": "cascade",
+    }
+    assert out.column("track_id").null_count == 0
+    # again on its own output: the column is replaced, not duplicated
+    again = assign_tracks(out, max_gap=5, min_iou=0.2, max_distance=0.8)
+    assert again.equals(out)
+    assert json.loads(assign_tracks(table).schema.metadata[b"kakaopose:tracking"])["max_distance"] == 1.0
+
+
+def test_deterministic_and_order_independent():
+    table = keypoints_table(small_answer(seed=3))
+    out = assign_tracks(table)
+    assert assign_tracks(table).equals(out)
+    # rows in another order (even a person's rows apart): same ids per row
+    perm = np.random.default_rng(0).permutation(table.num_rows)
+    shuffled = assign_tracks(table.take(perm))
+    assert shuffled.column("track_id").to_numpy().tolist() == out.column("track_id").to_numpy()[perm].tolist()
+    # batches with their own dictionaries (as keypoints_reader makes them)
+    chunked = pa.Table.from_batches(table.to_batches(max_chunksize=17 * 5))
+    assert assign_tracks(chunked).column("track_id").equals(out.column("track_id"))
+
+
+def test_single_frame_and_empty_table():
+    answer = small_answer(frames=1)
+    out = assign_tracks(keypoints_table(answer))
+    _, person, track = person_frames(out)
+    assert sorted(track.tolist()) == [0, 1]
+    assert (track == person).all()  # first appearance order = person_idx order
+    empty = keypoints_table({**answer, "annotations": [{"frame_num": 0, "objects": []}]})
+    out = assign_tracks(empty)
+    assert out.num_rows == 0 and out.schema.field("track_id").type == pa.int32()
+
+
+def test_images_get_null_track_id():
+    person = small_answer(frames=1)["annotations"][0]["objects"]
+    images = pa.concat_tables([keypoints_table(person, source="a.jpg"), keypoints_table(person, source="b.jpg")])
+    out = assign_tracks(images)
+    assert out.column("track_id").null_count == images.num_rows
+    # mixed with a video: the video is tracked, the images are not
+    vid = keypoints_table(small_answer(), source="v.mp4")
+    mixed = assign_tracks(pa.concat_tables([keypoints_table(person, source="a.jpg"), vid], promote_options="default"))
+    ids = mixed.column("track_id")
+    assert ids.slice(0, 34).null_count == 34
+    assert ids.slice(34).equals(assign_tracks(vid).column("track_id"))
+
+
+def test_several_videos_in_one_table():
+    a = keypoints_table(small_answer("job-a", seed=1), source="a.mp4")
+    b = keypoints_table(small_answer("job-b", seed=2), source="b.mp4")
+    c = keypoints_table(small_answer("job-c", seed=3), source="a.mp4")  # same source, other job
+    both = assign_tracks(pa.concat_tables([a, b, c], promote_options="default"))
+    expected = [assign_tracks(t).column("track_id").to_pylist() for t in (a, b, c)]
+    assert both.column("track_id").to_pylist() == expected[0] + expected[1] + expected[2]
+    assert sorted(set(expected[1])) == [0, 1]
+
+
+def test_bad_arguments():
+    table = keypoints_table(small_answer(frames=2))
+    with pytest.raises(ValueError, match="max_gap"):
+        assign_tracks(table, max_gap=-1)
+    with pytest.raises(ValueError, match="min_iou"):
+        assign_tracks(table, min_iou=2)
+    with pytest.raises(ValueError, match="max_distance"):
+        assign_tracks(table, max_distance=0)
+    with pytest.raises(ValueError, match="not a keypoints table"):
+        assign_tracks(table.drop_columns(["bbox_w"]))
+
+
+def test_import_is_cheap():
+    code = "import sys, airflow_provider_kakaopose.tracking; "
+    code += "print(sorted({'numpy', 'scipy', 'pyarrow'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.integers(1, 25),
+    st.integers(0, 7),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 12),
+)
+def test_invariants_on_random_videos(frames, max_people, seed, max_gap):
+    rng = np.random.default_rng(seed)
+    annotations = []
+    for f in range(frames):
+        objects = []
+        for _ in range(rng.integers(0, max_people + 1)):
+            kp = np.column_stack([rng.uniform(0, 1280, 17), rng.uniform(0, 720, 17), rng.uniform(0, 1, 17)])
+            kp[rng.random(17) < 0.2] = 0.0
+            box = [float(v) for v in rng.uniform(0, 400, 4)]
+            objects.append({"area": 1.0, "bbox": box, "category_id": 1, "keypoints": kp.ravel().tolist(), "score": 1})
+        annotations.append({"frame_num": f, "objects": objects})
+    answer = {
+        "annotations": annotations,
+        "categories": [],
+        "info": {},
+        "job_id": "j",
+        "status": "success",
+        "video": {"fps": 30, "frames": frames, "height": 720, "width": 1280},
+    }
+    table = keypoints_table(answer)
+    out = assign_tracks(table, max_gap=max_gap)
+    assert out.drop_columns(["track_id"]).equals(table)
+    if not out.num_rows:
+        return
+    check_invariants(out)
+    track = person_frames(out)[2]
+    assert track.min() == 0
+    # numbered by first appearance: each new id is the next integer
+    seen = -1
+    for t in track:
+        assert t <= seen + 1
+        seen = max(seen, t)
