@@ -23,5 +23,6 @@ with DAG(
         poll_interval=POLL_INTERVAL,
         timeout=1800,
         retries=2,
+        pictures=True,  # a PNG contact sheet and a GIF of the poses next to the Parquet
         outlets=[Asset(POSE_VIDEO_ASSET_URI)],  # downstream: kakao_pose_asset_consumer
     )

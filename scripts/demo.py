@@ -65,7 +65,7 @@ def summarize(files: list[str]) -> None:
     print("  mean keypoint score over all files:")
     scores = con.execute(
         "SELECT keypoint, round(avg(score), 3) AS mean_score, count(x) AS detected, count(*) AS total "
-        "FROM read_parquet(?) GROUP BY keypoint_id, keypoint ORDER BY keypoint_id",
+        "FROM read_parquet(?, union_by_name = true) GROUP BY keypoint_id, keypoint ORDER BY keypoint_id",
         [files],
     ).fetchall()
     for name, score, detected, total in scores:
@@ -117,7 +117,20 @@ def main() -> int:
 
         n_errors = duckdb.connect().execute("SELECT count(*) FROM read_parquet(?)", [errors]).fetchall()[0][0]
         print(f"  errors tables: {len(errors)}, {n_errors} failed input(s)")
-    return 1 if failed or not files else 0
+    pngs = sorted(glob.glob(str(OUTPUT / "**" / "*.png"), recursive=True))
+    if pngs:
+        import duckdb
+
+        video = pngs[0][: -len(".png")] + ".parquet"
+        sql = (
+            "SELECT track_id, count(DISTINCT frame_num) AS frames, round(avg(score), 3) AS mean_score "
+            f"FROM read_parquet('{video}') GROUP BY track_id ORDER BY track_id"
+        )
+        print(f"\nPoses drawn (contact sheet of the video example): {pngs[0]}")
+        print(f"DuckDB> {sql}")
+        for track, frames, score in duckdb.sql(sql).fetchall():
+            print(f"  track {track}: {frames} frames, mean score {score}")
+    return 1 if failed or not files or not pngs else 0
 
 
 if __name__ == "__main__":

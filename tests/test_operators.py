@@ -405,3 +405,40 @@ def test_asset_output_is_declared_as_outlet(tmp_path):
     asset = Asset(f"file://{tmp_path}/pose.parquet")
     op = KakaoPoseJobToParquetOperator(task_id="l", job_id="j", output_uri=asset)
     assert asset in op.outlets
+
+
+def test_video_operator_tracks_people_and_writes_pictures(emulator, make_conn, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "v.parquet"
+    op = KakaoPoseVideoOperator(
+        task_id="v",
+        video=VIDEO_URL,
+        output_uri=str(out),
+        deferrable=False,
+        poll_interval=0.1,
+        pictures=True,
+        kakao_pose_conn_id=make_conn(),
+    )
+    summary = op.execute(context())
+    table = pq.read_table(out)
+    assert table.column_names.index("track_id") == table.column_names.index("person_idx") + 1
+    assert summary["tracks"] == len(set(table["track_id"].to_pylist())) >= 2
+    assert summary["pictures"] == {"png": str(tmp_path / "v.png"), "gif": str(tmp_path / "v.gif")}
+    assert Image.open(tmp_path / "v.png").size[0] > 0
+    assert Image.open(tmp_path / "v.gif").n_frames >= 2
+
+
+def test_video_operator_without_tracking_streams_the_plain_table(emulator, make_conn, tmp_path):
+    out = tmp_path / "plain.parquet"
+    KakaoPoseVideoOperator(
+        task_id="v",
+        video=VIDEO_URL,
+        output_uri=str(out),
+        deferrable=False,
+        poll_interval=0.1,
+        track_people=False,
+        kakao_pose_conn_id=make_conn(),
+    ).execute(context())
+    assert "track_id" not in pq.read_table(out).column_names
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.parquet"]

@@ -397,9 +397,15 @@ class _JobLoader(_PoseLineage):
 
     kakao_pose_conn_id: str
     log: Any
+    track_people: bool = True
+    pictures: bool = False
 
     def load_job(self, job_id: str, output_uri: str | None, source: str | None) -> dict[str, Any]:
-        """Stream the job's raw JSON into Parquet (never the whole parsed result in memory)."""
+        """Fetch the job's raw JSON and write its table (with ``track_id`` and pictures when asked).
+
+        Without tracking and pictures the raw JSON is streamed into Parquet row group by row group; tracking
+        needs every frame at once, so it builds the whole table first (see docs/tracking.md for memory).
+        """
         from airflow_provider_kakaopose.hooks.pose import KakaoPoseHook
 
         if output_uri is None:
@@ -413,15 +419,31 @@ class _JobLoader(_PoseLineage):
         with KakaoPoseHook(self.kakao_pose_conn_id) as hook:
             raw = hook.get_job_bytes(job_id)
         reader = keypoints_reader(raw, source=source)  # raises for failed / not found bodies too
+        table = None
+        if self.track_people or self.pictures:
+            from airflow_provider_kakaopose.tracking import assign_tracks
+
+            table = reader.read_all()
+            del raw
+            if self.track_people:
+                table = assign_tracks(table)
+            reader = table.to_reader()
         counter = _Counter(reader)
         rows = write_parquet(counter.reader(), output_uri)
-        summary = {
+        summary: dict[str, Any] = {
             "output_uri": output_uri,
             "job_id": job_id,
             "frames": counter.frames,
             "persons": counter.persons,
             "rows": rows,
         }
+        if self.track_people and table is not None:
+            tracks = table["track_id"].unique().drop_null()
+            summary["tracks"] = len(tracks)
+        if self.pictures and table is not None:
+            from airflow_provider_kakaopose.render import write_pictures
+
+            summary["pictures"] = write_pictures(table, output_uri)
         self.log.info("Wrote %s", summary)
         return summary
 
@@ -464,6 +486,9 @@ class KakaoPoseVideoOperator(_JobLoader, BaseOperator):
     :param poll_interval: seconds between status checks.
     :param timeout: how long to wait for the job (seconds or timedelta), an absolute deadline from the
         first attempt's submission.
+    :param track_people: add a ``track_id`` column that follows each person across frames (default true;
+        set false for very large results to stream them into Parquet with the least memory).
+    :param pictures: also write a PNG contact sheet and an animated GIF of the poses next to the Parquet.
     :param kakao_pose_conn_id: the ``kakao_pose`` connection.
 
     A retried task does not submit the same video again: the job id is kept in the task state store
@@ -485,10 +510,14 @@ class KakaoPoseVideoOperator(_JobLoader, BaseOperator):
         deferrable: bool | None = None,
         poll_interval: float = 10.0,
         timeout: float | timedelta = 3600.0,
+        track_people: bool = True,
+        pictures: bool = False,
         kakao_pose_conn_id: str = DEFAULT_CONN_ID,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.track_people = track_people
+        self.pictures = pictures
         self.video = video
         self.output_uri = output_uri
         self.smoothing = smoothing
@@ -590,6 +619,8 @@ class KakaoPoseJobToParquetOperator(_JobLoader, BaseOperator):
     :param job_id: the job (templated), e.g. ``"{{ ti.xcom_pull('submit') }}"``.
     :param output_uri: where the Parquet goes (templated); may be an ``Asset``.
     :param source: what was analysed, stored in the table's ``source`` column (templated, optional).
+    :param track_people: add a ``track_id`` column (default true).
+    :param pictures: also write a PNG contact sheet and an animated GIF next to the Parquet.
     """
 
     template_fields: Sequence[str] = ("job_id", "output_uri", "source")
@@ -602,10 +633,14 @@ class KakaoPoseJobToParquetOperator(_JobLoader, BaseOperator):
         job_id: str,
         output_uri: Any,
         source: str | None = None,
+        track_people: bool = True,
+        pictures: bool = False,
         kakao_pose_conn_id: str = DEFAULT_CONN_ID,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.track_people = track_people
+        self.pictures = pictures
         self.job_id = job_id
         self.output_uri = output_uri
         self.source = source
