@@ -20,7 +20,9 @@ import contextlib
 import json
 import math
 import os
+import queue
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any
@@ -953,20 +955,44 @@ def _write_to(sink: Any, data: pa.Table | pa.RecordBatchReader, row_group_size: 
         if isinstance(data, pa.Table):
             writer.write_table(data, row_group_size=row_group_size)
             return data.num_rows
-        pending: list[pa.RecordBatch] = []
-        n = 0
-        for batch in data:
-            pending.append(batch)
-            n += batch.num_rows
-            while n >= row_group_size:
-                table = pa.Table.from_batches(pending, schema=schema)
-                writer.write_table(table.slice(0, row_group_size), row_group_size=row_group_size)
-                rest = table.slice(row_group_size)
-                pending, n = rest.to_batches(), rest.num_rows
-                rows += row_group_size
-        if n:
-            writer.write_table(pa.Table.from_batches(pending, schema=schema), row_group_size=row_group_size)
-            rows += n
+        # Parse (this thread) and encode/compress (a writer thread) overlap; both release the GIL in Arrow.
+        # The queue holds at most two row groups, so memory stays bounded.
+        groups: queue.Queue[pa.Table | None] = queue.Queue(maxsize=2)
+        failure: list[BaseException] = []
+
+        def write_groups() -> None:
+            try:
+                while (group := groups.get()) is not None:
+                    writer.write_table(group, row_group_size=row_group_size)
+            except BaseException as err:  # reported to the producer below
+                failure.append(err)
+                while groups.get() is not None:  # drain so the producer never blocks
+                    pass
+
+        thread = threading.Thread(target=write_groups, name="kakaopose-parquet-writer", daemon=True)
+        thread.start()
+        try:
+            pending: list[pa.RecordBatch] = []
+            n = 0
+            for batch in data:
+                if failure:
+                    break
+                pending.append(batch)
+                n += batch.num_rows
+                while n >= row_group_size:
+                    table = pa.Table.from_batches(pending, schema=schema)
+                    groups.put(table.slice(0, row_group_size))
+                    rest = table.slice(row_group_size)
+                    pending, n = rest.to_batches(), rest.num_rows
+                    rows += row_group_size
+            if n and not failure:
+                groups.put(pa.Table.from_batches(pending, schema=schema))
+                rows += n
+        finally:
+            groups.put(None)
+            thread.join()
+        if failure:
+            raise failure[0]
     return rows
 
 
