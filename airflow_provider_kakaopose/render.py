@@ -17,8 +17,6 @@ import itertools
 import json
 import math
 import os
-import tempfile
-import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
@@ -698,44 +696,17 @@ def _emit(data: bytes, target: Any) -> None:
 
 
 def _write_bytes(data: bytes, uri: Any) -> None:
-    """Write ``data`` atomically: temp file + ``os.replace`` locally (and on renaming stores), else one put."""
-    from airflow_provider_kakaopose.tables import _RENAMING_PROTOCOLS, _is_local, _protocols, _resolve
+    """Write ``data`` atomically on any storage (see :func:`~airflow_provider_kakaopose.tables.write_atomically`)."""
+    from airflow_provider_kakaopose.tables import write_atomically
 
-    fs, path = _resolve(uri)
-    if _is_local(fs):
-        path = os.path.abspath(os.path.expanduser(path))
-        directory, name = os.path.split(path)
-        os.makedirs(directory or ".", exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory or ".")
-        try:
-            with os.fdopen(fd, "wb") as f:
+    def write(sink: Any) -> None:
+        if isinstance(sink, str):
+            with open(sink, "wb") as f:
                 f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        return
-    if _protocols(fs) & _RENAMING_PROTOCOLS:
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        parent = path.rsplit("/", 1)[0] if "/" in path else ""
-        if parent:
-            fs.makedirs(parent, exist_ok=True)
-        try:
-            fs.pipe_file(tmp, data)
-            fs.mv(tmp, path)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                if fs.exists(tmp):
-                    fs.rm(tmp)
-            raise
-        return
-    fs.pipe_file(path, data)
+        else:
+            sink.write(data)
+
+    write_atomically(uri, write)
 
 
 def save_image(image: Image.Image, uri: Any, *, format: str | None = None, **params: Any) -> None:

@@ -24,10 +24,11 @@ import queue
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator
-from typing import IO, TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
+from airflow_provider_kakaopose.coco import KEYPOINT_NAMES, SKELETON
 from airflow_provider_kakaopose.exceptions import (
     KakaoPoseError,
     KakaoPoseJobFailedError,
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
     import pyarrow as pa
+
+T = TypeVar("T")
 
 __all__ = [
     "COLUMNS",
@@ -53,52 +56,9 @@ __all__ = [
     "read_keypoints",
     "read_table_if_exists",
     "to_coco",
+    "write_atomically",
     "write_parquet",
 ]
-
-#: The 17 keypoint names, in id order (id = index + 1).
-KEYPOINT_NAMES: tuple[str, ...] = (
-    "nose",
-    "left_eye",
-    "right_eye",
-    "left_ear",
-    "right_ear",
-    "left_shoulder",
-    "right_shoulder",
-    "left_elbow",
-    "right_elbow",
-    "left_wrist",
-    "right_wrist",
-    "left_hip",
-    "right_hip",
-    "left_knee",
-    "right_knee",
-    "left_ankle",
-    "right_ankle",
-)
-
-#: The 19 limbs as pairs of keypoint ids, as in the service's ``categories[0].skeleton``.
-SKELETON: tuple[tuple[int, int], ...] = (
-    (1, 2),
-    (1, 3),
-    (2, 3),
-    (2, 4),
-    (3, 5),
-    (4, 6),
-    (5, 7),
-    (6, 7),
-    (6, 8),
-    (6, 12),
-    (7, 9),
-    (7, 13),
-    (8, 10),
-    (9, 11),
-    (12, 13),
-    (14, 12),
-    (15, 13),
-    (16, 14),
-    (17, 15),
-)
 
 #: Column names, in table order.
 COLUMNS: tuple[str, ...] = (
@@ -1017,7 +977,18 @@ def write_parquet(
     written under a temporary name in the same directory, then moved; object stores (s3, gs, memory, …),
     which have no atomic rename, get the whole file in a single put.
     """
-    import pyarrow as pa
+    return write_atomically(uri, lambda sink: _write_to(sink, table, row_group_size, compression))
+
+
+def write_atomically(uri: str | os.PathLike | Any, write: Callable[[Any], T]) -> T:
+    """Run ``write(sink)`` so that readers of ``uri`` see the old file or the whole new one, never a part.
+
+    ``sink`` is a temporary local path (local files: then fsync, ``os.replace``), a binary file open on a
+    temporary name (stores that can rename: then ``mv``), or an in-memory buffer sent in one put (object
+    stores: s3, gs, memory, …). Missing folders are created. Returns what ``write`` returns. Shared by the
+    Parquet tables and the pictures.
+    """
+    import io
 
     fs, path = _resolve(uri)
     if _is_local(fs):
@@ -1027,7 +998,7 @@ def write_parquet(
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory or ".")
         os.close(fd)
         try:
-            rows = _write_to(tmp, table, row_group_size, compression)
+            result = write(tmp)
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
             umask = os.umask(0)
@@ -1038,7 +1009,7 @@ def write_parquet(
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        return rows
+        return result
     if _protocols(fs) & _RENAMING_PROTOCOLS:
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"
         parent = path.rsplit("/", 1)[0] if "/" in path else ""
@@ -1046,20 +1017,18 @@ def write_parquet(
             fs.makedirs(parent, exist_ok=True)
         try:
             with fs.open(tmp, "wb") as f:
-                rows = _write_to(f, table, row_group_size, compression)
+                result = write(f)
             fs.mv(tmp, path)
         except BaseException:
-            try:
+            with contextlib.suppress(Exception):  # best-effort cleanup
                 if fs.exists(tmp):
                     fs.rm(tmp)
-            except Exception:  # pragma: no cover - best effort cleanup
-                pass
             raise
-        return rows
-    sink = pa.BufferOutputStream()
-    rows = _write_to(sink, table, row_group_size, compression)
-    fs.pipe_file(path, sink.getvalue().to_pybytes())
-    return rows
+        return result
+    buffer = io.BytesIO()
+    result = write(buffer)
+    fs.pipe_file(path, buffer.getvalue())
+    return result
 
 
 def _read_table(uri: Any) -> pa.Table:

@@ -16,57 +16,10 @@ import argparse
 import json
 import os
 import secrets
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_emulator(key: str, latency: float, quota: int) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "airflow_provider_kakaopose.emulator",
-            "--port",
-            str(port),
-            "--api-key",
-            key,
-            "--latency",
-            str(latency),
-            "--quota-per-second",
-            str(quota),
-            "--quota-mode",
-            "kakao",
-            "--seed",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(f"{base}/_emulator/health", timeout=1)
-            return proc, base
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("emulator did not start")
-
-
-def recorded(base: str) -> list[dict]:
-    with urllib.request.urlopen(f"{base}/_emulator/requests", timeout=10) as resp:
-        return json.load(resp)
+from _emulator import clear_recorded, recorded, start_emulator
 
 
 def main() -> None:
@@ -79,7 +32,17 @@ def main() -> None:
     args = parser.parse_args()
 
     key = secrets.token_hex(12)
-    proc, base = start_emulator(key, args.latency, args.quota)
+    proc, base = start_emulator(
+        key,
+        "--latency",
+        str(args.latency),
+        "--quota-per-second",
+        str(args.quota),
+        "--quota-mode",
+        "kakao",
+        "--seed",
+        "1",
+    )
     conn = {
         "conn_type": "kakao_pose",
         "host": base,
@@ -100,7 +63,7 @@ def main() -> None:
         per_image = (time.perf_counter() - start) / args.baseline_images
         baseline = per_image * args.images
 
-        urllib.request.urlopen(urllib.request.Request(f"{base}/_emulator/requests", method="DELETE"), timeout=10)
+        clear_recorded(base)
         time.sleep(1.1)  # a fresh quota window
         images = [f"https://example.com/batch/{n}.jpg" for n in range(args.images)]
         with tempfile.TemporaryDirectory() as out:

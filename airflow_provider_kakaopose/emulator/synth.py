@@ -15,37 +15,14 @@ import math
 import random
 from dataclasses import dataclass
 
-KEYPOINT_NAMES = (
-    "nose",
-    "left_eye",
-    "right_eye",
-    "left_ear",
-    "right_ear",
-    "left_shoulder",
-    "right_shoulder",
-    "left_elbow",
-    "right_elbow",
-    "left_wrist",
-    "right_wrist",
-    "left_hip",
-    "right_hip",
-    "left_knee",
-    "right_knee",
-    "left_ankle",
-    "right_ankle",
-)
-
-SKELETON = [
-    [1, 2], [1, 3], [2, 3], [2, 4], [3, 5], [4, 6], [5, 7], [6, 7], [6, 8], [6, 12],
-    [7, 9], [7, 13], [8, 10], [9, 11], [12, 13], [14, 12], [15, 13], [16, 14], [17, 15],
-]  # fmt: skip
+from airflow_provider_kakaopose.coco import KEYPOINT_NAMES, SKELETON
 
 CATEGORIES = [
     {
         "id": 1,
         "keypoints": list(KEYPOINT_NAMES),
         "name": "person",
-        "skeleton": SKELETON,
+        "skeleton": [list(pair) for pair in SKELETON],
         "supercategory": "person",
     }
 ]
