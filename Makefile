@@ -19,7 +19,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=12
 
 emulator: install
 	$(BIN)/python -m airflow_provider_kakaopose.emulator --port 8765
