@@ -153,7 +153,9 @@ class _People:
         # seg_to_det: detection of each run of rows (in sorted-row order).
         self.seg_to_det = None if order is None else np.argsort(order)
         self.canonical = canonical
-        self.kx, self.ky, self.km = (np.ascontiguousarray(a, dtype=np.float32) for a in (kx, ky, km))
+        # x, y and seen (1/0) of the 17 keypoints, as one (3, n, 17) array: one gather for all three.
+        self.kp = np.stack([np.asarray(a, dtype=np.float32) for a in (kx, ky, km)])
+        self.kx, self.ky, self.km = self.kp
         self.bx, self.by, self.bw, self.bh = box
         self.frame = seg_frame
         self.is_video = is_video
@@ -177,6 +179,10 @@ class _People:
         self.x1, self.y1, self.area = self.bx + self.bw, self.by + self.bh, self.bw * self.bh
         self.scale = np.maximum(np.sqrt(np.maximum(self.bw, 0) * np.maximum(self.bh, 0)), 1.0).astype(np.float32)
         self.n = n_seg
+        # The box/centre features stacked, for one gather per side in _benefit.
+        self.feat = np.stack(
+            [self.bx, self.by, self.bw, self.bh, self.x1, self.y1, self.area, self.cx, self.cy, self.scale]
+        )
 
     def row_values(self, per_det: np.ndarray) -> np.ndarray:
         """Spread a per-detection array to the table's rows, in the table's row order."""
@@ -226,11 +232,12 @@ def _velocity(p: _People, pred: np.ndarray, dets: np.ndarray) -> tuple[np.ndarra
     vy = np.zeros(len(dets), dtype=np.float32)
     if moving.any():
         d, a, t = dets[moving], anc[moving], dt[moving]
-        both = p.km[d] * p.km[a]
+        kd, ka = p.kp.take(d, axis=1), p.kp.take(a, axis=1)
+        both = kd[2] * ka[2]
         cnt = both.sum(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
-            mx = np.einsum("pk,pk->p", p.kx[d] - p.kx[a], both) / cnt
-            my = np.einsum("pk,pk->p", p.ky[d] - p.ky[a], both) / cnt
+            mx = np.einsum("pk,pk->p", kd[0] - ka[0], both) / cnt
+            my = np.einsum("pk,pk->p", kd[1] - ka[1], both) / cnt
         none = cnt == 0
         mx = np.where(none, p.cx[d] - p.cx[a], mx)
         my = np.where(none, p.cy[d] - p.cy[a], my)
@@ -238,90 +245,151 @@ def _velocity(p: _People, pred: np.ndarray, dets: np.ndarray) -> tuple[np.ndarra
     return vx, vy
 
 
+def _contested(allowed: np.ndarray) -> np.ndarray:
+    """(G,) whether someone has more than one allowed link in each (a, b, G) problem."""
+    import numpy as np
+
+    a, b, g_n = allowed.shape
+    out = np.zeros(g_n, dtype=bool)
+    for lines in ([allowed[i] for i in range(a)], [allowed[:, j] for j in range(b)]):
+        for line in lines:  # (k, G): more than one True along k
+            seen = line[0].copy()
+            for k in range(1, len(line)):
+                out |= seen & line[k]
+                seen |= line[k]
+    return out
+
+
 def _benefit(
     p: _People,
     prev: np.ndarray,
     cur: np.ndarray,
     gap: int,
-    vx: np.ndarray,
-    vy: np.ndarray,
+    vx: np.ndarray | None,
+    vy: np.ndarray | None,
     min_iou: float,
     max_distance: float,
     use_keypoints: bool,
 ) -> np.ndarray:
-    """Benefit of linking ``prev`` (G, a) to ``cur`` (G, b): ``limit - cost`` where allowed, else 0.
+    """Benefit of linking ``prev`` (G, a) to ``cur`` (G, b): ``limit - cost`` where allowed, else 0, as (a, b, G).
 
     cost = (1 - IoU of the predicted box) + distance / mean box scale, the distance being between the
     predicted and the actual centre of the keypoints; allowed when the distance is within the (gap-widened)
     gate and, between consecutive frames, the IoU is at least ``min_iou``. With ``use_keypoints``, the
     problems where someone has more than one allowed link are scored again with the mean distance of the
-    keypoints seen in both detections instead of the centres.
+    keypoints seen in both detections instead of the centres. ``vx is None``: no motion (all velocities 0).
+
+    The problems are on the last axis so that every elementwise operation runs over long contiguous rows.
     """
     import numpy as np
 
     dt = gap + 1
-    pv = prev[:, :, None]
-    cv = cur[:, None, :]
-    sx = (vx[prev] * dt)[:, :, None]
-    sy = (vy[prev] * dt)[:, :, None]
+    # One gather of all the box/centre features of each side: (F, a, 1, G) and (F, 1, b, G).
+    fp = p.feat.take(prev.T, axis=1)[:, :, None, :]
+    fc = p.feat.take(cur.T, axis=1)[:, None, :, :]
+    bx_p, by_p, bw_p, bh_p, x1_p, y1_p, area_p, cx_p, cy_p, scale_p = fp
+    bx_c, by_c, _, _, x1_c, y1_c, area_c, cx_c, cy_c, scale_c = fc
+    if vx is None:
+        # Zero velocity: adding 0 changes nothing, so the prediction is the box itself (bx + bw == x1).
+        sx = sy = None
+        ax0, ay0, ax1, ay1, pcx, pcy = bx_p, by_p, x1_p, y1_p, cx_p, cy_p
+    else:
+        sx = (vx[prev.T] * dt)[:, None, :]
+        sy = (vy[prev.T] * dt)[:, None, :]
+        ax0, ay0 = bx_p + sx, by_p + sy
+        ax1, ay1 = ax0 + bw_p, ay0 + bh_p
+        pcx, pcy = cx_p + sx, cy_p + sy
     # Predicted box of the previous detection vs the current box.
-    ax0, ay0 = p.bx[pv] + sx, p.by[pv] + sy
-    iw = np.minimum(ax0 + p.bw[pv], p.x1[cv])
-    iw -= np.maximum(ax0, p.bx[cv])
-    ih = np.minimum(ay0 + p.bh[pv], p.y1[cv])
-    ih -= np.maximum(ay0, p.by[cv])
+    iw = np.minimum(ax1, x1_c)
+    iw -= np.maximum(ax0, bx_c)
+    ih = np.minimum(ay1, y1_c)
+    ih -= np.maximum(ay0, by_c)
     np.maximum(iw, 0, out=iw)
     np.maximum(ih, 0, out=ih)
     inter = np.multiply(iw, ih, out=iw)
-    union = p.area[pv] + p.area[cv]
+    union = area_p + area_c
     union -= inter
     iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-    scale = 0.5 * (p.scale[pv] + p.scale[cv])
-    norm = np.hypot(p.cx[pv] + sx - p.cx[cv], p.cy[pv] + sy - p.cy[cv]) / scale
+    scale = scale_p + scale_c
+    scale *= 0.5
+    dx = pcx - cx_c
+    dy = pcy - cy_c
+    norm = np.hypot(dx, dy, out=dx)
+    norm /= scale
     gate = max_distance * (1 + GAP_WIDENING * gap)
     base = iou >= min_iou if gap == 0 else np.ones(iou.shape, dtype=bool)
-    allowed = base & (norm <= gate)
+    allowed = norm <= gate
+    allowed &= base
     if use_keypoints and (prev.shape[1] > 1 or cur.shape[1] > 1):
-        contested = np.flatnonzero((allowed.sum(axis=2) > 1).any(axis=1) | (allowed.sum(axis=1) > 1).any(axis=1))
+        contested = np.flatnonzero(_contested(allowed))
         if len(contested):
-            norm[contested] = _keypoint_distance(p, prev[contested], cur[contested], sx[contested], sy[contested])
-            norm[contested] /= scale[contested]
-            allowed[contested] = base[contested] & (norm[contested] <= gate)
+            csx = csy = None
+            if sx is not None:
+                csx, csy = sx[:, 0, contested].T, sy[:, 0, contested].T
+            kd = _keypoint_distance(p, prev[contested], cur[contested], csx, csy)
+            kd /= scale[:, :, contested]
+            norm[:, :, contested] = kd
+            allowed[:, :, contested] = base[:, :, contested] & (kd <= gate)
     limit = np.float32(2 + gate)
-    return np.where(allowed, limit - (1 - iou) - norm, 0).astype(np.float32)
+    # limit - (1 - iou) - norm where allowed, else 0 (in place, float32 throughout).
+    out = np.subtract(1, iou, out=iou)
+    np.subtract(limit, out, out=out)
+    out -= norm
+    out *= allowed
+    return out
 
 
-def _keypoint_distance(p: _People, prev: np.ndarray, cur: np.ndarray, sx: np.ndarray, sy: np.ndarray) -> np.ndarray:
-    """Mean distance (px) of the keypoints seen in both, from each predicted ``prev`` to each ``cur``."""
+def _keypoint_distance(
+    p: _People, prev: np.ndarray, cur: np.ndarray, sx: np.ndarray | None, sy: np.ndarray | None
+) -> np.ndarray:
+    """Mean distance (px) of the keypoints seen in both, from each predicted ``prev`` (G, a) to each ``cur``
+    (G, b), as (a, b, G); ``sx``/``sy`` (G, a): the predicted shifts (``None``: no shift).
+
+    One (a, b) pair at a time, so that every operation runs over contiguous (G, 17) arrays.
+    """
     import numpy as np
 
-    pv = prev[:, :, None]
-    cv = cur[:, None, :]
-    dx = p.kx[pv] - p.kx[cv]
-    dx += sx[..., None]
-    dy = p.ky[pv] - p.ky[cv]
-    dy += sy[..., None]
-    np.multiply(dx, dx, out=dx)
-    np.multiply(dy, dy, out=dy)
-    dx += dy
-    np.sqrt(dx, out=dx)
-    both = p.km[pv] * p.km[cv]
-    cnt = both.sum(axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        dist = np.einsum("...k,...k->...", dx, both) / cnt
-    centre = np.hypot(p.cx[pv] + sx - p.cx[cv], p.cy[pv] + sy - p.cy[cv])
-    return np.where(cnt > 0, dist, centre)
+    g_n, a = prev.shape
+    b = cur.shape[1]
+    ps = [(*p.kp.take(prev[:, i], axis=1), p.cx.take(prev[:, i]), p.cy.take(prev[:, i])) for i in range(a)]
+    cs = [(*p.kp.take(cur[:, j], axis=1), p.cx.take(cur[:, j]), p.cy.take(cur[:, j])) for j in range(b)]
+    out = np.empty((a, b, g_n), dtype=np.float32)
+    for i, (kxp, kyp, kmp, cxp, cyp) in enumerate(ps):
+        if sx is not None:
+            sxi, syi = sx[:, i], sy[:, i]
+            pcx, pcy = cxp + sxi, cyp + syi
+        else:
+            pcx, pcy = cxp, cyp
+        for j, (kxc, kyc, kmc, cxc, cyc) in enumerate(cs):
+            dx = kxp - kxc
+            dy = kyp - kyc
+            if sx is not None:
+                dx += sxi[:, None]
+                dy += syi[:, None]
+            np.multiply(dx, dx, out=dx)
+            np.multiply(dy, dy, out=dy)
+            dx += dy
+            np.sqrt(dx, out=dx)
+            both = kmp * kmc
+            cnt = np.einsum("...k,...k->...", kmp, kmc)  # a count: exact in any order
+            with np.errstate(invalid="ignore", divide="ignore"):
+                dist = np.einsum("...k,...k->...", dx, both) / cnt
+            centre = np.hypot(pcx - cxc, pcy - cyc)
+            out[i, j] = np.where(cnt > 0, dist, centre)
+    return out
 
 
 def _solve(benefit: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Maximum-benefit one-to-one assignment of each (a, b) problem; returns (problem, row, col) of the links."""
+    """Maximum-benefit one-to-one assignment of each (a, b, G) problem; returns (problem, row, col) of the links."""
     import numpy as np
 
-    g_n, a, b = benefit.shape
+    a, b, g_n = benefit.shape
     if _n_assignments(a, b) <= _MAX_ENUMERATED:
         rows, cols = _assignments(a, b)
-        total = benefit[:, rows, cols].sum(axis=-1)  # (G, K)
-        best = np.argmax(total, axis=1)
+        total = benefit[rows[:, 0], cols[:, 0]]  # (K, G), summed in order (as .sum(axis=-1) does)
+        for j in range(1, rows.shape[1]):
+            total += benefit[rows[:, j], cols[:, j]]
+        best = np.argmax(total, axis=0)
         r, c = rows[best], cols[best]  # (G, n)
         g = np.broadcast_to(np.arange(g_n)[:, None], r.shape)
         g, r, c = g.ravel(), r.ravel(), c.ravel()
@@ -330,12 +398,12 @@ def _solve(benefit: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
         gs, rs, cs = [], [], []
         for i in range(g_n):
-            r, c = linear_sum_assignment(benefit[i], maximize=True)
+            r, c = linear_sum_assignment(benefit[:, :, i], maximize=True)
             gs.append(np.full(len(r), i))
             rs.append(r)
             cs.append(c)
         g, r, c = np.concatenate(gs), np.concatenate(rs), np.concatenate(cs)
-    keep = benefit[g, r, c] > 0
+    keep = benefit[r, c, g] > 0
     return g[keep], r[keep], c[keep]
 
 
@@ -345,7 +413,7 @@ def _link_pass(
     succ: np.ndarray,
     gap: int,
     *,
-    velocity: tuple[np.ndarray, np.ndarray],
+    velocity: tuple[np.ndarray, np.ndarray] | None,
     min_iou: float,
     max_distance: float,
     use_keypoints: bool,
@@ -353,7 +421,8 @@ def _link_pass(
     """Link unlinked ends of frame ``f`` to unlinked starts of frame ``f + gap + 1``, for every f at once.
 
     ``pred``/``succ``: the linked detection before/after each detection, -1 for none, -2 for images.
-    ``velocity``: per-detection velocities ``(vx, vy)`` (px per frame) used to predict where people went.
+    ``velocity``: per-detection velocities ``(vx, vy)`` (px per frame) used to predict where people went
+    (``None``: nobody moves).
     """
     import numpy as np
 
@@ -370,7 +439,7 @@ def _link_pass(
     ei, si = np.flatnonzero(hit), pos[hit]
     if not len(ei):
         return
-    vx, vy = velocity
+    vx, vy = velocity if velocity is not None else (None, None)
     a_all, b_all = e_count[ei], s_count[si]
     shapes = a_all * 65536 + b_all
     for shape in np.unique(shapes):
@@ -402,7 +471,7 @@ def _track_ids(p: _People, max_gap: int, min_iou: float, max_distance: float) ->
             vx[video], vy[video] = _velocity(p, pred, video)
             pred[video] = -1
             succ[video] = -1
-        _link_pass(p, pred, succ, 0, velocity=(vx, vy), use_keypoints=True, **opts)
+        _link_pass(p, pred, succ, 0, velocity=(vx, vy) if moving else None, use_keypoints=True, **opts)
     # 3. the cascade over gaps: people missing for 1, 2, ... max_gap frames, most recent first, predicted
     #    with the velocity at the end of their frame-to-frame track.
     if max_gap:
