@@ -233,10 +233,14 @@ def _scenario(dep: Deployment, started: float) -> None:
     assert rows > 0 and (jobs, job, persons) == (1, job_id, PERSONS)
     assert 1 <= frames <= FRAMES and rows == 17 * person_rows
 
-    # --- and the key never reached a log, of a component or of the task
-    for path in [*dep.logs.glob("*.log"), *(dep.home / "logs").rglob("*")]:
+    # --- and the key never reached a log (of a component or of the task), the metadata DB (XComs, trigger
+    # kwargs, rendered fields, task state store) or the Parquet output
+    searched = 0
+    for path in [*dep.logs.glob("*.log"), *dep.home.rglob("*"), *output.rglob("*")]:
         if path.is_file():
-            assert key not in path.read_text(errors="replace"), f"the API key is in {path.name}"
+            searched += 1
+            assert key.encode() not in path.read_bytes(), f"the API key is in {path}"
+    assert any(p.suffix == ".db" for p in dep.home.rglob("*")) and searched > 5
 
 
 _TRIGGERERS_SQL = "SELECT id FROM job WHERE job_type='TriggererJob' AND state='running'"
