@@ -35,70 +35,21 @@ import itertools
 import json
 import os
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import tracemalloc
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+
+from _emulator import clear_recorded, recorded, start_emulator
 
 MEMORY_GOAL_KB = 50.0
 #: A gap between two polls of one job below this fraction of poll_interval counts as a busy loop.
 GAP_TOLERANCE = 0.95
 #: Arrival jitter (a few ms of loop and network scheduling) may put a poll or two more into a 1-second window.
 RATE_TOLERANCE = 1.05
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_emulator(key: str, latency: float, processing_s: float) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "airflow_provider_kakaopose.emulator",
-            "--port",
-            str(port),
-            "--api-key",
-            key,
-            "--latency",
-            str(latency),
-            "--job-waiting-s",
-            "0",
-            "--job-processing-s",
-            str(processing_s),
-            "--seed",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(f"{base}/_emulator/health", timeout=1)
-            return proc, base
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("emulator did not start")
-
-
-def recorded(base: str) -> list[dict]:
-    with urllib.request.urlopen(f"{base}/_emulator/requests", timeout=60) as resp:
-        return json.load(resp)
-
-
-def clear_recorded(base: str) -> None:
-    urllib.request.urlopen(urllib.request.Request(f"{base}/_emulator/requests", method="DELETE"), timeout=10)
 
 
 def rss_bytes() -> int:
@@ -327,7 +278,17 @@ def main() -> None:
     n_base = args.baseline_triggers or n
     processing_s = 4.5 * poll + 0.005 * max(n, n_base)
     key = secrets.token_hex(12)
-    proc, base = start_emulator(key, args.latency, processing_s)
+    proc, base = start_emulator(
+        key,
+        "--latency",
+        str(args.latency),
+        "--job-waiting-s",
+        "0",
+        "--job-processing-s",
+        str(processing_s),
+        "--seed",
+        "1",
+    )
     home = os.environ.get("AIRFLOW_HOME") or tempfile.mkdtemp(prefix="kakaopose-bench-")
     phases = [
         ("per-trigger sessions", n_base, True, None),
