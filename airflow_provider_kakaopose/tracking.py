@@ -37,6 +37,8 @@ VELOCITY_STEPS = 3
 #: Largest number of possible assignments of one frame pair solved by enumeration (6 x 6 people = 720).
 _MAX_ENUMERATED = 720
 _N_KP = 17
+#: Problems x links solved per block in a link pass (sized so that the temporaries stay in the CPU cache).
+_BLOCK_CELLS = 1 << 16
 _TRACKING_KEY = b"kakaopose:tracking"
 _BOX = ("bbox_x", "bbox_y", "bbox_w", "bbox_h")
 
@@ -68,10 +70,92 @@ def _codes(column: pa.ChunkedArray, known: dict[Any, int]) -> np.ndarray:
     return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
 
 
+def _code_runs(column: pa.ChunkedArray, known: dict[Any, int]) -> tuple[np.ndarray, np.ndarray] | None:
+    """:func:`_codes` without a per-row array when every chunk is one dictionary value without nulls (the
+    usual case): the code of each chunk and where it ends, or ``None`` (then ``known`` holds a prefix of what
+    :func:`_codes` adds, in the same order, so :func:`_codes` may follow).
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    codes, ends = [], []
+    end = 0
+    for chunk in column.chunks:
+        if not len(chunk):
+            continue
+        if not pa.types.is_dictionary(chunk.type) or chunk.null_count or len(chunk.dictionary) != 1:
+            return None
+        codes.append(known.setdefault(chunk.dictionary[0].as_py(), len(known)))
+        end += len(chunk)
+        ends.append(end)
+    return np.array(codes, dtype=np.int32), np.array(ends, dtype=np.int64)
+
+
+def _column_codes(table: pa.Table, name: str, known: dict[Any, int]) -> Any:
+    """The codes of a string column: per-chunk runs (see :func:`_code_runs`) or a per-row array."""
+    column = table.column(name)
+    runs = _code_runs(column, known)
+    return runs if runs is not None else _codes(column, known)
+
+
+def _codes_at(codes: Any, rows: np.ndarray) -> np.ndarray:
+    """The codes (from :func:`_column_codes`) at ``rows``."""
+    import numpy as np
+
+    if isinstance(codes, tuple):
+        values, ends = codes
+        return values[np.searchsorted(ends, rows, side="right")]
+    return codes[rows]
+
+
+def _codes_per_row(codes: Any) -> np.ndarray:
+    import numpy as np
+
+    if isinstance(codes, tuple):
+        values, ends = codes
+        return np.repeat(values, np.diff(ends, prepend=0))
+    return codes
+
+
 def _numpy(table: pa.Table, name: str, dtype: Any = None) -> np.ndarray:
     import numpy as np
 
     return np.asarray(table.column(name).to_numpy(), dtype=dtype)
+
+
+def _fill_floats(dst: np.ndarray, column: pa.ChunkedArray) -> None:
+    """Write a float column into ``dst`` (nulls as 0), chunk by chunk: no intermediate array."""
+    import pyarrow.compute as pc
+
+    off = 0
+    for chunk in column.chunks:
+        m = len(chunk)
+        dst[off : off + m] = (pc.fill_null(chunk, 0) if chunk.null_count else chunk).to_numpy()
+        off += m
+
+
+def _fill_valid(dst: np.ndarray, column: pa.ChunkedArray) -> None:
+    """Write 1 where ``column`` is valid, 0 where null, into ``dst``."""
+    off = 0
+    for chunk in column.chunks:
+        m = len(chunk)
+        dst[off : off + m] = chunk.is_valid().to_numpy(zero_copy_only=False) if chunk.null_count else 1
+        off += m
+
+
+def _gather_floats(column: pa.ChunkedArray, rows: np.ndarray) -> np.ndarray:
+    """float32 values of a float column without nulls at ascending ``rows``, from zero-copy chunk views."""
+    import numpy as np
+
+    out = np.empty(len(rows), dtype=np.float32)
+    start = 0
+    for chunk in column.chunks:
+        end = start + len(chunk)
+        lo, hi = np.searchsorted(rows, (start, end))
+        if hi > lo:
+            out[lo:hi] = chunk.to_numpy()[rows[lo:hi] - start]
+        start = end
+    return out
 
 
 class _People:
@@ -87,14 +171,20 @@ class _People:
         person = _numpy(table, "person_idx")
         kp_id = _numpy(table, "keypoint_id")
         known: dict[Any, int] = {}
-        group = _codes(table.column("source"), known)
-        group = group.astype(np.int64) * (1 << 31) + _codes(table.column("job_id"), known)
+        src_code = _column_codes(table, "source", known)
+        job_code = _column_codes(table, "job_id", known)
         # The usual layout: 17 rows per person, keypoints 1..17 in order.
         canonical = n % _N_KP == 0
         if canonical and n:
             blocks = n // _N_KP
             canonical = bool((kp_id.reshape(blocks, _N_KP) == np.arange(1, _N_KP + 1, dtype=kp_id.dtype)).all())
-            for a in (frame, person, group) if canonical else ():
+            for a in (frame, person, src_code, job_code) if canonical else ():
+                if isinstance(a, tuple):  # per-chunk codes: they may change only between people
+                    values, ends = a
+                    if not (ends[:-1][values[1:] != values[:-1]] % _N_KP == 0).all():
+                        canonical = False
+                        break
+                    continue
                 a2 = a.reshape(blocks, _N_KP)
                 if not (a2 == a2[:, :1]).all():
                     canonical = False
@@ -102,7 +192,9 @@ class _People:
         self.row_order: np.ndarray | None = None
         if canonical:
             starts = np.arange(0, n, _N_KP)
+            seg_group = _codes_at(src_code, starts).astype(np.int64) * (1 << 31) + _codes_at(job_code, starts)
         else:
+            group = _codes_per_row(src_code).astype(np.int64) * (1 << 31) + _codes_per_row(job_code)
             # Any other layout: sort the rows (stable) so that each person's rows are together.
             row_order = np.lexsort((kp_id, person, frame, group))
             self.row_order = row_order
@@ -110,8 +202,8 @@ class _People:
             change = np.ones(n, dtype=bool)
             change[1:] = (frame[1:] != frame[:-1]) | (person[1:] != person[:-1]) | (group[1:] != group[:-1])
             starts = np.flatnonzero(change)
+            seg_group = group[starts]
         n_seg = len(starts)
-        seg_group = group[starts]
         seg_frame = frame[starts].astype(np.int64)
         seg_person = person[starts].astype(np.int64)
         first_rows = starts if self.row_order is None else self.row_order[starts]
@@ -130,9 +222,19 @@ class _People:
             ).all()
         )
         order = None if in_order else np.lexsort((seg_person, seg_frame, seg_group))
-        x = pc.fill_null(table.column("x"), 0).to_numpy()
-        y = pc.fill_null(table.column("y"), 0).to_numpy()
-        seen = np.asarray(table.column("x").is_valid().to_numpy(zero_copy_only=False), dtype=np.float32)
+        x_col, y_col = table.column("x"), table.column("y")
+        flat_kp = None
+        if pa.types.is_floating(x_col.type) and pa.types.is_floating(y_col.type):
+            # x, y and seen straight into one (3, n) float32 array (the (3, n, 17) keypoints when canonical).
+            flat_kp = np.empty((3, n), dtype=np.float32)
+            _fill_floats(flat_kp[0], x_col)
+            _fill_floats(flat_kp[1], y_col)
+            _fill_valid(flat_kp[2], x_col)
+            x, y, seen = flat_kp
+        else:
+            x = pc.fill_null(x_col, 0).to_numpy()
+            y = pc.fill_null(y_col, 0).to_numpy()
+            seen = np.asarray(x_col.is_valid().to_numpy(zero_copy_only=False), dtype=np.float32)
         if canonical:
             kx, ky, km = (a.reshape(n_seg, _N_KP) for a in (x, y, seen))
         else:
@@ -143,9 +245,19 @@ class _People:
             for dst, src in ((kx, x), (ky, y), (km, seen)):
                 dst[seg_of_row[ok], kp_id[ok].astype(np.int64) - 1] = src[ok]
             self.row_seg = seg_of_row
-        box = [np.asarray(table.column(c).take(take).to_numpy(), np.float32) for c in ("bbox_x", "bbox_y")]
-        box += [np.asarray(table.column(c).take(take).to_numpy(), np.float32) for c in ("bbox_w", "bbox_h")]
-        is_video = np.asarray(table.column("time_s").take(take).is_valid().to_numpy(zero_copy_only=False), bool)
+        ascending = self.row_order is None
+        box = []
+        for c in _BOX:
+            col = table.column(c)
+            if ascending and not col.null_count and pa.types.is_floating(col.type):
+                box.append(_gather_floats(col, first_rows))
+            else:
+                box.append(np.asarray(col.take(take).to_numpy(), np.float32))
+        time_col = table.column("time_s")
+        if time_col.null_count:
+            is_video = np.asarray(time_col.take(take).is_valid().to_numpy(zero_copy_only=False), bool)
+        else:
+            is_video = np.ones(n_seg, dtype=bool)
         if order is not None:
             kx, ky, km = kx[order], ky[order], km[order]
             box = [b[order] for b in box]
@@ -154,7 +266,10 @@ class _People:
         self.seg_to_det = None if order is None else np.argsort(order)
         self.canonical = canonical
         # x, y and seen (1/0) of the 17 keypoints, as one (3, n, 17) array: one gather for all three.
-        self.kp = np.stack([np.asarray(a, dtype=np.float32) for a in (kx, ky, km)])
+        if canonical and order is None and flat_kp is not None:
+            self.kp = flat_kp.reshape(3, n_seg, _N_KP)
+        else:
+            self.kp = np.stack([np.asarray(a, dtype=np.float32) for a in (kx, ky, km)])
         self.kx, self.ky, self.km = self.kp
         self.bx, self.by, self.bw, self.bh = box
         self.frame = seg_frame
@@ -230,8 +345,11 @@ def _velocity(p: _People, pred: np.ndarray, dets: np.ndarray) -> tuple[np.ndarra
     moving = dt > 0
     vx = np.zeros(len(dets), dtype=np.float32)
     vy = np.zeros(len(dets), dtype=np.float32)
-    if moving.any():
-        d, a, t = dets[moving], anc[moving], dt[moving]
+    where = np.flatnonzero(moving)
+    step = _BLOCK_CELLS // _N_KP  # in blocks, so that the temporaries stay in the CPU cache
+    for lo in range(0, len(where), step):
+        w = where[lo : lo + step]
+        d, a, t = dets[w], anc[w], dt[w]
         kd, ka = p.kp.take(d, axis=1), p.kp.take(a, axis=1)
         both = kd[2] * ka[2]
         cnt = both.sum(axis=1)
@@ -241,7 +359,7 @@ def _velocity(p: _People, pred: np.ndarray, dets: np.ndarray) -> tuple[np.ndarra
         none = cnt == 0
         mx = np.where(none, p.cx[d] - p.cx[a], mx)
         my = np.where(none, p.cy[d] - p.cy[a], my)
-        vx[moving], vy[moving] = mx / t, my / t
+        vx[w], vy[w] = mx / t, my / t
     return vx, vy
 
 
@@ -407,6 +525,17 @@ def _solve(benefit: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return g[keep], r[keep], c[keep]
 
 
+def _runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct values, first index and count of each run of a sorted, non-empty array (``np.unique``'s)."""
+    import numpy as np
+
+    change = np.empty(len(values), dtype=bool)
+    change[0] = True
+    np.not_equal(values[1:], values[:-1], out=change[1:])
+    first = np.flatnonzero(change)
+    return values[first], first, np.diff(first, append=len(values))
+
+
 def _link_pass(
     p: _People,
     pred: np.ndarray,
@@ -431,8 +560,8 @@ def _link_pass(
     if not len(ends) or not len(starts):
         return
     # Candidate counts per frame (gframe), and where each frame's candidates begin.
-    e_frames, e_first, e_count = np.unique(p.gframe[ends], return_index=True, return_counts=True)
-    s_frames, s_first, s_count = np.unique(p.gframe[starts], return_index=True, return_counts=True)
+    e_frames, e_first, e_count = _runs(p.gframe[ends])
+    s_frames, s_first, s_count = _runs(p.gframe[starts])
     target = e_frames + gap + 1
     pos = np.minimum(np.searchsorted(s_frames, target), len(s_frames) - 1)
     hit = s_frames[pos] == target
@@ -447,11 +576,15 @@ def _link_pass(
         a, b = int(shape // 65536), int(shape % 65536)
         prev = ends[e_first[ei[sel]][:, None] + np.arange(a)]
         cur = starts[s_first[si[sel]][:, None] + np.arange(b)]
-        benefit = _benefit(p, prev, cur, gap, vx, vy, min_iou, max_distance, use_keypoints)
-        g, r, c = _solve(benefit)
-        linked_prev, linked_cur = prev[g, r], cur[g, c]
-        pred[linked_cur] = linked_prev
-        succ[linked_prev] = linked_cur
+        # In blocks of problems, so that the temporaries stay in the CPU cache (the problems are independent).
+        step = max(1, _BLOCK_CELLS // (a * b))
+        for lo in range(0, len(prev), step):
+            prev_b, cur_b = prev[lo : lo + step], cur[lo : lo + step]
+            benefit = _benefit(p, prev_b, cur_b, gap, vx, vy, min_iou, max_distance, use_keypoints)
+            g, r, c = _solve(benefit)
+            linked_prev, linked_cur = prev_b[g, r], cur_b[g, c]
+            pred[linked_cur] = linked_prev
+            succ[linked_prev] = linked_cur
 
 
 def _track_ids(p: _People, max_gap: int, min_iou: float, max_distance: float) -> np.ndarray:
