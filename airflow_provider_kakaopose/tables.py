@@ -54,6 +54,7 @@ __all__ = [
     "keypoints_schema",
     "keypoints_table",
     "read_keypoints",
+    "read_metadata_if_exists",
     "read_table_if_exists",
     "to_coco",
     "write_atomically",
@@ -1041,16 +1042,29 @@ def _read_table(uri: Any) -> pa.Table:
         return pq.read_table(f)
 
 
-def read_table_if_exists(uri: str | os.PathLike | Any) -> pa.Table | None:
-    """The Parquet table at ``uri`` (any storage), or ``None`` when there is no file there yet."""
+def _exists(uri: Any) -> bool:
     fs, path = _resolve(uri)
     if _is_local(fs):
-        path = os.path.abspath(os.path.expanduser(path))
-        if not os.path.exists(path):
-            return None
-    elif not fs.exists(path):
+        return os.path.exists(os.path.abspath(os.path.expanduser(path)))
+    return fs.exists(path)
+
+
+def read_table_if_exists(uri: str | os.PathLike | Any) -> pa.Table | None:
+    """The Parquet table at ``uri`` (any storage), or ``None`` when there is no file there yet."""
+    return _read_table(uri) if _exists(uri) else None
+
+
+def read_metadata_if_exists(uri: str | os.PathLike | Any) -> dict[bytes, bytes] | None:
+    """The schema metadata of the Parquet file at ``uri`` (reads only the footer), or ``None`` if absent."""
+    import pyarrow.parquet as pq
+
+    if not _exists(uri):
         return None
-    return _read_table(uri)
+    fs, path = _resolve(uri)
+    if _is_local(fs):
+        return pq.read_schema(os.path.abspath(os.path.expanduser(path))).metadata or {}
+    with fs.open(path, "rb") as f:
+        return pq.read_schema(f).metadata or {}
 
 
 #: Columns of the errors table written beside a batch's keypoints: one row per input that failed for good.

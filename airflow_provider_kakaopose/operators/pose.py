@@ -340,16 +340,18 @@ def _run_identity(context: Context) -> str:
 
 def _previous_try(output_uri: str, run: str, log: Any) -> dict[str, Any]:
     """Rows per source from an earlier try of this same task instance (empty if none or not ours)."""
-    from airflow_provider_kakaopose.tables import read_table_if_exists
+    from airflow_provider_kakaopose.tables import read_metadata_if_exists, read_table_if_exists
 
-    table = read_table_if_exists(output_uri)
-    if table is None:
+    meta = read_metadata_if_exists(output_uri)  # the footer only: most runs stop here
+    if meta is None:
         return {}
-    meta = table.schema.metadata or {}
     if meta.get(b"kakaopose:run", b"").decode() != run or json.loads(run)[1] is None:
         return {}  # another run's file (or no run id to compare): start afresh
     if not int(meta.get(b"kakaopose:failed", b"0")):
         return {}  # the earlier try finished everything: a rerun means "compute again"
+    table = read_table_if_exists(output_uri)
+    if table is None:
+        return {}
     done = json.loads(meta.get(b"kakaopose:sources", b"[]"))
     log.info("Found %d finished image(s) from an earlier try of this task at %s", len(done), output_uri)
     return {source: table for source in done}
