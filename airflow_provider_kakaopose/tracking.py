@@ -136,19 +136,39 @@ def _fill_floats(dst: np.ndarray, column: pa.ChunkedArray) -> None:
 
 def _fill_valid(dst: np.ndarray, column: pa.ChunkedArray) -> None:
     """Write 1 where ``column`` is valid, 0 where null, into ``dst``."""
+    import numpy as np
+
     off = 0
     for chunk in column.chunks:
         m = len(chunk)
-        dst[off : off + m] = chunk.is_valid().to_numpy(zero_copy_only=False) if chunk.null_count else 1
+        bitmap = chunk.buffers()[0] if chunk.null_count else None
+        if bitmap is None:
+            dst[off : off + m] = 1
+        else:  # the validity bitmap, unpacked (LSB first) from the chunk's bit offset
+            first = chunk.offset
+            raw = np.frombuffer(bitmap, dtype=np.uint8, count=(first + m + 7) // 8)
+            dst[off : off + m] = np.unpackbits(raw, bitorder="little")[first : first + m]
         off += m
 
 
-def _gather_floats(column: pa.ChunkedArray, rows: np.ndarray) -> np.ndarray:
-    """float32 values of a float column without nulls at ascending ``rows``, from zero-copy chunk views."""
+def _gather_floats(column: pa.ChunkedArray, rows: np.ndarray, step: int = 0) -> np.ndarray:
+    """float32 values of a float column without nulls at ascending ``rows``, from zero-copy chunk views.
+
+    ``step``: ``rows`` is ``arange(0, step * len(rows), step)`` (then it is not read).
+    """
     import numpy as np
 
     out = np.empty(len(rows), dtype=np.float32)
     start = 0
+    if step:  # rows == arange(0, step * len(rows), step): strided zero-copy slices, no index arrays
+        for chunk in column.chunks:
+            end = start + len(chunk)
+            lo = -(-start // step)  # first wanted row at or after start
+            if lo * step < end:
+                values = chunk.to_numpy()[lo * step - start :: step]
+                out[lo : lo + len(values)] = values
+            start = end
+        return out
     for chunk in column.chunks:
         end = start + len(chunk)
         lo, hi = np.searchsorted(rows, (start, end))
@@ -250,7 +270,7 @@ class _People:
         for c in _BOX:
             col = table.column(c)
             if ascending and not col.null_count and pa.types.is_floating(col.type):
-                box.append(_gather_floats(col, first_rows))
+                box.append(_gather_floats(col, first_rows, _N_KP if canonical else 0))
             else:
                 box.append(np.asarray(col.take(take).to_numpy(), np.float32))
         time_col = table.column("time_s")
@@ -295,8 +315,9 @@ class _People:
         self.scale = np.maximum(np.sqrt(np.maximum(self.bw, 0) * np.maximum(self.bh, 0)), 1.0).astype(np.float32)
         self.n = n_seg
         # The box/centre features stacked, for one gather per side in _benefit.
+        # bw, bh last: only a moving previous side needs them, so the others gather just the first 8 rows.
         self.feat = np.stack(
-            [self.bx, self.by, self.bw, self.bh, self.x1, self.y1, self.area, self.cx, self.cy, self.scale]
+            [self.bx, self.by, self.x1, self.y1, self.area, self.cx, self.cy, self.scale, self.bw, self.bh]
         )
 
     def row_values(self, per_det: np.ndarray) -> np.ndarray:
@@ -403,10 +424,10 @@ def _benefit(
 
     dt = gap + 1
     # One gather of all the box/centre features of each side: (F, a, 1, G) and (F, 1, b, G).
-    fp = p.feat.take(prev.T, axis=1)[:, :, None, :]
-    fc = p.feat.take(cur.T, axis=1)[:, None, :, :]
-    bx_p, by_p, bw_p, bh_p, x1_p, y1_p, area_p, cx_p, cy_p, scale_p = fp
-    bx_c, by_c, _, _, x1_c, y1_c, area_c, cx_c, cy_c, scale_c = fc
+    fp = (p.feat if vx is not None else p.feat[:8]).take(prev.T, axis=1)[:, :, None, :]
+    fc = p.feat[:8].take(cur.T, axis=1)[:, None, :, :]
+    bx_p, by_p, x1_p, y1_p, area_p, cx_p, cy_p, scale_p = fp[:8]
+    bx_c, by_c, x1_c, y1_c, area_c, cx_c, cy_c, scale_c = fc
     if vx is None:
         # Zero velocity: adding 0 changes nothing, so the prediction is the box itself (bx + bw == x1).
         sx = sy = None
@@ -414,6 +435,7 @@ def _benefit(
     else:
         sx = (vx[prev.T] * dt)[:, None, :]
         sy = (vy[prev.T] * dt)[:, None, :]
+        bw_p, bh_p = fp[8:]
         ax0, ay0 = bx_p + sx, by_p + sy
         ax1, ay1 = ax0 + bw_p, ay0 + bh_p
         pcx, pcy = cx_p + sx, cy_p + sy
@@ -472,6 +494,8 @@ def _keypoint_distance(
     ps = [(*p.kp.take(prev[:, i], axis=1), p.cx.take(prev[:, i]), p.cy.take(prev[:, i])) for i in range(a)]
     cs = [(*p.kp.take(cur[:, j], axis=1), p.cx.take(cur[:, j]), p.cy.take(cur[:, j])) for j in range(b)]
     out = np.empty((a, b, g_n), dtype=np.float32)
+    # (G, 17) work buffers reused by every pair (no allocation per pair).
+    dx, dy, both = (np.empty((g_n, _N_KP), dtype=np.float32) for _ in range(3))
     for i, (kxp, kyp, kmp, cxp, cyp) in enumerate(ps):
         if sx is not None:
             sxi, syi = sx[:, i], sy[:, i]
@@ -479,8 +503,8 @@ def _keypoint_distance(
         else:
             pcx, pcy = cxp, cyp
         for j, (kxc, kyc, kmc, cxc, cyc) in enumerate(cs):
-            dx = kxp - kxc
-            dy = kyp - kyc
+            np.subtract(kxp, kxc, out=dx)
+            np.subtract(kyp, kyc, out=dy)
             if sx is not None:
                 dx += sxi[:, None]
                 dy += syi[:, None]
@@ -488,7 +512,7 @@ def _keypoint_distance(
             np.multiply(dy, dy, out=dy)
             dx += dy
             np.sqrt(dx, out=dx)
-            both = kmp * kmc
+            np.multiply(kmp, kmc, out=both)
             cnt = np.einsum("...k,...k->...", kmp, kmc)  # a count: exact in any order
             with np.errstate(invalid="ignore", divide="ignore"):
                 dist = np.einsum("...k,...k->...", dx, both) / cnt
@@ -504,9 +528,11 @@ def _solve(benefit: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     a, b, g_n = benefit.shape
     if _n_assignments(a, b) <= _MAX_ENUMERATED:
         rows, cols = _assignments(a, b)
-        total = benefit[rows[:, 0], cols[:, 0]]  # (K, G), summed in order (as .sum(axis=-1) does)
+        cells = rows * b + cols  # (K, n) flat (row, col) of each link
+        flat = benefit.reshape(a * b, g_n)
+        total = flat.take(cells[:, 0], axis=0)  # (K, G), summed in order (as .sum(axis=-1) does)
         for j in range(1, rows.shape[1]):
-            total += benefit[rows[:, j], cols[:, j]]
+            total += flat.take(cells[:, j], axis=0)
         best = np.argmax(total, axis=0)
         r, c = rows[best], cols[best]  # (G, n)
         g = np.broadcast_to(np.arange(g_n)[:, None], r.shape)
@@ -521,7 +547,7 @@ def _solve(benefit: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             rs.append(r)
             cs.append(c)
         g, r, c = np.concatenate(gs), np.concatenate(rs), np.concatenate(cs)
-    keep = benefit[r, c, g] > 0
+    keep = benefit.reshape(-1).take((r * b + c) * g_n + g) > 0
     return g[keep], r[keep], c[keep]
 
 
