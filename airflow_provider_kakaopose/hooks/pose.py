@@ -80,6 +80,7 @@ class _KakaoPoseHookBase(BaseHook):
         #: Input limits for pre-flight checks; pass your own for a partnership's higher limits.
         self.limits = limits or DEFAULT_LIMITS
         self._settings: ConnSettings | None = None
+        self._lock = threading.Lock()  # the sync hook's settings may be first read by several threads
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(kakao_pose_conn_id={self.kakao_pose_conn_id!r})"
@@ -136,16 +137,6 @@ class KakaoPoseHook(_KakaoPoseHookBase):
     and Kakao codes -1/-10, honouring ``Retry-After``; all calls of one hook share one client-side rate
     limiter when the connection sets ``rate_limit_per_second``. The hook is safe to use from several threads.
     """
-
-    def __init__(
-        self,
-        kakao_pose_conn_id: str = DEFAULT_CONN_ID,
-        *,
-        limits: Limits | None = None,
-        logger_name: str | None = None,
-    ) -> None:
-        super().__init__(kakao_pose_conn_id, limits=limits, logger_name=logger_name)
-        self._lock = threading.Lock()
 
     @property
     def settings(self) -> ConnSettings:
