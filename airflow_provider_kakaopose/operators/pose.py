@@ -97,11 +97,9 @@ class KakaoPoseJobLink(BaseOperatorLink):
         return getattr(operator, "job_url", None) or ""
 
 
-def _job_url(conn_id: str, job_id: str) -> str | None:
-    from airflow_provider_kakaopose.hooks.pose import KakaoPoseHook
-
+def _job_url(hook: KakaoPoseHook, job_id: str) -> str | None:
     try:
-        return f"{KakaoPoseHook(conn_id).settings.base_url}/pose/job/{job_id}"
+        return f"{hook.settings.base_url}/pose/job/{job_id}"
     except KakaoPoseError:
         return None
 
@@ -354,7 +352,25 @@ def _previous_try(output_uri: str, run: str, log: Any) -> dict[str, Any]:
         return {}
     done = json.loads(meta.get(b"kakaopose:sources", b"[]"))
     log.info("Found %d finished image(s) from an earlier try of this task at %s", len(done), output_uri)
-    return {source: table for source in done}
+    return _rows_by_source(table, done)
+
+
+def _rows_by_source(table: Any, sources: list[str]) -> dict[str, Any]:
+    """Split ``table`` into its rows per source (one pass; a source without rows gets an empty table)."""
+    import numpy as np
+    import pyarrow as pa
+
+    encoded = table["source"].cast(pa.string()).combine_chunks().dictionary_encode()
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(encoded.dictionary) + 1))
+    code_of = {label: n for n, label in enumerate(encoded.dictionary.to_pylist())}
+    parts = {}
+    for source in sources:
+        n = code_of.get(source)
+        rows = order[bounds[n] : bounds[n + 1]] if n is not None else np.array([], dtype=np.int64)
+        parts[source] = table.take(pa.array(rows, pa.int64()))
+    return parts
 
 
 def _batch_table(
@@ -367,14 +383,10 @@ def _batch_table(
     from airflow_provider_kakaopose.tables import keypoints_schema, keypoints_table
 
     parts, done, persons = [], [], 0
-    reused = {}
     for item, outcome in zip(items, outcomes, strict=True):
         label = open_input_label(item)
         if outcome is None:  # finished by the previous try: take its rows
-            if label not in reused:
-                old = previous[label]
-                reused[label] = old.filter(pc.equal(old["source"].cast(pa.string()), label))
-            part = reused[label]
+            part = previous[label]
         elif outcome.error is None:
             part = keypoints_table(outcome.persons or [], source=outcome.source)
         else:
@@ -414,11 +426,11 @@ class _JobLoader(_PoseLineage):
             return {"job_id": job_id, "status": "success", "output_uri": None}
         from airflow_provider_kakaopose.tables import keypoints_reader, write_parquet
 
-        self.job_url = _job_url(self.kakao_pose_conn_id, job_id)
         if source is not None:
             self.lineage_inputs = [source]
         self.lineage_outputs = [(output_uri, "keypoints")]
         with KakaoPoseHook(self.kakao_pose_conn_id) as hook:
+            self.job_url = _job_url(hook, job_id)
             raw = hook.get_job_bytes(job_id)
         reader = keypoints_reader(raw, source=source)  # raises for failed / not found bodies too
         table = None
@@ -575,7 +587,7 @@ class KakaoPoseVideoOperator(_JobLoader, BaseOperator):
     def _execute(self, context: Context, hook: KakaoPoseHook) -> Any:
         job = self._reattach(context, hook) or self._submit(context, hook)
         job_id = job["job_id"]
-        self.job_url = _job_url(self.kakao_pose_conn_id, job_id)
+        self.job_url = _job_url(hook, job_id)
         self.lineage_inputs = [self._source()]
         context["ti"].xcom_push(key="job_id", value=job_id)
         if not self.wait_for_completion:
