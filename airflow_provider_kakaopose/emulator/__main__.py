@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 
+from airflow_provider_kakaopose.emulator.engine import ENGINE_NAMES, EngineUnavailable
 from airflow_provider_kakaopose.emulator.server import QUOTA_MODES, EmulatorConfig, PoseEmulator
 
 ENV_API_KEY = "KAKAO_POSE_EMULATOR_API_KEY"
@@ -44,6 +45,19 @@ def _parser() -> argparse.ArgumentParser:
         default=",".join(d.unreachable_hosts),
         help="comma-separated host patterns (fnmatch) whose videos cannot be fetched",
     )
+    p.add_argument(
+        "--engine",
+        choices=ENGINE_NAMES,
+        default=d.engine,
+        help="who computes the poses: synthetic (invented, the default) or mediapipe (a real model on this CPU; "
+        "needs its own environment, see `make engine` and docs/engine.md)",
+    )
+    p.add_argument(
+        "--engine-workers",
+        type=int,
+        default=d.engine_workers,
+        help="model threads for images and for video jobs, each (mediapipe engine; default 1)",
+    )
     return p
 
 
@@ -67,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             unreachable_hosts=args.unreachable_hosts,
             host=args.host,
             port=args.port,
+            engine=args.engine,
+            engine_workers=args.engine_workers,
         )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -77,12 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     emulator = PoseEmulator(config=config)
     try:
         emulator.start()
+    except EngineUnavailable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except OSError as err:
         print(f"error: cannot listen on {args.host}:{args.port}: {err}", file=sys.stderr)
         return 1
     if api_key is None:
         print("no API key set: any 'Authorization: KakaoAK <key>' is accepted", file=sys.stderr, flush=True)
-    print(f"Kakao Pose emulator listening on {emulator.base_url}", flush=True)
+    engine = "" if args.engine == "synthetic" else f" (engine: {args.engine}, {args.engine_workers} worker(s))"
+    print(f"Kakao Pose emulator listening on {emulator.base_url}{engine}", flush=True)
     try:
         while not stop.wait(0.5):
             pass

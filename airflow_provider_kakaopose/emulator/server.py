@@ -15,8 +15,10 @@ import logging
 import math
 import os
 import random
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -25,7 +27,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
 
@@ -39,6 +41,7 @@ from airflow_provider_kakaopose.validation import (
 )
 
 from . import synth
+from .engine import ENGINE_INFO, ENGINE_NAMES, EngineInputError, make_engine
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +94,10 @@ class EmulatorConfig:
     limits: Limits = DEFAULT_LIMITS
     host: str = "127.0.0.1"
     port: int = 0
+    #: "synthetic" (invented poses, the default) or "mediapipe" (a real model; needs ``make engine``).
+    engine: str = "synthetic"
+    #: Threads running the model, for images and for video jobs each (``engine="mediapipe"`` only).
+    engine_workers: int = 1
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -118,6 +125,10 @@ class EmulatorConfig:
             raise ValueError("retry_after must be >= 0 or None")
         if self.job_frames < 0:
             raise ValueError("job_frames must be >= 0")
+        if self.engine not in ENGINE_NAMES:
+            raise ValueError(f"engine must be one of {ENGINE_NAMES}, not {self.engine!r}")
+        if not isinstance(self.engine_workers, int) or self.engine_workers < 1:
+            raise ValueError(f"engine_workers must be an integer >= 1, not {self.engine_workers!r}")
 
     def __repr__(self) -> str:
         fields = [f"api_key={'***' if self.api_key else None}"]
@@ -162,8 +173,13 @@ class _Job:
     key: str
     callback_url: str | None
     description: str = "Failed to get video"
+    #: Engine jobs: the state the worker set (overrides the timeline) and the finished body.
+    state: str | None = None
+    body: bytes | None = None
 
     def status(self, now: float) -> str:
+        if self.state is not None:
+            return self.state
         t = now - self.created
         if t < self.waiting_s:
             return "waiting"
@@ -184,6 +200,10 @@ class _BadRequest(Exception):
 
 class _Drop(Exception):
     """Close the connection without answering."""
+
+
+class _FetchError(Exception):
+    """An image_url / video_url the engine could not read."""
 
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
@@ -224,6 +244,9 @@ class PoseEmulator:
         self._runner: web.AppRunner | None = None
         self._session: ClientSession | None = None
         self._t0 = time.monotonic()
+        self._engine: Any = None
+        self._image_pool: ThreadPoolExecutor | None = None
+        self._job_pool: ThreadPoolExecutor | None = None
         self.port: int | None = None
 
     # ------------------------------------------------------------------ public API
@@ -285,6 +308,11 @@ class PoseEmulator:
         """Start serving; returns once the port is bound."""
         if self._thread is not None:
             raise RuntimeError("the emulator is already running")
+        cfg = self._config
+        self._engine = make_engine(cfg.engine)  # loads the model (or raises EngineUnavailable) before binding
+        if self._engine is not None:
+            self._image_pool = ThreadPoolExecutor(cfg.engine_workers, thread_name_prefix="pose-engine-image")
+            self._job_pool = ThreadPoolExecutor(cfg.engine_workers, thread_name_prefix="pose-engine-job")
         ready = threading.Event()
         failure: list[BaseException] = []
 
@@ -318,8 +346,18 @@ class PoseEmulator:
         if failure:
             self._thread.join()
             self._thread = None
+            self._close_engine()
             raise failure[0]
         return self
+
+    def _close_engine(self) -> None:
+        for pool in (self._image_pool, self._job_pool):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        self._image_pool = self._job_pool = None
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
 
     def stop(self) -> None:
         """Stop serving: pending jobs' callbacks are cancelled, open connections closed."""
@@ -330,6 +368,7 @@ class PoseEmulator:
         self._thread = None
         self._loop = None
         self.port = None
+        self._close_engine()
 
     def __enter__(self) -> PoseEmulator:
         return self.start()
@@ -574,8 +613,17 @@ class PoseEmulator:
         )
 
     async def _read_file_part(self, part, path: str) -> tuple[str, int, bytes]:
-        """(file name, size, bytes): all bytes of an image (up to limit + 1 MB), the first MB of a video."""
-        keep = self._config.limits.max_image_bytes + 1024 * 1024 if path == "/pose" else 1024 * 1024
+        """(file name, size, bytes): all bytes of an image (up to limit + 1 MB), the first MB of a video.
+
+        With an engine, all bytes of a video too (up to its limit + 1 MB): the engine decodes them.
+        """
+        limits = self._config.limits
+        if path == "/pose":
+            keep = limits.max_image_bytes + 1024 * 1024
+        elif self._engine is not None:
+            keep = limits.max_video_bytes + 1024 * 1024
+        else:
+            keep = 1024 * 1024
         chunks: list[bytes] = []
         kept = size = 0
         while chunk := await part.read_chunk(256 * 1024):
@@ -590,7 +638,7 @@ class PoseEmulator:
         if path == "/pose":
             if method != "POST":
                 return _error(405, -2, f"{method} is not allowed on /pose; use POST")
-            return self._pose(form or {}, cfg)
+            return await self._pose(form or {}, cfg)
         if path == "/pose/job":
             if method != "POST":
                 return _error(405, -2, f"{method} is not allowed on /pose/job; use POST")
@@ -612,11 +660,13 @@ class PoseEmulator:
             raise _BadRequest(f"either '{url_field}' or 'file' is required")
         return url, file
 
-    def _pose(self, form: dict, cfg: EmulatorConfig) -> web.Response:
+    async def _pose(self, form: dict, cfg: EmulatorConfig) -> web.Response:
         try:
             url, file = self._one_source(form, "image_url")
         except _BadRequest as err:
             return _error(400, -2, str(err))
+        if self._engine is not None:
+            return await self._engine_pose(url, file, cfg)
         if file is not None:
             name, size, data = file
             if size > len(data):  # larger than we kept: report the real size
@@ -638,6 +688,78 @@ class PoseEmulator:
             key = self._content_key("image_url", url)
         persons = synth.image_persons(synth.stable_rng(key), width, height)
         return _json(200, persons)
+
+    async def _engine_pose(
+        self, url: str | None, file: tuple[str, int, bytes] | None, cfg: EmulatorConfig
+    ) -> web.Response:
+        """``POST /pose`` answered by the engine: the image's bytes (uploaded or fetched) through the model."""
+        if file is not None:
+            name, size, data = file
+        else:
+            assert url is not None
+            if problems := self._check_fetch_url(url, "image_url"):
+                return _error(400, -2, "; ".join(problems))
+            name, size = url, 0
+            try:
+                data = await self._fetch(url, cfg.limits.max_image_bytes + 1)
+            except _FetchError as err:
+                return _error(400, -2, f"Failed to get image from image_url {url!r} ({err})")
+            size = len(data)
+        if size > len(data):
+            problems = [f"image {name!r} is {size:,} bytes; the limit is {cfg.limits.max_image_bytes:,} bytes"]
+        else:
+            problems = check_image_bytes(data, name, cfg.limits)
+        if problems:
+            return _error(400, -2, "; ".join(problems))
+        loop = asyncio.get_running_loop()
+        try:
+            persons = await loop.run_in_executor(self._image_pool, self._engine.image_persons, data)
+        except EngineInputError as err:
+            return _error(400, -2, str(err))
+        return _json(200, persons, {"X-Pose-Engine": f"{ENGINE_INFO['engine']}; max-persons=1"})
+
+    def _check_fetch_url(self, url: str, what: str) -> list[str]:
+        """URL rules of the engine: http(s) on any port (local test servers), or an absolute ``file://`` path."""
+        try:
+            parts = urlsplit(url)
+        except ValueError as err:
+            return [f"{what} {url!r} is not a valid URL ({err})"]
+        if parts.scheme == "file":
+            if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+                return [f"{what} {url!r} must be an absolute local path: file:///path/to/file"]
+            return []
+        return self._check_callback(url, dataclasses.replace(self._config, callback_any_port=True), what)
+
+    async def _fetch(self, url: str, max_bytes: int) -> bytes:
+        """The bytes behind an http(s) or file:// URL, at most ``max_bytes`` (more: the first ``max_bytes``)."""
+        parts = urlsplit(url)
+        if parts.scheme == "file":
+            path = unquote(parts.path)
+
+            def read() -> bytes:
+                with open(path, "rb") as f:
+                    return f.read(max_bytes)
+
+            try:
+                return await asyncio.get_running_loop().run_in_executor(None, read)
+            except OSError as err:
+                raise _FetchError(err.strerror or str(err)) from err
+        assert self._session is not None
+        try:
+            async with self._session.get(url, timeout=ClientTimeout(total=60)) as resp:
+                if resp.status != 200:
+                    raise _FetchError(f"HTTP {resp.status}")
+                chunks, got = [], 0
+                async for chunk in resp.content.iter_chunked(256 * 1024):
+                    chunks.append(chunk)
+                    got += len(chunk)
+                    if got >= max_bytes:
+                        break
+                return b"".join(chunks)[:max_bytes]
+        except _FetchError:
+            raise
+        except Exception as err:
+            raise _FetchError(f"{type(err).__name__}: {err}") from err
 
     def _video_spec(self, url: str | None, cfg: EmulatorConfig, smoothing: bool) -> synth.VideoSpec:
         spec = synth.VideoSpec(frames=cfg.job_frames, persons=1, fps=30.0, width=1280, height=720, smoothing=smoothing)
@@ -678,15 +800,15 @@ class PoseEmulator:
         return timing["waiting_s"], timing["processing_s"]
 
     @staticmethod
-    def _check_callback(url: str, cfg: EmulatorConfig) -> list[str]:
+    def _check_callback(url: str, cfg: EmulatorConfig, what: str = "callback_url") -> list[str]:
         if cfg.callback_any_port:
             try:
                 parts = urlsplit(url)
                 if parts.port is not None:  # check everything but the port
                     url = parts._replace(netloc=parts.netloc.rsplit(":", 1)[0]).geturl()
             except ValueError as err:
-                return [f"callback_url {url!r} is not a valid URL ({err})"]
-        return check_url(url, "callback_url")
+                return [f"{what} {url!r} is not a valid URL ({err})"]
+        return check_url(url, what)
 
     def _unreachable(self, url: str, cfg: EmulatorConfig) -> bool:
         host = (urlsplit(url).hostname or "").lower()
@@ -710,9 +832,12 @@ class PoseEmulator:
                     raise _BadRequest("; ".join(problems))
                 key = self._content_key("video", head + size.to_bytes(8, "little"))
             else:
-                if problems := check_url(url, "video_url"):
+                check = self._check_fetch_url if self._engine is not None else check_url
+                if problems := check(url, "video_url"):
                     raise _BadRequest("; ".join(problems))
                 key = self._content_key("video_url", url)
+            if self._engine is not None:
+                return self._engine_submit(url, file, smoothing, callback, cfg)
             spec = self._video_spec(url, cfg, smoothing)
             waiting_s, processing_s = self._job_timing(url, cfg)
         except _BadRequest as err:
@@ -726,8 +851,64 @@ class PoseEmulator:
         self._spawn(self._finish_later(job))
         return _json(200, {"job_id": job_id})
 
+    def _engine_submit(
+        self, url: str | None, file: tuple[str, int, bytes] | None, smoothing: bool, callback: str | None, cfg
+    ) -> web.Response:
+        """A video job for the engine: ``waiting`` until a worker takes it, ``processing``, then done."""
+        with self._lock:
+            job_id = self._new_job_id()
+        job = _Job(job_id, time.monotonic(), 0.0, 0.0, None, "", callback, state="waiting")
+        self._jobs[job_id] = job
+        self._spawn(self._run_engine_job(job, url, file[2] if file is not None else None, smoothing, cfg))
+        return _json(200, {"job_id": job_id})
+
+    async def _run_engine_job(
+        self, job: _Job, url: str | None, data: bytes | None, smoothing: bool, cfg: EmulatorConfig
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        tmp = tempfile.mkdtemp(prefix="kakao-pose-job-")
+        try:
+            path = os.path.join(tmp, "video")
+            if url is not None and urlsplit(url).scheme == "file":
+                path = unquote(urlsplit(url).path)
+                if not os.path.isfile(path):
+                    raise _FetchError(f"no such file: {path}")
+            else:
+                if data is None:
+                    assert url is not None
+                    data = await self._fetch(url, cfg.limits.max_video_bytes + 1)
+                    if problems := check_video_size(len(data), url, cfg.limits):
+                        raise EngineInputError("; ".join(problems))
+                await loop.run_in_executor(None, _write_file, path, data)
+                del data
+
+            def work() -> bytes:
+                job.state = "processing"
+                return self._engine.video_result_bytes(job.job_id, path, smoothing, cfg.limits)
+
+            job.body = await loop.run_in_executor(self._job_pool, work)
+            job.state = "success"
+        except asyncio.CancelledError:
+            raise
+        except _FetchError as err:
+            job.description = f"Failed to get video ({err})"
+            job.state = "failed"
+        except EngineInputError as err:
+            job.description = str(err)
+            job.state = "failed"
+        except Exception as err:  # a model failure must not leave the job processing forever
+            log.exception("kakao pose emulator: engine job %s failed", job.job_id)
+            job.description = f"Failed to process video ({type(err).__name__}: {err})"
+            job.state = "failed"
+        finally:
+            await loop.run_in_executor(None, shutil.rmtree, tmp, True)
+        await self._send_callback(job)
+
     async def _finish_later(self, job: _Job) -> None:
         await asyncio.sleep(max(0.0, job.end_time - time.monotonic()))
+        await self._send_callback(job)
+
+    async def _send_callback(self, job: _Job) -> None:
         if not job.callback_url or self._session is None:
             return
         sep = "&" if urlsplit(job.callback_url).query else ("" if job.callback_url.endswith("?") else "?")
@@ -749,7 +930,7 @@ class PoseEmulator:
             return _json(200, {"job_id": job_id, "status": status})
         if status == "failed":
             return _json(200, {"description": job.description, "job_id": job_id, "status": "failed"})
-        body = await self._result_bytes(job)
+        body = job.body if job.body is not None else await self._result_bytes(job)
         return web.Response(status=200, body=body, content_type="application/json")
 
     async def _result_bytes(self, job: _Job) -> bytes:
@@ -787,6 +968,11 @@ class PoseEmulator:
         if spec.frames * spec.persons > BIG_JOB_PERSON_FRAMES and synth.block_count(spec) > 1:
             return await loop.run_in_executor(None, _build_in_workers, job.job_id, spec, job.key)
         return await loop.run_in_executor(None, synth.video_result_bytes, job.job_id, spec, job.key)
+
+
+def _write_file(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
 
 
 def _build_in_workers(job_id: str, spec: synth.VideoSpec, key: str) -> bytes:
