@@ -4,7 +4,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint demo emulator constraints clean
+ENGINE_VENV  := .venv-engine
+ENGINE_BIN   := $(ENGINE_VENV)/bin
+ENGINE_STAMP := $(ENGINE_VENV)/.installed
+ENGINE_PORT  ?= 8766
+
+.PHONY: install test lint demo emulator constraints clean engine-install engine demo-engine engine-constraints
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -14,12 +19,28 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# The local pose engine's own environment: the `engine` extra of pyproject.toml (mediapipe needs protobuf < 5,
+# Airflow >= 5, so it cannot live in .venv) plus this package without its Airflow dependencies.
+$(ENGINE_STAMP): pyproject.toml constraints-engine.txt
+	$(PYTHON) -m venv $(ENGINE_VENV)
+	$(ENGINE_BIN)/python -m pip install -q --upgrade pip
+	$(ENGINE_BIN)/python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['engine']))" > $(ENGINE_VENV)/requirements.txt
+	$(ENGINE_BIN)/python -m pip install -q -c constraints-engine.txt -r $(ENGINE_VENV)/requirements.txt
+	$(ENGINE_BIN)/python -m pip install -q --no-deps -e .
+	touch $(ENGINE_STAMP)
+
+engine-install: $(ENGINE_STAMP)
+
+# Serve the API with real poses from the local engine (docs/engine.md).
+engine: engine-install
+	$(ENGINE_BIN)/python -m airflow_provider_kakaopose.emulator --engine mediapipe --port $(ENGINE_PORT)
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
-	$(BIN)/python -m pytest --durations=12
+test: lint engine-install
+	KAKAO_POSE_REQUIRE_ENGINE=1 $(BIN)/python -m pytest --durations=12
 
 emulator: install
 	$(BIN)/python -m airflow_provider_kakaopose.emulator --port 8765
@@ -28,8 +49,15 @@ emulator: install
 constraints: install
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^airflow-provider-kakaopose' > constraints.txt
 
+engine-constraints: engine-install
+	$(ENGINE_BIN)/python -m pip freeze --exclude-editable | grep -v '^airflow-provider-kakaopose' > constraints-engine.txt
+
 clean:
-	rm -rf $(VENV) .airflow .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(ENGINE_VENV) .airflow .pytest_cache .ruff_cache
 
 demo: install
 	$(BIN)/python scripts/demo.py
+
+# The demo against the local engine: real poses on real photos and a synthetic video.
+demo-engine: install engine-install
+	$(BIN)/python scripts/demo.py --engine
