@@ -374,6 +374,23 @@ def test_image_operator_single_item_and_bad_inputs(emulator, make_conn, tmp_path
     assert emulator.count() == 1
 
 
+def test_image_operator_pictures_draw_over_the_local_source_images(emulator, make_conn, tmp_path):
+    from PIL import Image
+
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (640, 480), (10, 200, 30)).save(photo)  # a green "photo"
+    out = tmp_path / "pics" / "keypoints.parquet"
+    images = [str(photo), "https://example.com/1.jpg"]
+    summary = KakaoPoseImageOperator(
+        task_id="i", images=images, output_uri=str(out), pictures=True, kakao_pose_conn_id=make_conn()
+    ).execute(context())
+    assert summary["pictures"] == {"png": str(out.with_suffix(".png"))}
+    with Image.open(out.with_suffix(".png")) as sheet:
+        colours = {c for _, c in sheet.convert("RGB").getcolors(1 << 24)}
+    assert (10, 200, 30) in colours  # the local photo is the background of its cell
+    assert not KakaoPoseImageOperator(task_id="j", images=images, output_uri=str(out)).pictures  # off by default
+
+
 # ------------------------------------------------------------------------------------------ load step
 
 

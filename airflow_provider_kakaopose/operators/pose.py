@@ -197,6 +197,8 @@ class KakaoPoseImageOperator(_PoseLineage, BaseOperator):
         caps the pace for the whole batch, and quota answers slow the whole batch down.
     :param max_failed_ratio: share of images allowed to fail before the task fails (default 0: any failure
         fails the task — after both tables are written).
+    :param pictures: also write a PNG contact sheet of the poses next to the Parquet (``<stem>.png``), drawn
+        over each image when it is a readable local file, else on a blank canvas.
     :param kakao_pose_conn_id: the ``kakao_pose`` connection.
 
     An image that fails for good (a broken input rule, a 4xx other than quota, retries exhausted) becomes a
@@ -204,7 +206,7 @@ class KakaoPoseImageOperator(_PoseLineage, BaseOperator):
     same task instance re-sends only the images its previous try did not finish (see the docs).
 
     Returns (XCom) ``{"output_uri", "errors_uri", "images", "succeeded", "failed", "persons", "rows",
-    "reused"}`` — never the raw answers.
+    "reused"}`` (plus ``"pictures"`` when asked) — never the raw answers.
     """
 
     template_fields: Sequence[str] = ("images", "output_uri", "errors_uri")
@@ -218,6 +220,7 @@ class KakaoPoseImageOperator(_PoseLineage, BaseOperator):
         errors_uri: str | None = None,
         max_concurrency: int = 16,
         max_failed_ratio: float = 0.0,
+        pictures: bool = False,
         kakao_pose_conn_id: str = DEFAULT_CONN_ID,
         **kwargs: Any,
     ) -> None:
@@ -231,6 +234,7 @@ class KakaoPoseImageOperator(_PoseLineage, BaseOperator):
         self.errors_uri = errors_uri
         self.max_concurrency = max_concurrency
         self.max_failed_ratio = max_failed_ratio
+        self.pictures = pictures
         self.kakao_pose_conn_id = kakao_pose_conn_id
         _add_asset_outlet(self, output_uri)
 
@@ -315,6 +319,10 @@ class KakaoPoseImageOperator(_PoseLineage, BaseOperator):
             "rows": table.num_rows,
             "reused": len(items) - len(todo),
         }
+        if self.pictures and table.num_rows:
+            from airflow_provider_kakaopose.render import write_pictures
+
+            summary["pictures"] = write_pictures(table, output_uri, background="source")
         self.log.info("Wrote %s", summary)
         if failures and len(failures) / len(items) > self.max_failed_ratio:
             raise KakaoPoseError(
