@@ -41,3 +41,8 @@ RUN_DIR = "{{ dag.dag_id }}/{{ ds_nodash }}"
 POSE_VIDEO_ASSET_URI = (
     f"{OUTPUT_ROOT}/kakao_pose_video" if "://" in OUTPUT_ROOT else f"file://{OUTPUT_ROOT}/kakao_pose_video"
 )
+
+#: The local pose engine (docs/engine.md): its connection and the folder holding its sample photos and video
+#: (``python -m airflow_provider_kakaopose.emulator.samples DIR`` writes them; ``make demo-engine`` does it all).
+ENGINE_CONN_ID = os.environ.get("KAKAO_POSE_ENGINE_CONN_ID", "kakao_pose_engine")
+ENGINE_SAMPLES = os.environ.get("KAKAO_POSE_ENGINE_SAMPLES", "/tmp/kakao_pose_engine_samples").rstrip("/")

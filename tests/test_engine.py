@@ -15,10 +15,8 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -29,9 +27,10 @@ from conftest import API_KEY
 
 from airflow_provider_kakaopose.coco import KEYPOINT_NAMES
 from airflow_provider_kakaopose.emulator.engine import BLAZEPOSE_TO_COCO, person_from_landmarks
+from airflow_provider_kakaopose.emulator.process import EmulatorProcess, engine_python
 
 ROOT = Path(__file__).resolve().parent.parent
-ENGINE_PYTHON = Path(os.environ.get("KAKAO_POSE_ENGINE_PYTHON", ROOT / ".venv-engine" / "bin" / "python"))
+ENGINE_PYTHON = engine_python(ROOT)
 AUTH = {"Authorization": f"KakaoAK {API_KEY}"}
 HEAD = [KEYPOINT_NAMES.index(n) for n in ("nose", "left_eye", "right_eye", "left_ear", "right_ear")]
 #: Index of each keypoint's mirror twin (left <-> right).
@@ -66,29 +65,8 @@ def samples(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def engine_url() -> str:
     """``python -m airflow_provider_kakaopose.emulator --engine mediapipe`` on a free port; its base URL."""
-    cmd = [str(_engine_python()), "-m", "airflow_provider_kakaopose.emulator", "--engine", "mediapipe", "--port", "0"]
-    env = {**os.environ, "KAKAO_POSE_EMULATOR_API_KEY": API_KEY, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
-    lines: list[str] = []
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if m := re.search(r"listening on (http://\S+)", line):
-                # Keep reading its output, or a chatty server would block on a full pipe.
-                threading.Thread(target=proc.stdout.read, daemon=True).start()
-                yield m.group(1)
-                return
-        pytest.fail("the engine server did not start:\n" + "".join(lines))
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with EmulatorProcess(_engine_python(), "--engine", "mediapipe", api_key=API_KEY) as server:
+        yield server.base_url
 
 
 def png(pixels: np.ndarray) -> bytes:
@@ -323,3 +301,51 @@ def test_the_engine_environment_has_no_airflow_and_the_right_mediapipe():
     out = subprocess.run([str(_engine_python()), "-c", code], check=True, capture_output=True, text=True).stdout
     mp_version, protobuf_version = out.split()
     assert mp_version == "0.10.14" and int(protobuf_version.split(".")[0]) < 5
+
+
+# ------------------------------------------------------------------ end to end through Airflow
+
+
+def test_engine_example_dag_lands_real_keypoints(airflow_db, engine_url, samples, monkeypatch, tmp_path):
+    """``kakao_pose_engine`` under ``dag.test()``: the operators, unchanged, against the engine."""
+    import importlib
+
+    import duckdb
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_KAKAO_POSE_ENGINE",
+        json.dumps({"conn_type": "kakao_pose", "host": engine_url, "password": API_KEY}),
+    )
+    monkeypatch.setenv("KAKAO_POSE_ENGINE_SAMPLES", str(samples))
+    monkeypatch.setenv("KAKAO_POSE_OUTPUT", str(tmp_path / "out"))
+    monkeypatch.setenv("KAKAO_POSE_POLL_INTERVAL", "0.5")
+    for name in ("_common", "kakao_pose_engine"):
+        sys.modules.pop(name, None)
+    dag_run = importlib.import_module("kakao_pose_engine").dag.test()
+    assert dag_run.state == "success"
+    [photos] = (tmp_path / "out").rglob("photos.parquet")
+    [video] = (tmp_path / "out").rglob("video.parquet")
+    con = duckdb.connect()
+    noses = con.execute(
+        "SELECT regexp_extract(source, '(\\w+)\\.png$', 1), x, y, score FROM read_parquet(?) "
+        "WHERE keypoint = 'nose' ORDER BY 1",
+        [str(photos)],
+    ).fetchall()
+    assert [n[0] for n in noses] == ["astronaut", "camera"]
+    for name, x, y, score in noses:  # real keypoints: each nose on its photo's head
+        x0, y0, x1, y1 = HEAD_BOX[name]
+        assert x0 <= x <= x1 and y0 <= y <= y1 and score >= CONFIDENT
+    frames, tracks, detected = con.execute(
+        "SELECT count(DISTINCT frame_num), count(DISTINCT track_id), count(x) FILTER (WHERE keypoint = 'nose') "
+        "FROM read_parquet(?)",
+        [str(video)],
+    ).fetchall()[0]
+    assert frames >= 57 and tracks == 1 and detected >= 57  # one person followed through the slide
+    # The overlay: the photo is the background of its cell, the skeleton drawn on it.
+    from PIL import Image
+
+    with Image.open(photos.with_suffix(".png")) as sheet:
+        rgb = np.asarray(sheet.convert("RGB")).astype(int)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    assert ((r > 180) & (g > 60) & (g < 130) & (b < 70)).sum() > 3000  # the orange suit (8,946 px measured)
+    assert video.with_suffix(".png").exists() and video.with_suffix(".gif").exists()
