@@ -256,14 +256,7 @@ def test_a_sliding_video_gives_a_nose_track_along_the_known_path(engine_url, sam
 def test_an_unreadable_video_fails_with_a_description(engine_url):
     not_a_video = b"\x00\x00\x00\x18ftypmp42" + os.urandom(4096)
     resp = requests.post(f"{engine_url}/pose/job", headers=AUTH, files={"file": ("x.mp4", not_a_video, "video/mp4")})
-    job_id = resp.json()["job_id"]
-    deadline = time.monotonic() + 30
-    while (body := requests.get(f"{engine_url}/pose/job/{job_id}", headers=AUTH).json())["status"] in (
-        "waiting",
-        "processing",
-    ):
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    body = wait_for_job(engine_url, resp.json()["job_id"], timeout=30)
     assert body["status"] == "failed"
     assert "decode" in body["description"]
 
@@ -349,3 +342,50 @@ def test_engine_example_dag_lands_real_keypoints(airflow_db, engine_url, samples
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     assert ((r > 180) & (g > 60) & (g < 130) & (b < 70)).sum() > 3000  # the orange suit (8,946 px measured)
     assert video.with_suffix(".png").exists() and video.with_suffix(".gif").exists()
+
+
+@pytest.fixture(scope="module")
+def samples_url(samples):
+    """The samples folder served over http on a loopback port (as a user's image server would)."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(samples))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def wait_for_job(engine_url: str, job_id: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while (body := requests.get(f"{engine_url}/pose/job/{job_id}", headers=AUTH).json())["status"] in (
+        "waiting",
+        "processing",
+    ):
+        assert time.monotonic() < deadline, body
+        time.sleep(0.1)
+    return body
+
+
+def test_urls_over_http_and_smoothing(engine_url, samples, samples_url):
+    by_http = requests.post(f"{engine_url}/pose", headers=AUTH, data={"image_url": f"{samples_url}/astronaut.png"})
+    by_file = requests.post(
+        f"{engine_url}/pose", headers=AUTH, files={"file": (samples / "astronaut.png").read_bytes()}
+    )
+    assert by_http.status_code == 200 and by_http.json() == by_file.json() != []
+    gone = requests.post(f"{engine_url}/pose", headers=AUTH, data={"image_url": f"{samples_url}/nobody.png"})
+    assert gone.status_code == 400 and "HTTP 404" in gone.json()["msg"]
+    results = {}
+    for smoothing in ("true", "false"):
+        form = {"video_url": f"{samples_url}/astronaut_slide.mp4", "smoothing": smoothing}
+        job_id = requests.post(f"{engine_url}/pose/job", headers=AUTH, data=form).json()["job_id"]
+        body = wait_for_job(engine_url, job_id)
+        assert body["status"] == "success" and body["video"]["frames"] == 60
+        results[smoothing] = [a["objects"][0]["keypoints"] for a in body["annotations"] if a["objects"]]
+    assert results["true"] != results["false"]  # smoothing reaches the model
+    missing = requests.post(f"{engine_url}/pose/job", headers=AUTH, data={"video_url": f"{samples_url}/none.mp4"})
+    body = wait_for_job(engine_url, missing.json()["job_id"])
+    assert body["status"] == "failed" and body["description"].startswith("Failed to get video")
