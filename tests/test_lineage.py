@@ -83,3 +83,62 @@ assert "openlineage.client" not in sys.modules or sys.modules["openlineage.clien
     assert result.returncode == 0, result.stderr[-2000:]
     assert '"images": 1' in result.stdout.strip().splitlines()[-1]
     assert (tmp_path / "o.parquet").exists()
+
+
+OL_SCRIPT = """
+import json, os, sys
+from airflow_provider_kakaopose.emulator import PoseEmulator
+from airflow.utils.db import initdb
+
+with PoseEmulator(api_key=os.environ["KEY"], seed=1, job_waiting_s=0.2, job_processing_s=0.3) as emu:
+    os.environ["AIRFLOW_CONN_KAKAO_POSE_DEFAULT"] = json.dumps(
+        {"conn_type": "kakao_pose", "host": emu.base_url, "password": os.environ["KEY"]}
+    )
+    initdb()
+    sys.path.insert(0, os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+    import kakao_pose_images, kakao_pose_video
+    for dag in (kakao_pose_images.dag, kakao_pose_video.dag):
+        assert dag.test().state == "success", dag.dag_id
+"""
+
+
+def test_openlineage_events_reach_a_real_transport(tmp_path):
+    """The OpenLineage provider's own listener, configured with a file transport, under ``dag.test()``."""
+    import json
+    import os
+
+    from conftest import API_KEY, DAGS
+
+    events_file = tmp_path / "events.jsonl"
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(tmp_path / "home"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+        "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(
+            {"type": "file", "log_file_path": str(events_file), "append": True}
+        ),
+        "AIRFLOW__OPENLINEAGE__NAMESPACE": "pose-test",
+        "KAKAO_POSE_OUTPUT": str(tmp_path / "out"),
+        "KAKAO_POSE_POLL_INTERVAL": "0.2",
+        "KAKAO_POSE_DEMO_VIDEOS": "https://example.com/walk.mp4?frames=5",
+        "KEY": API_KEY,
+    }
+    done = subprocess.run([sys.executable, "-c", OL_SCRIPT], env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = events_file.read_text()
+    assert API_KEY not in text
+    complete = {
+        e["job"]["name"]: e
+        for e in map(json.loads, text.splitlines())
+        if e["eventType"] == "COMPLETE" and "." in e["job"]["name"]
+    }
+    images = complete["kakao_pose_images.analyze_images"]
+    assert [d["namespace"] for d in images["inputs"]] == ["https://example.com"] * 3
+    keypoints, errors = images["outputs"]
+    assert keypoints["name"].endswith("keypoints.parquet") and errors["name"].endswith("keypoints.errors.parquet")
+    assert [f["name"] for f in keypoints["facets"]["schema"]["fields"]] == list(COLUMNS)
+    video = complete["kakao_pose_video.analyze_video"]
+    assert [(d["namespace"], d["name"]) for d in video["inputs"]] == [("https://example.com", "walk.mp4")]
+    assert [d["name"] for d in video["outputs"]] == [
+        str(next((tmp_path / "out").rglob("kakao_pose_video/*/keypoints.parquet")))
+    ]
