@@ -8,8 +8,9 @@ parameters, its limits and its measured accuracy are in ``docs/tracking.md``.
 
 Everything is vectorised with numpy over all the frames at once: the assignment problems of all frame pairs
 with the same numbers of people are solved together by enumerating the possible assignments (up to 6 people
-a side), larger ones with :func:`scipy.optimize.linear_sum_assignment`. There is no Python loop per frame
-for the usual few-people video.
+a side), larger ones with :func:`scipy.optimize.linear_sum_assignment`; problems where nobody has two
+allowed links are not solved at all (their allowed links are the optimum). There is no Python loop per
+frame for the usual few-people video.
 
 Importing this module is cheap: numpy, scipy and pyarrow are imported inside the functions.
 """
@@ -36,10 +37,15 @@ GAP_WIDENING = 0.1
 VELOCITY_STEPS = 3
 #: Largest number of possible assignments of one frame pair solved by enumeration (6 x 6 people = 720).
 _MAX_ENUMERATED = 720
+#: Largest distance gate for which a problem where nobody has two allowed links is not solved (see _links).
+_EASY_GATE = 1000.0
 _N_KP = 17
 #: Problems x links solved per block in a link pass (sized so that the temporaries stay in the CPU cache).
 _BLOCK_CELLS = 1 << 16
 _TRACKING_KEY = b"kakaopose:tracking"
+#: Largest coordinate (px) for which every distance and area is finite in float32; beyond it (or with NaN), the
+#: keypoint distances are computed for every cell of a contested problem, as the result may then depend on them.
+_BOUND = 1e15
 _BOX = ("bbox_x", "bbox_y", "bbox_w", "bbox_h")
 
 
@@ -98,14 +104,14 @@ def _column_codes(table: pa.Table, name: str, known: dict[Any, int]) -> Any:
     return runs if runs is not None else _codes(column, known)
 
 
-def _codes_at(codes: Any, rows: np.ndarray) -> np.ndarray:
-    """The codes (from :func:`_column_codes`) at ``rows``."""
+def _codes_every(codes: Any, step: int) -> np.ndarray:
+    """The codes (from :func:`_column_codes`) of rows ``0, step, 2 * step, ...`` (canonical first rows)."""
     import numpy as np
 
-    if isinstance(codes, tuple):
+    if isinstance(codes, tuple):  # chunk k holds the rows ends[k-1] <= r < ends[k]
         values, ends = codes
-        return values[np.searchsorted(ends, rows, side="right")]
-    return codes[rows]
+        return np.repeat(values, np.diff(-(-ends // step), prepend=0))
+    return codes[::step]
 
 
 def _codes_per_row(codes: Any) -> np.ndarray:
@@ -212,7 +218,7 @@ class _People:
         self.row_order: np.ndarray | None = None
         if canonical:
             starts = np.arange(0, n, _N_KP)
-            seg_group = _codes_at(src_code, starts).astype(np.int64) * (1 << 31) + _codes_at(job_code, starts)
+            seg_group = _codes_every(src_code, _N_KP).astype(np.int64) * (1 << 31) + _codes_every(job_code, _N_KP)
         else:
             group = _codes_per_row(src_code).astype(np.int64) * (1 << 31) + _codes_per_row(job_code)
             # Any other layout: sort the rows (stable) so that each person's rows are together.
@@ -304,7 +310,7 @@ class _People:
             gcode = self.gframe = np.zeros(0, dtype=np.int64)
         self.gcode = gcode
         # Centre of the detected keypoints (the box centre when none is detected).
-        count = self.km.sum(axis=1)
+        count = np.einsum("pk->p", self.km)  # a count: exact in any order (and faster than .sum(axis=1))
         with np.errstate(invalid="ignore", divide="ignore"):
             cx = np.einsum("pk,pk->p", self.kx, self.km) / count
             cy = np.einsum("pk,pk->p", self.ky, self.km) / count
@@ -314,19 +320,29 @@ class _People:
         self.x1, self.y1, self.area = self.bx + self.bw, self.by + self.bh, self.bw * self.bh
         self.scale = np.maximum(np.sqrt(np.maximum(self.bw, 0) * np.maximum(self.bh, 0)), 1.0).astype(np.float32)
         self.n = n_seg
+        self._bounded: bool | None = None
         # The box/centre features stacked, for one gather per side in _benefit.
         # bw, bh last: only a moving previous side needs them, so the others gather just the first 8 rows.
         self.feat = np.stack(
             [self.bx, self.by, self.x1, self.y1, self.area, self.cx, self.cy, self.scale, self.bw, self.bh]
         )
 
+    def bounded(self) -> bool:
+        """Whether every coordinate is finite and within ``_BOUND`` (so that no distance or area overflows)."""
+        import numpy as np
+
+        if self._bounded is None:
+            values = (self.kp[:2], self.feat[:4])
+            self._bounded = all(bool(np.abs(v.min()) <= _BOUND and np.abs(v.max()) <= _BOUND) for v in values)
+        return self._bounded
+
     def row_values(self, per_det: np.ndarray) -> np.ndarray:
         """Spread a per-detection array to the table's rows, in the table's row order."""
         import numpy as np
 
         per_seg = per_det if self.seg_to_det is None else per_det[self.seg_to_det]
-        if self.canonical:
-            return np.repeat(per_seg, _N_KP)
+        if self.canonical:  # 17 rows per detection: a broadcast copy (faster than np.repeat)
+            return np.broadcast_to(per_seg[:, None], (len(per_seg), _N_KP)).reshape(-1)
         out = np.empty(len(self.row_seg), dtype=per_seg.dtype)
         out[self.row_order] = per_seg[self.row_seg]
         return out
@@ -409,8 +425,9 @@ def _benefit(
     min_iou: float,
     max_distance: float,
     use_keypoints: bool,
-) -> np.ndarray:
-    """Benefit of linking ``prev`` (G, a) to ``cur`` (G, b): ``limit - cost`` where allowed, else 0, as (a, b, G).
+) -> tuple[np.ndarray, np.ndarray]:
+    """Benefit of linking ``prev`` (G, a) to ``cur`` (G, b): ``limit - cost`` where allowed, else 0, as (a, b, G);
+    and ``allowed`` itself.
 
     cost = (1 - IoU of the predicted box) + distance / mean box scale, the distance being between the
     predicted and the actual centre of the keypoints; allowed when the distance is within the (gap-widened)
@@ -463,62 +480,59 @@ def _benefit(
     if use_keypoints and (prev.shape[1] > 1 or cur.shape[1] > 1):
         contested = np.flatnonzero(_contested(allowed))
         if len(contested):
+            # The cells (row, col, problem) of the contested problems whose distance matters: only those the
+            # IoU gate lets through (the others stay disallowed, and their benefit is 0 whatever the distance,
+            # as long as every value is finite: else all cells, as a NaN distance would give a NaN benefit).
+            cells = base[:, :, contested] if p.bounded() else np.ones((*base.shape[:2], len(contested)), bool)
+            i, j, c = np.nonzero(cells)
+            g = contested[c]
             csx = csy = None
             if sx is not None:
-                csx, csy = sx[:, 0, contested].T, sy[:, 0, contested].T
-            kd = _keypoint_distance(p, prev[contested], cur[contested], csx, csy)
-            kd /= scale[:, :, contested]
-            norm[:, :, contested] = kd
-            allowed[:, :, contested] = base[:, :, contested] & (kd <= gate)
+                csx, csy = sx[i, 0, g], sy[i, 0, g]
+            kd = _keypoint_distance(p, prev[g, i], cur[g, j], csx, csy)
+            kd /= scale[i, j, g]
+            norm[i, j, g] = kd
+            allowed[:, :, contested] = False
+            allowed[i, j, g] = base[i, j, g] & (kd <= gate)
     limit = np.float32(2 + gate)
     # limit - (1 - iou) - norm where allowed, else 0 (in place, float32 throughout).
     out = np.subtract(1, iou, out=iou)
     np.subtract(limit, out, out=out)
     out -= norm
     out *= allowed
-    return out
+    return out, allowed
 
 
 def _keypoint_distance(
     p: _People, prev: np.ndarray, cur: np.ndarray, sx: np.ndarray | None, sy: np.ndarray | None
 ) -> np.ndarray:
-    """Mean distance (px) of the keypoints seen in both, from each predicted ``prev`` (G, a) to each ``cur``
-    (G, b), as (a, b, G); ``sx``/``sy`` (G, a): the predicted shifts (``None``: no shift).
-
-    One (a, b) pair at a time, so that every operation runs over contiguous (G, 17) arrays.
+    """Mean distance (px) of the keypoints seen in both, from each predicted ``prev`` (M,) to ``cur`` (M,);
+    ``sx``/``sy`` (M,): the predicted shifts (``None``: no shift). The centre distance where none is shared.
     """
     import numpy as np
 
-    g_n, a = prev.shape
-    b = cur.shape[1]
-    ps = [(*p.kp.take(prev[:, i], axis=1), p.cx.take(prev[:, i]), p.cy.take(prev[:, i])) for i in range(a)]
-    cs = [(*p.kp.take(cur[:, j], axis=1), p.cx.take(cur[:, j]), p.cy.take(cur[:, j])) for j in range(b)]
-    out = np.empty((a, b, g_n), dtype=np.float32)
-    # (G, 17) work buffers reused by every pair (no allocation per pair).
-    dx, dy, both = (np.empty((g_n, _N_KP), dtype=np.float32) for _ in range(3))
-    for i, (kxp, kyp, kmp, cxp, cyp) in enumerate(ps):
-        if sx is not None:
-            sxi, syi = sx[:, i], sy[:, i]
-            pcx, pcy = cxp + sxi, cyp + syi
-        else:
-            pcx, pcy = cxp, cyp
-        for j, (kxc, kyc, kmc, cxc, cyc) in enumerate(cs):
-            np.subtract(kxp, kxc, out=dx)
-            np.subtract(kyp, kyc, out=dy)
-            if sx is not None:
-                dx += sxi[:, None]
-                dy += syi[:, None]
-            np.multiply(dx, dx, out=dx)
-            np.multiply(dy, dy, out=dy)
-            dx += dy
-            np.sqrt(dx, out=dx)
-            np.multiply(kmp, kmc, out=both)
-            cnt = np.einsum("...k,...k->...", kmp, kmc)  # a count: exact in any order
-            with np.errstate(invalid="ignore", divide="ignore"):
-                dist = np.einsum("...k,...k->...", dx, both) / cnt
-            centre = np.hypot(pcx - cxc, pcy - cyc)
-            out[i, j] = np.where(cnt > 0, dist, centre)
-    return out
+    kxp, kyp, kmp = p.kp.take(prev, axis=1)  # (M, 17) each, contiguous
+    kxc, kyc, kmc = p.kp.take(cur, axis=1)
+    dx = np.subtract(kxp, kxc, out=kxp)
+    dy = np.subtract(kyp, kyc, out=kyp)
+    pcx, pcy = p.cx.take(prev), p.cy.take(prev)
+    if sx is not None:
+        dx += sx[:, None]
+        dy += sy[:, None]
+        pcx += sx
+        pcy += sy
+    np.multiply(dx, dx, out=dx)
+    np.multiply(dy, dy, out=dy)
+    dx += dy
+    np.sqrt(dx, out=dx)
+    cnt = np.einsum("...k,...k->...", kmp, kmc)  # a count: exact in any order
+    both = np.multiply(kmp, kmc, out=kmp)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dist = np.einsum("...k,...k->...", dx, both) / cnt
+    pcx -= p.cx.take(cur)
+    pcy -= p.cy.take(cur)
+    centre = np.hypot(pcx, pcy, out=pcx)
+    return np.where(cnt > 0, dist, centre)
 
 
 def _solve(benefit: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -551,6 +565,31 @@ def _solve(benefit: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return g[keep], r[keep], c[keep]
 
 
+def _links(benefit: np.ndarray, allowed: np.ndarray, gate: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_solve`'s links, without solving the problems where nobody has two allowed links (most of them).
+
+    There the allowed links form a matching. With finite benefits and ``gate <= _EASY_GATE``, each allowed link
+    has a benefit >= 0.999 (``limit - (1 - IoU) - distance``, ``distance <= gate``, ``limit = 2 + gate``) and
+    every other cell 0; the enumerated totals (float32, at most 6 links) stay below 8192, where rounding is
+    < 0.0005 a step (``linear_sum_assignment`` works in float64). So an assignment without one of them totals
+    less than one with all of them: every optimum holds them all and keeps exactly them (nothing else is > 0).
+    The other problems go to :func:`_solve`.
+    """
+    import numpy as np
+
+    hard = _contested(allowed)
+    if gate > _EASY_GATE:
+        hard[:] = True
+    elif not np.isfinite(benefit).all():  # (the usual case checked at once, as one flat array)
+        hard |= ~np.isfinite(benefit).all(axis=(0, 1))
+    r, c, g = np.nonzero(allowed & ~hard)
+    if hard.any():
+        tough = np.flatnonzero(hard)
+        g2, r2, c2 = _solve(benefit[:, :, tough])
+        g, r, c = np.concatenate((g, tough[g2])), np.concatenate((r, r2)), np.concatenate((c, c2))
+    return g, r, c
+
+
 def _runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Distinct values, first index and count of each run of a sorted, non-empty array (``np.unique``'s)."""
     import numpy as np
@@ -572,6 +611,7 @@ def _link_pass(
     min_iou: float,
     max_distance: float,
     use_keypoints: bool,
+    candidates: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> None:
     """Link unlinked ends of frame ``f`` to unlinked starts of frame ``f + gap + 1``, for every f at once.
 
@@ -581,8 +621,10 @@ def _link_pass(
     """
     import numpy as np
 
-    ends = np.flatnonzero(succ == -1)
-    starts = np.flatnonzero(pred == -1)
+    if candidates is not None:  # kept up to date by the caller (cheaper than scanning every detection)
+        ends, starts = candidates
+    else:
+        ends, starts = np.flatnonzero(succ == -1), np.flatnonzero(pred == -1)
     if not len(ends) or not len(starts):
         return
     # Candidate counts per frame (gframe), and where each frame's candidates begin.
@@ -606,8 +648,8 @@ def _link_pass(
         step = max(1, _BLOCK_CELLS // (a * b))
         for lo in range(0, len(prev), step):
             prev_b, cur_b = prev[lo : lo + step], cur[lo : lo + step]
-            benefit = _benefit(p, prev_b, cur_b, gap, vx, vy, min_iou, max_distance, use_keypoints)
-            g, r, c = _solve(benefit)
+            benefit, allowed = _benefit(p, prev_b, cur_b, gap, vx, vy, min_iou, max_distance, use_keypoints)
+            g, r, c = _links(benefit, allowed, max_distance * (1 + GAP_WIDENING * gap))
             linked_prev, linked_cur = prev_b[g, r], cur_b[g, c]
             pred[linked_cur] = linked_prev
             succ[linked_prev] = linked_cur
@@ -636,8 +678,11 @@ def _track_ids(p: _People, max_gap: int, min_iou: float, max_distance: float) ->
     if max_gap:
         ends = video[succ[video] == -1]  # only track ends are linked across gaps
         vx[ends], vy[ends] = _velocity(p, pred, ends)
-    for gap in range(1, max_gap + 1):
-        _link_pass(p, pred, succ, gap, velocity=(vx, vy), use_keypoints=False, **opts)
+        starts = np.flatnonzero(pred == -1)
+        for gap in range(1, max_gap + 1):
+            cands = (ends, starts)
+            _link_pass(p, pred, succ, gap, velocity=(vx, vy), use_keypoints=False, candidates=cands, **opts)
+            ends, starts = ends[succ[ends] == -1], starts[pred[starts] == -1]  # the still unlinked
     # Tracks are the chains of links: find each detection's first detection by pointer jumping.
     all_dets = np.arange(n)
     root = np.where(pred < 0, all_dets, pred)
@@ -710,9 +755,11 @@ def assign_tracks(
         table = table.drop_columns([TRACK_COLUMN])
     people = _People(table, int(max_gap))
     per_det = _track_ids(people, int(max_gap), float(min_iou), distance) if people.n else np.zeros(0, np.int64)
-    values = people.row_values(per_det)
-    mask = values < 0
-    column = pa.array(values.astype(np.int32), type=pa.int32(), mask=mask if mask.any() else None)
+    # int32 and the null mask per detection first, then spread to the rows (fewer large temporaries).
+    null = per_det < 0
+    values = people.row_values(per_det.astype(np.int32))
+    mask = people.row_values(null) if null.any() else None
+    column = pa.array(values, type=pa.int32(), mask=mask)
     at = table.column_names.index("person_idx") + 1
     table = table.add_column(at, pa.field(TRACK_COLUMN, pa.int32()), column)
     params = {"max_gap": int(max_gap), "min_iou": float(min_iou), "max_distance": distance, "method": "cascade"}

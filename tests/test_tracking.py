@@ -368,3 +368,38 @@ def test_invariants_on_random_videos(frames, max_people, seed, max_gap):
     for t in track:
         assert t <= seen + 1
         seen = max(seen, t)
+
+
+def test_shortcuts_give_the_full_solution(monkeypatch):
+    """The unsolved easy problems and the IoU-gated keypoint distances give what solving everything gives."""
+    from airflow_provider_kakaopose import tracking
+
+    rng = np.random.default_rng(3)
+    tables = [keypoints_table(crowd(6, 80, seed=s)[0]) for s in (1, 2)]
+    # random people (every frame pair contested), as in benchmarks/flatten.py
+    annotations = [
+        {
+            "frame_num": f,
+            "objects": [
+                {
+                    "area": 1.0,
+                    "bbox": [float(v) for v in rng.uniform(0, 700, 4)],
+                    "category_id": 1,
+                    "keypoints": np.where(rng.random((17, 1)) < 0.05, 0.0, rng.uniform(0, 1280, (17, 3)))
+                    .ravel()
+                    .tolist(),
+                    "score": 1,
+                }
+                for _ in range(rng.integers(0, 5))
+            ],
+        }
+        for f in range(300)
+    ]
+    video_info = {"fps": 30, "frames": 300, "height": 720, "width": 1280}
+    answer = {"annotations": annotations, "categories": [], "info": {}, "job_id": "r", "status": "success"}
+    tables.append(keypoints_table({**answer, "video": video_info}))
+    fast = [assign_tracks(t).column("track_id") for t in tables]
+    monkeypatch.setattr(tracking, "_EASY_GATE", -1.0)  # solve every problem
+    monkeypatch.setattr(tracking._People, "bounded", lambda self: False)  # keypoint distances of every cell
+    for t, expected in zip(tables, fast, strict=True):
+        assert assign_tracks(t).column("track_id").equals(expected)
