@@ -18,10 +18,15 @@ Importing this module is cheap: numpy, scipy and pyarrow are imported inside the
 from __future__ import annotations
 
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
     import numpy as np
     import pyarrow as pa
 
@@ -43,6 +48,8 @@ _N_KP = 17
 #: Problems x links solved per block in a link pass (sized so that the temporaries stay in the CPU cache).
 _BLOCK_CELLS = 1 << 16
 _TRACKING_KEY = b"kakaopose:tracking"
+#: Tables with at least this many rows (20,000 detections) are tracked with two threads.
+_THREADED_ROWS = 340_000
 #: Largest coordinate (px) for which every distance and area is finite in float32; beyond it (or with NaN), the
 #: keypoint distances are computed for every cell of a contested problem, as the result may then depend on them.
 _BOUND = 1e15
@@ -187,7 +194,7 @@ def _gather_floats(column: pa.ChunkedArray, rows: np.ndarray, step: int = 0) -> 
 class _People:
     """One entry per person-frame (a *detection*), sorted by (video, frame, person_idx)."""
 
-    def __init__(self, table: pa.Table, max_gap: int) -> None:
+    def __init__(self, table: pa.Table, max_gap: int, pool: Executor | None = None) -> None:
         import numpy as np
         import pyarrow as pa
         import pyarrow.compute as pc
@@ -253,9 +260,16 @@ class _People:
         if pa.types.is_floating(x_col.type) and pa.types.is_floating(y_col.type):
             # x, y and seen straight into one (3, n) float32 array (the (3, n, 17) keypoints when canonical).
             flat_kp = np.empty((3, n), dtype=np.float32)
-            _fill_floats(flat_kp[0], x_col)
-            _fill_floats(flat_kp[1], y_col)
-            _fill_valid(flat_kp[2], x_col)
+            fills = (
+                (_fill_floats, flat_kp[0], x_col),
+                (_fill_floats, flat_kp[1], y_col),
+                (_fill_valid, flat_kp[2], x_col),
+            )
+            if pool is not None:  # memory-bound copies: in threads
+                list(pool.map(lambda job: job[0](job[1], job[2]), fills))
+            else:
+                for fill, dst, col in fills:
+                    fill(dst, col)
             x, y, seen = flat_kp
         else:
             x = pc.fill_null(x_col, 0).to_numpy()
@@ -612,6 +626,7 @@ def _link_pass(
     max_distance: float,
     use_keypoints: bool,
     candidates: tuple[np.ndarray, np.ndarray] | None = None,
+    pool: Executor | None = None,
 ) -> None:
     """Link unlinked ends of frame ``f`` to unlinked starts of frame ``f + gap + 1``, for every f at once.
 
@@ -639,6 +654,7 @@ def _link_pass(
     vx, vy = velocity if velocity is not None else (None, None)
     a_all, b_all = e_count[ei], s_count[si]
     shapes = a_all * 65536 + b_all
+    blocks = []
     for shape in np.unique(shapes):
         sel = shapes == shape
         a, b = int(shape // 65536), int(shape % 65536)
@@ -646,16 +662,25 @@ def _link_pass(
         cur = starts[s_first[si[sel]][:, None] + np.arange(b)]
         # In blocks of problems, so that the temporaries stay in the CPU cache (the problems are independent).
         step = max(1, _BLOCK_CELLS // (a * b))
-        for lo in range(0, len(prev), step):
-            prev_b, cur_b = prev[lo : lo + step], cur[lo : lo + step]
-            benefit, allowed = _benefit(p, prev_b, cur_b, gap, vx, vy, min_iou, max_distance, use_keypoints)
-            g, r, c = _links(benefit, allowed, max_distance * (1 + GAP_WIDENING * gap))
-            linked_prev, linked_cur = prev_b[g, r], cur_b[g, c]
-            pred[linked_cur] = linked_prev
-            succ[linked_prev] = linked_cur
+        blocks += [(prev[lo : lo + step], cur[lo : lo + step]) for lo in range(0, len(prev), step)]
+
+    def solve(block: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        prev_b, cur_b = block
+        benefit, allowed = _benefit(p, prev_b, cur_b, gap, vx, vy, min_iou, max_distance, use_keypoints)
+        g, r, c = _links(benefit, allowed, max_distance * (1 + GAP_WIDENING * gap))
+        return prev_b[g, r], cur_b[g, c]
+
+    # Each detection is in one problem of a pass, and solving only reads features: the blocks can be solved in
+    # threads (numpy releases the GIL in its loops) and their links applied afterwards.
+    solved = pool.map(solve, blocks) if pool is not None and len(blocks) > 1 else map(solve, blocks)
+    for linked_prev, linked_cur in solved:
+        pred[linked_cur] = linked_prev
+        succ[linked_prev] = linked_cur
 
 
-def _track_ids(p: _People, max_gap: int, min_iou: float, max_distance: float) -> np.ndarray:
+def _track_ids(
+    p: _People, max_gap: int, min_iou: float, max_distance: float, pool: Executor | None = None
+) -> np.ndarray:
     """Track id per detection (int64, numbered from 0 per video by first appearance; -1 for images)."""
     import numpy as np
 
@@ -663,7 +688,7 @@ def _track_ids(p: _People, max_gap: int, min_iou: float, max_distance: float) ->
     video = np.flatnonzero(p.is_video)
     pred = np.where(p.is_video, -1, -2).astype(np.int64)
     succ = pred.copy()
-    opts = {"min_iou": min_iou, "max_distance": max_distance}
+    opts: dict[str, Any] = {"min_iou": min_iou, "max_distance": max_distance, "pool": pool}
     # 1. consecutive frames, without motion, for the velocities; 2. again, predicting with them.
     vx = np.zeros(n, dtype=np.float32)
     vy = np.zeros(n, dtype=np.float32)
@@ -753,8 +778,15 @@ def assign_tracks(
     metadata = dict(table.schema.metadata or {})
     if TRACK_COLUMN in table.column_names:
         table = table.drop_columns([TRACK_COLUMN])
-    people = _People(table, int(max_gap))
-    per_det = _track_ids(people, int(max_gap), float(min_iou), distance) if people.n else np.zeros(0, np.int64)
+    # Two threads read the keypoints and solve the link passes' blocks (numpy's loops run without the GIL);
+    # small tables stay in this thread.
+    threads = min(2, os.cpu_count() or 1) if table.num_rows >= _THREADED_ROWS else 1
+    with ThreadPoolExecutor(threads) if threads > 1 else nullcontext() as pool:
+        people = _People(table, int(max_gap), pool)
+        if people.n:
+            per_det = _track_ids(people, int(max_gap), float(min_iou), distance, pool)
+        else:
+            per_det = np.zeros(0, np.int64)
     # int32 and the null mask per detection first, then spread to the rows (fewer large temporaries).
     null = per_det < 0
     values = people.row_values(per_det.astype(np.int32))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -370,10 +371,8 @@ def test_invariants_on_random_videos(frames, max_people, seed, max_gap):
         seen = max(seen, t)
 
 
-def test_shortcuts_give_the_full_solution(monkeypatch):
-    """The unsolved easy problems and the IoU-gated keypoint distances give what solving everything gives."""
-    from airflow_provider_kakaopose import tracking
-
+def contested_tables() -> list:
+    """Crowds, and random people in every frame (every frame pair contested), as in benchmarks/flatten.py."""
     rng = np.random.default_rng(3)
     tables = [keypoints_table(crowd(6, 80, seed=s)[0]) for s in (1, 2)]
     # random people (every frame pair contested), as in benchmarks/flatten.py
@@ -398,8 +397,41 @@ def test_shortcuts_give_the_full_solution(monkeypatch):
     video_info = {"fps": 30, "frames": 300, "height": 720, "width": 1280}
     answer = {"annotations": annotations, "categories": [], "info": {}, "job_id": "r", "status": "success"}
     tables.append(keypoints_table({**answer, "video": video_info}))
+    return tables
+
+
+def test_shortcuts_give_the_full_solution(monkeypatch):
+    """The unsolved easy problems and the IoU-gated keypoint distances give what solving everything gives."""
+    from airflow_provider_kakaopose import tracking
+
+    tables = contested_tables()
     fast = [assign_tracks(t).column("track_id") for t in tables]
     monkeypatch.setattr(tracking, "_EASY_GATE", -1.0)  # solve every problem
     monkeypatch.setattr(tracking._People, "bounded", lambda self: False)  # keypoint distances of every cell
     for t, expected in zip(tables, fast, strict=True):
         assert assign_tracks(t).column("track_id").equals(expected)
+
+
+def test_threads_give_the_same_tracks(monkeypatch):
+    """Big tables are tracked in two threads (blocks of problems solved in parallel): same ids as inline."""
+    from airflow_provider_kakaopose import tracking
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one CPU core: tracking never uses threads here")
+    tables = contested_tables()
+    monkeypatch.setattr(tracking, "_THREADED_ROWS", 10**12)
+    inline = [assign_tracks(t).column("track_id") for t in tables]
+    monkeypatch.setattr(tracking, "_THREADED_ROWS", 0)
+    monkeypatch.setattr(tracking, "_BLOCK_CELLS", 64)  # many blocks per pass, so the pool really is used
+    used = []
+    real_pool = tracking.ThreadPoolExecutor
+
+    def spy(*args):
+        pool = real_pool(*args)
+        used.append(pool)
+        return pool
+
+    monkeypatch.setattr(tracking, "ThreadPoolExecutor", spy)
+    for t, expected in zip(tables, inline, strict=True):
+        assert assign_tracks(t).column("track_id").equals(expected)
+    assert len(used) == len(tables) and all(p._max_workers == 2 for p in used)
