@@ -389,3 +389,15 @@ def test_urls_over_http_and_smoothing(engine_url, samples, samples_url):
     missing = requests.post(f"{engine_url}/pose/job", headers=AUTH, data={"video_url": f"{samples_url}/none.mp4"})
     body = wait_for_job(engine_url, missing.json()["job_id"])
     assert body["status"] == "failed" and body["description"].startswith("Failed to get video")
+
+
+def test_file_video_urls(engine_url, samples, tmp_path):
+    form = {"video_url": f"file://{samples / 'astronaut_slide.mp4'}", "smoothing": "false"}
+    body = wait_for_job(engine_url, requests.post(f"{engine_url}/pose/job", headers=AUTH, data=form).json()["job_id"])
+    assert body["status"] == "success" and body["video"]["frames"] == 60
+    huge = tmp_path / "huge.mp4"
+    with open(huge, "wb") as f:
+        f.truncate(51 * 1024 * 1024)  # sparse: over the 50 MB limit without writing it
+    form = {"video_url": f"file://{huge}"}
+    body = wait_for_job(engine_url, requests.post(f"{engine_url}/pose/job", headers=AUTH, data=form).json()["job_id"])
+    assert body["status"] == "failed" and "the limit is 52,428,800 bytes" in body["description"], body

@@ -873,6 +873,8 @@ class PoseEmulator:
                 path = unquote(urlsplit(url).path)
                 if not os.path.isfile(path):
                     raise _FetchError(f"no such file: {path}")
+                if problems := check_video_size(os.path.getsize(path), url, cfg.limits):
+                    raise EngineInputError("; ".join(problems))
             else:
                 if data is None:
                     assert url is not None
