@@ -138,7 +138,8 @@ class MediaPipeEngine:
         self._graphs_lock = threading.Lock()
 
     def _graph(self, static: bool, smoothing: bool = True) -> Any:
-        graph = self._mp_pose.Pose(
+        """A new BlazePose graph: ``static`` for independent images, else tracking across a video's frames."""
+        return self._mp_pose.Pose(
             static_image_mode=static,
             model_complexity=1,  # the only landmark model the 0.10.14 wheel bundles
             smooth_landmarks=smoothing,
@@ -146,7 +147,6 @@ class MediaPipeEngine:
             min_detection_confidence=self._detect,
             min_tracking_confidence=self._track,
         )
-        return graph
 
     def _image_graph(self) -> Any:
         graph = getattr(self._local, "graph", None)
@@ -236,9 +236,14 @@ class MediaPipeEngine:
         fps_out: float | int = int(fps) if fps.is_integer() else round(fps, 3)
         return annotations, {"fps": fps_out, "frames": len(annotations), "height": height, "width": width}
 
-    def video_result_bytes(self, job_id: str, path: str, smoothing: bool = True, limits: Limits | None = None) -> bytes:
-        """The whole JSON body of a successful job, in the service's layout, ``info`` naming the engine."""
-        annotations, video = self.video_annotations(path, smoothing, limits if limits is not None else DEFAULT_LIMITS)
+    def video_result_bytes(
+        self, job_id: str, path: str, smoothing: bool = True, limits: Limits | None = DEFAULT_LIMITS
+    ) -> bytes:
+        """The whole JSON body of a successful job, in the service's layout, ``info`` naming the engine.
+
+        ``limits``: as in :meth:`video_annotations` (``None`` = frame size unchecked).
+        """
+        annotations, video = self.video_annotations(path, smoothing, limits)
         body = {
             "annotations": annotations,
             "categories": synth.CATEGORIES,

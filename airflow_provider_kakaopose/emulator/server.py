@@ -852,7 +852,12 @@ class PoseEmulator:
         return _json(200, {"job_id": job_id})
 
     def _engine_submit(
-        self, url: str | None, file: tuple[str, int, bytes] | None, smoothing: bool, callback: str | None, cfg
+        self,
+        url: str | None,
+        file: tuple[str, int, bytes] | None,
+        smoothing: bool,
+        callback: str | None,
+        cfg: EmulatorConfig,
     ) -> web.Response:
         """A video job for the engine: ``waiting`` until a worker takes it, ``processing``, then done."""
         with self._lock:
