@@ -401,3 +401,19 @@ def test_file_video_urls(engine_url, samples, tmp_path):
     form = {"video_url": f"file://{huge}"}
     body = wait_for_job(engine_url, requests.post(f"{engine_url}/pose/job", headers=AUTH, data=form).json()["job_id"])
     assert body["status"] == "failed" and "the limit is 52,428,800 bytes" in body["description"], body
+
+
+def test_only_the_first_30_seconds_are_analysed(engine_url, tmp_path):
+    """A 35 s video (70 frames at 2 fps): like the service, the engine analyses its first 30 s = 60 frames."""
+    video = tmp_path / "slow.mp4"
+    code = (
+        "import sys; from airflow_provider_kakaopose.emulator.samples import write_slide_video; "
+        "write_slide_video(sys.argv[1], frames=70, fps=2)"
+    )
+    subprocess.run([str(_engine_python()), "-c", code, str(video)], check=True, timeout=120)
+    with open(video, "rb") as f:
+        resp = requests.post(f"{engine_url}/pose/job", headers=AUTH, files={"file": ("slow.mp4", f, "video/mp4")})
+    body = wait_for_job(engine_url, resp.json()["job_id"])
+    assert body["status"] == "success", body
+    assert body["video"]["fps"] == 2 and body["video"]["frames"] == 60
+    assert [a["frame_num"] for a in body["annotations"]] == list(range(60))

@@ -48,8 +48,10 @@ def slide_offsets(
     return [[round(span * f / max(frames - 1, 1)), SLIDE_Y] for f in range(frames)]
 
 
-def write_slide_video(path: str | os.PathLike, name: str = "astronaut", frames: int = SLIDE_FRAMES) -> list[list[int]]:
-    """Write the sliding video of photo ``name`` (MPEG-4 in .mp4); returns the offsets."""
+def write_slide_video(
+    path: str | os.PathLike, name: str = "astronaut", frames: int = SLIDE_FRAMES, fps: float = SLIDE_FPS
+) -> list[list[int]]:
+    """Write the sliding video of photo ``name`` (MPEG-4 in .mp4, ``fps`` frames per second); returns the offsets."""
     import cv2
     import numpy as np
 
@@ -57,7 +59,7 @@ def write_slide_video(path: str | os.PathLike, name: str = "astronaut", frames: 
     h, w = pixels.shape[:2]
     width, height = SLIDE_CANVAS
     offsets = slide_offsets(frames, SLIDE_CANVAS, w)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), SLIDE_FPS, (width, height))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
     if not writer.isOpened():
         raise RuntimeError(f"OpenCV cannot write an MPEG-4 video to {path}")
     try:
