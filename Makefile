@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 # The local pose engine's own environment: the `engine` extra of pyproject.toml (mediapipe needs protobuf < 5,
-# Airflow >= 5, so it cannot live in .venv) plus this package without its Airflow dependencies.
+# Airflow's current dependencies >= 5, so it does not belong in .venv) plus this package without its Airflow
+# dependencies.
 $(ENGINE_STAMP): pyproject.toml constraints-engine.txt
 	$(PYTHON) -m venv $(ENGINE_VENV)
 	$(ENGINE_BIN)/python -m pip install -q --upgrade pip

@@ -2,8 +2,8 @@
 
 ``python -m airflow_provider_kakaopose.emulator --engine mediapipe`` answers ``POST /pose`` and video jobs with
 poses computed by MediaPipe's BlazePose (``mediapipe==0.10.14``, whose wheel bundles the pose models, so
-nothing is downloaded). That package needs protobuf < 5 while Airflow needs >= 5, so it lives in its own
-environment (``make engine`` creates ``.venv-engine``); the provider itself never imports it.
+nothing is downloaded). That package needs protobuf < 5 while Airflow's current dependencies need >= 5, so it
+lives in its own environment (``make engine`` creates ``.venv-engine``); the provider never imports it.
 
 This module imports neither mediapipe nor numpy at import time: :func:`person_from_landmarks` (the mapping of
 BlazePose's 33 landmarks onto the service's 17 COCO keypoints) is pure Python and tested in the Airflow
