@@ -417,3 +417,12 @@ def test_only_the_first_30_seconds_are_analysed(engine_url, tmp_path):
     assert body["status"] == "success", body
     assert body["video"]["fps"] == 2 and body["video"]["frames"] == 60
     assert [a["frame_num"] for a in body["annotations"]] == list(range(60))
+
+
+def test_without_mediapipe_the_engine_says_how_to_get_it():
+    """In Airflow's environment (no mediapipe) ``--engine mediapipe`` exits 2 with the way out, binding nothing."""
+    cmd = [sys.executable, "-m", "airflow_provider_kakaopose.emulator", "--engine", "mediapipe", "--port", "0"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 2
+    assert "mediapipe==0.10.14" in done.stderr and "make engine" in done.stderr
+    assert "listening" not in done.stdout
