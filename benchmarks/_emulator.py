@@ -3,34 +3,17 @@
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
 import sys
-import time
 import urllib.request
 
-
-def free_port() -> int:
-    """A loopback port nobody listens on."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from airflow_provider_kakaopose.emulator.process import EmulatorProcess
 
 
-def start_emulator(key: str, *options: str) -> tuple[subprocess.Popen, str]:
-    """Start ``python -m airflow_provider_kakaopose.emulator`` with ``options``; return it and its base URL."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "airflow_provider_kakaopose.emulator", "--port", str(port), "--api-key", key]
-    proc = subprocess.Popen([*cmd, *options], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(f"{base}/_emulator/health", timeout=1)
-            return proc, base
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("emulator did not start")
+def start_emulator(key: str, *options: str) -> tuple[EmulatorProcess, str]:
+    """Start ``python -m airflow_provider_kakaopose.emulator`` with ``options`` and ``key`` as its only key;
+    return it (``.stop()`` ends it) and its base URL."""
+    server = EmulatorProcess(sys.executable, *options, api_key=key, startup_timeout=30).start()
+    return server, server.base_url
 
 
 def recorded(base: str) -> list[dict]:

@@ -75,8 +75,7 @@ def main() -> None:
             batch = time.perf_counter() - start
         seen = recorded(base)
     finally:
-        proc.terminate()
-        proc.wait(10)
+        proc.stop()
     quota_answers = sum(1 for r in seen if r["status"] == 400)
     floor = args.images / args.quota
     print(

@@ -332,8 +332,7 @@ def main() -> None:
             result["send_max_per_s"] = max_in_window(sorted(result.pop("sends")))[0]
             rows.append((name, count, rate, result))
     finally:
-        proc.terminate()
-        proc.wait(10)
+        proc.stop()
     report(rows, n, poll, args, processing_s)
 
 
