@@ -668,12 +668,8 @@ class PoseEmulator:
         if self._engine is not None:
             return await self._engine_pose(url, file, cfg)
         if file is not None:
-            name, size, data = file
-            if size > len(data):  # larger than we kept: report the real size
-                problems = [f"image {name!r} is {size:,} bytes; the limit is {cfg.limits.max_image_bytes:,} bytes"]
-            else:
-                problems = check_image_bytes(data, name, cfg.limits)
-            if problems:
+            data = file[2]
+            if problems := self._upload_problems(file, cfg):
                 return _error(400, -2, "; ".join(problems))
             info = sniff_image(data)
             width, height = (info.width, info.height) if info else URL_IMAGE_SIZE
@@ -689,26 +685,30 @@ class PoseEmulator:
         persons = synth.image_persons(synth.stable_rng(key), width, height)
         return _json(200, persons)
 
+    @staticmethod
+    def _upload_problems(file: tuple[str, int, bytes], cfg: EmulatorConfig) -> list[str]:
+        """The input rules broken by an uploaded image; one larger than the bytes kept is reported by its size."""
+        name, size, data = file
+        if size > len(data):
+            return [f"image {name!r} is {size:,} bytes; the limit is {cfg.limits.max_image_bytes:,} bytes"]
+        return check_image_bytes(data, name, cfg.limits)
+
     async def _engine_pose(
         self, url: str | None, file: tuple[str, int, bytes] | None, cfg: EmulatorConfig
     ) -> web.Response:
         """``POST /pose`` answered by the engine: the image's bytes (uploaded or fetched) through the model."""
         if file is not None:
-            name, size, data = file
+            data = file[2]
+            problems = self._upload_problems(file, cfg)
         else:
             assert url is not None
             if problems := self._check_fetch_url(url, "image_url"):
                 return _error(400, -2, "; ".join(problems))
-            name, size = url, 0
             try:
                 data = await self._fetch(url, cfg.limits.max_image_bytes + 1)
             except _FetchError as err:
                 return _error(400, -2, f"Failed to get image from image_url {url!r} ({err})")
-            size = len(data)
-        if size > len(data):
-            problems = [f"image {name!r} is {size:,} bytes; the limit is {cfg.limits.max_image_bytes:,} bytes"]
-        else:
-            problems = check_image_bytes(data, name, cfg.limits)
+            problems = check_image_bytes(data, url, cfg.limits)
         if problems:
             return _error(400, -2, "; ".join(problems))
         loop = asyncio.get_running_loop()
@@ -728,7 +728,7 @@ class PoseEmulator:
             if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
                 return [f"{what} {url!r} must be an absolute local path: file:///path/to/file"]
             return []
-        return self._check_callback(url, dataclasses.replace(self._config, callback_any_port=True), what)
+        return self._check_http_url(url, what, any_port=True)
 
     async def _fetch(self, url: str, max_bytes: int) -> bytes:
         """The bytes behind an http(s) or file:// URL, at most ``max_bytes`` (more: the first ``max_bytes``)."""
@@ -800,8 +800,9 @@ class PoseEmulator:
         return timing["waiting_s"], timing["processing_s"]
 
     @staticmethod
-    def _check_callback(url: str, cfg: EmulatorConfig, what: str = "callback_url") -> list[str]:
-        if cfg.callback_any_port:
+    def _check_http_url(url: str, what: str, any_port: bool) -> list[str]:
+        """The service's URL rules (http:80 / https:443), the port left unchecked when ``any_port``."""
+        if any_port:
             try:
                 parts = urlsplit(url)
                 if parts.port is not None:  # check everything but the port
@@ -824,7 +825,9 @@ class PoseEmulator:
                     raise _BadRequest(f"smoothing must be 'true' or 'false', not {smoothing_raw!r}")
                 smoothing = smoothing_raw.lower() == "true"
             callback = form.get("callback_url")
-            if callback is not None and (problems := self._check_callback(callback, cfg)):
+            if callback is not None and (
+                problems := self._check_http_url(callback, "callback_url", cfg.callback_any_port)
+            ):
                 raise _BadRequest("; ".join(problems))
             if file is not None:
                 name, size, head = file
