@@ -11,6 +11,7 @@ import collections
 import email.utils
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -44,6 +45,8 @@ JOB_STATUSES = frozenset({"waiting", "processing", "success", "failed", "not fou
 RETRYABLE_CODES = frozenset({-1, -10})
 AUTH_CODES = frozenset({-401, -3, -5, -12})
 QUOTA_CODES = frozenset({-10, -11})
+#: Bytes per read when a job body is streamed through the status reader.
+STATUS_CHUNK = 256 << 10
 #: A job id that cannot exist: looking it up checks host and key without spending analysis quota.
 PROBE_JOB_ID = "00000000-0000-0000-0000-000000000000"
 
@@ -217,6 +220,28 @@ def transport_error(method: str, path: str, base_url: str, err: BaseException) -
     )
 
 
+def outcome_unknown(err: KakaoPoseError) -> KakaoPoseError:
+    """Mark a submission's error as one after which the service may have created the job: never resent.
+
+    The API has no idempotency key, so a request that may have arrived (read timeout, dropped connection,
+    5xx or internal error, an unreadable 2xx answer) cannot be told apart from one that created a job.
+    """
+    err.retryable = False
+    err.outcome_unknown = True
+    if "may have reached the service" not in err.message:
+        err.message += " (the request may have reached the service and created a job; not resent)"
+        err.args = (err.message,)
+    return err
+
+
+def answer_leaves_outcome_unknown(err: KakaoPoseError) -> bool:
+    """Whether an answer to a submission leaves open that a job was created: a 5xx (a gateway's 502/504
+    included), Kakao's internal error (-1), or a 2xx whose body could not be read. A quota refusal (429,
+    -10), an auth or input refusal says the request was turned down, so it is safe to resend or report."""
+    status = err.status_code
+    return status is None or status >= 500 or 200 <= status < 300 or err.code == -1
+
+
 def parse_json(body: bytes, method: str, path: str) -> Any:
     """Parse a JSON body; a body that is not JSON raises :class:`KakaoPoseResponseError` quoting its start."""
     try:
@@ -309,15 +334,22 @@ def retry_kwargs(settings: ConnSettings, log: logging.Logger, what: str) -> dict
 
 
 class RateLimiter:
-    """Spaces requests at least ``1/rate`` seconds apart; thread-safe, shared by sync and async callers.
+    """Paces requests to ``rate`` per second; thread-safe, shared by sync and async callers.
 
-    :meth:`reserve` books the next free slot and returns how long the caller must wait for it; the lock is
-    held only for that arithmetic, so it never blocks an event loop.
+    Two steps per request, each a little arithmetic under a lock (so it never blocks an event loop):
+
+    1. **book** a turn: the next free slot, ``1/rate`` after the previous one. Callers are served in the
+       order they came and wake one spacing apart, so a thousand triggers do not wake at once.
+    2. **claim** the send when the caller wakes, against the requests *actually sent*: allowed if it keeps the
+       pace of a token bucket of rate ``rate`` and depth 2 (a caller that woke late may go right after the
+       previous one, never a third at once) and leaves at most ``ceil(rate)`` sends in any one-second window.
+       A caller that is not allowed waits only the time the claim names and claims again — it keeps its
+       place, so a loop that lags or busy threads slow the pace down a little, never starve a caller.
 
     It is also adaptive (AIMD-like): a quota answer from the service (:meth:`on_quota`) sets the spacing to
-    what 80 % of the pace of the last second would need (at most once per second, however many requests in
-    flight hit the quota at once); every success (:meth:`on_success`) relaxes it by 2 %, back down to the
-    configured rate. So a batch that outruns the service's quota slows down together instead of failing.
+    what 80 % of the pace of the last second's sends would need (at most once per second, however many
+    requests in flight hit the quota at once); every success (:meth:`on_success`) relaxes it by 2 %, back
+    down to the configured rate. So a batch that outruns the service's quota slows down together.
     """
 
     #: Spacing used after a quota answer when too little recent traffic was seen to measure a pace.
@@ -325,50 +357,81 @@ class RateLimiter:
     max_penalty = 5.0
 
     def __init__(self, rate_per_second: float | None) -> None:
+        self.rate = rate_per_second or None
         self.interval = 1.0 / rate_per_second if rate_per_second else 0.0
         self.penalty = 0.0
-        self._next = 0.0
-        self._recent: collections.deque[float] = collections.deque(maxlen=4096)
+        self._next = 0.0  # the next free slot to book
+        self._tat = 0.0  # when the bucket is full again (theoretical arrival time of the actual sends)
+        cap = math.ceil(rate_per_second - 1e-9) if rate_per_second else 0
+        self._window: collections.deque[float] = collections.deque(maxlen=max(cap, 1))  # the last sends
+        self._cap = cap
+        self._recent: collections.deque[float] = collections.deque(maxlen=4096)  # sends, for on_quota's pace
         self._calm_until = 0.0
         self._lock = threading.Lock()
 
-    def reserve(self) -> float:
+    def _spacing(self) -> float:
+        return max(self.interval, self.penalty)
+
+    def book(self) -> float:
+        """Book the caller's turn; returns the ``time.monotonic()`` of its slot."""
         with self._lock:
             now = time.monotonic()
-            spacing = max(self.interval, self.penalty)
-            slot = max(now, self._next) if spacing else now
+            spacing = self._spacing()
+            if not spacing:
+                return now
+            slot = max(now, self._next)
             self._next = slot + spacing
-            self._recent.append(slot)
-            return slot - now
+            return slot
 
-    def _overslept(self, slot: float) -> bool:
-        """True when the caller woke so long after its slot that sending now would bunch requests."""
-        spacing = max(self.interval, self.penalty)
-        return bool(spacing) and time.monotonic() - slot > spacing
+    def claim(self) -> float:
+        """Send now if the pace of actual sends allows it (recorded, returns 0), else seconds to wait first."""
+        with self._lock:
+            now = time.monotonic()
+            spacing = self._spacing()
+            wait = self._tat - spacing - now if spacing else 0.0  # bucket depth 2: one spacing of slack
+            if self._cap and len(self._window) == self._cap:
+                wait = max(wait, self._window[0] + 1.0 - now)
+            if wait > 0:
+                return wait
+            if spacing:
+                self._tat = max(self._tat, now) + spacing
+            if self._cap:
+                self._window.append(now)
+            self._recent.append(now)
+            return 0.0
 
     def acquire(self) -> None:
-        """Block the calling thread until its slot (sync hook). A thread that wakes more than one spacing
-        late (a busy machine) books a new slot instead of sending in a burst with the others."""
+        """Block the calling thread until it may send (sync hook)."""
+        delay = self.book() - time.monotonic()
         while True:
-            delay = self.reserve()
-            slot = time.monotonic() + delay
             if delay > 0:
                 time.sleep(delay)
-            if not self._overslept(slot):
+            delay = self.claim()
+            if not delay:
                 return
 
     async def acquire_async(self) -> None:
-        """Await the caller's slot without blocking the event loop; a late wake-up (a busy loop) books a
-        new slot, so a thousand triggers never send their overdue polls in one burst."""
+        """Wait, without blocking the event loop, until the caller may send (async hook, triggers)."""
         import asyncio
 
+        delay = self.book() - time.monotonic()
         while True:
-            delay = self.reserve()
-            slot = time.monotonic() + delay
             if delay > 0:
                 await asyncio.sleep(delay)
-            if not self._overslept(slot):
+            delay = self.claim()
+            if not delay:
                 return
+
+    def sent_times(self) -> list[float]:
+        """``time.monotonic()`` of the last 4,096 sends this limiter allowed (for tests and benchmarks)."""
+        with self._lock:
+            return list(self._recent)
+
+    def sent_in_last_second(self) -> int:
+        """Requests sent in the last second (what :meth:`on_quota` measures)."""
+        with self._lock:
+            now = time.monotonic()
+            return sum(1 for t in self._recent if now - 1.0 < t <= now)
 
     def on_quota(self) -> None:
         """The service said the quota is exhausted: space requests further apart."""
@@ -378,7 +441,7 @@ class RateLimiter:
                 return  # the requests already in flight hit the same limit; one slow-down is enough
             self._calm_until = now + 1.0
             pace = sum(1 for t in self._recent if now - 1.0 < t <= now)
-            current = max(self.interval, self.penalty)
+            current = self._spacing()
             target = 1.0 / (0.8 * pace) if pace >= 2 else max(current * 2, self.first_penalty)
             self.penalty = min(max(target, current * 1.1), self.max_penalty)
 
