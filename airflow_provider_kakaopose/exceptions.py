@@ -39,6 +39,8 @@ class KakaoPoseError(_Base):
         self.retry_after = retry_after
         #: How many attempts were made before this error was raised (set by the hooks).
         self.attempts: int | None = None
+        #: A job submission that failed this way may still have created a job (see docs/troubleshooting.md).
+        self.outcome_unknown = False
 
     def __reduce__(self):  # keep keyword fields when pickled (e.g. across processes)
         return (_rebuild, (type(self), self.message, self.__dict__.copy()))

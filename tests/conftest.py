@@ -14,12 +14,22 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DAGS = ROOT / "dags"
+#: Test-only DAGs, in a DAG bundle of their own beside the example DAGs (dag.test() runs only bundled DAGs).
+TEST_DAGS = ROOT / "tests" / "dags"
 # Airflow must find a private home (fresh SQLite DB) and the example DAGs before it is first imported.
 os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="kakaopose-airflow-")
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(DAGS)
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
+_LOCAL_BUNDLE = "airflow.dag_processing.bundles.local.LocalDagBundle"
+os.environ["AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST"] = json.dumps(
+    [
+        {"name": "dags-folder", "classpath": _LOCAL_BUNDLE, "kwargs": {}},
+        {"name": "tests", "classpath": _LOCAL_BUNDLE, "kwargs": {"path": str(TEST_DAGS)}},
+    ]
+)
 sys.path.insert(0, str(DAGS))
+sys.path.insert(0, str(TEST_DAGS))
 
 #: A canary: the key given to the emulator. It must never show in any captured output.
 API_KEY = "canary-4f1e9b7d2c-do-not-log"
@@ -86,3 +96,23 @@ def free_port() -> int:
 
 
 pytest_plugins = ["pytester"]
+
+
+#: A job whose result is large enough that parsing it whole is slow and big (~60,000 person-frames, ~28 MB).
+BIG_VIDEO_URL = "https://example.com/big.mp4?frames=20000&persons=3&waiting_s=0&processing_s=0"
+
+
+@pytest.fixture(scope="session")
+def big_job():
+    """``(base_url, job_id, body size)`` of a finished large job on an emulator in its own process (so that
+    tracemalloc and the event loop of a test see only the client's work, not the server's)."""
+    import requests
+
+    from airflow_provider_kakaopose.emulator.process import EmulatorProcess
+
+    with EmulatorProcess(sys.executable, api_key=API_KEY) as server:
+        headers = {"Authorization": f"KakaoAK {API_KEY}"}
+        submitted = requests.post(f"{server.base_url}/pose/job", data={"video_url": BIG_VIDEO_URL}, headers=headers)
+        job_id = submitted.json()["job_id"]
+        size = len(requests.get(f"{server.base_url}/pose/job/{job_id}", headers=headers, timeout=120).content)
+        yield server.base_url, job_id, size

@@ -160,7 +160,9 @@ def _scenario(dep: Deployment, started: float) -> None:
         "SELECT value FROM task_state_store WHERE dag_id=? AND run_id=? AND task_id=? AND key='kakao_pose_job'",
         (DAG_ID, RUN_ID, TASK_ID),
     )
-    job_id = json.loads(stored)["job_id"]
+    record = json.loads(stored)
+    assert record["pending"] is None and record["unknown_submissions"] == 0
+    job_id = record["job"]["job_id"]
     job_path = f"/pose/job/{job_id}"
 
     def trigger_row() -> tuple | None:

@@ -153,3 +153,39 @@ def test_video_dag_declares_the_asset_the_consumer_waits_for(run_example):
     consumer = importlib.import_module("kakao_pose_asset_consumer").dag
     [outlet] = producer.get_task("analyze_video").outlets
     assert list(consumer.timetable.asset_condition.objects) == [outlet]
+
+
+def links_of(dag_run) -> dict[str, str]:
+    """The "Pose job result" link each task of a finished run pushed (Airflow 3 stores links as XCom)."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.query(XComModel).filter(
+            XComModel.dag_id == dag_run.dag_id,
+            XComModel.run_id == dag_run.run_id,
+            XComModel.key == "_link_KakaoPoseJobLink",
+        )
+        return {row.task_id: _decoded(row.value) for row in rows}
+
+
+def _decoded(value):
+    try:
+        return json.loads(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def test_job_link_survives_a_deferral_without_output_and_a_failed_job(run_example, emulator):
+    """The link is built from the stored job id, so a task resumed after deferring keeps it even when it
+    writes no table (``output_uri=None``) or its job failed (it used to push an empty link over it)."""
+    emulator.configure(job_waiting_s=1.0)  # both jobs are still waiting when their tasks defer
+    dag_run, _ = run_example("kakao_pose_test_links")
+    states = {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
+    assert states == {"no_output": "success", "failed_job": "failed"}
+    links = links_of(dag_run)
+    assert set(links) == {"no_output", "failed_job"}
+    for task_id, link in links.items():
+        assert link.startswith(f"{emulator.base_url}/pose/job/"), (task_id, link)
+    assert links["no_output"] != links["failed_job"]
+    assert emulator.count(method="POST", path="/pose/job") == 2

@@ -536,7 +536,7 @@ def test_job_submission_is_not_resent_when_it_may_have_arrived(emulator, make_co
     emulator.script_faults([fault])
     with pytest.raises(KakaoPoseConnectionError, match="not resent") as info:
         KakaoPoseHook(make_conn(read_timeout=0.3)).submit_video_job(video_url=VIDEO_URL)
-    assert info.value.attempts == 1 and not info.value.retryable
+    assert info.value.attempts == 1 and not info.value.retryable and info.value.outcome_unknown
     assert emulator.count(method="POST", path="/pose/job") == 1
 
 
@@ -544,10 +544,80 @@ def test_job_submission_is_resent_when_the_connection_was_refused(make_conn):
     hook = KakaoPoseHook(make_conn(host=f"http://127.0.0.1:{free_port()}", max_retries=2))
     with pytest.raises(KakaoPoseConnectionError) as info:
         hook.submit_video_job(video_url=VIDEO_URL)
-    assert info.value.attempts == 3 and "not resent" not in str(info.value)
+    assert info.value.attempts == 3 and "not resent" not in str(info.value) and not info.value.outcome_unknown
 
 
-def test_job_submission_is_resent_after_a_clear_server_answer(emulator, make_conn):
-    emulator.script_faults(["503", "quota"])
+@pytest.mark.parametrize("fault", ["429", "quota"])
+def test_job_submission_is_resent_after_a_quota_refusal(emulator, make_conn, fault):
+    """A quota refusal says the service turned the request down: resending cannot create a second job."""
+    emulator.script_faults([fault, fault])
     assert KakaoPoseHook(make_conn()).submit_video_job(video_url=VIDEO_URL)
     assert emulator.count(method="POST", path="/pose/job") == 3
+
+
+@pytest.mark.parametrize("fault", ["500", "502", "503", "504", "error-1", "malformed"])
+def test_job_submission_is_not_resent_after_an_answer_that_leaves_the_outcome_unknown(emulator, make_conn, fault):
+    """A 5xx (a gateway's 502/504 included), Kakao's internal error or an unreadable 2xx may come after the
+    job was created: the submission fails once, marked ``outcome_unknown``, instead of being sent again."""
+    emulator.script_faults([fault])
+    with pytest.raises(KakaoPoseError, match="may have reached the service") as info:
+        KakaoPoseHook(make_conn()).submit_video_job(video_url=VIDEO_URL)
+    assert info.value.outcome_unknown and not info.value.retryable and info.value.attempts == 1
+    assert emulator.count(method="POST", path="/pose/job") == 1
+    if fault != "malformed":  # the same answers are still retried for status checks
+        emulator.script_faults([fault])
+        assert KakaoPoseHook(make_conn()).get_job_status("nope")["status"] == "not found"
+
+
+def test_status_check_of_a_large_result_streams_it_and_keeps_nothing(big_job, monkeypatch):
+    """``get_job_status`` (what the sensor and the operator's waits use) reads a finished job's big body in
+    chunks and keeps only its top-level fields: a few MB at most, where ``get_job`` parses it all."""
+    import tracemalloc
+
+    base_url, job_id, size = big_job
+    conn = {"conn_type": "kakao_pose", "host": base_url, "password": API_KEY}
+    monkeypatch.setenv("AIRFLOW_CONN_KAKAO_POSE_BIG", json.dumps(conn))
+    hook = KakaoPoseHook("kakao_pose_big")
+    hook.get_job_status("warm-up")  # connection lookup, session, imports
+    tracemalloc.start()
+    try:
+        top = hook.get_job_status(job_id)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert top["status"] == "success" and top["job_id"] == job_id and top["annotations"] is None
+    assert size > 20e6
+    assert peak < 8e6, f"a status check held {peak / 1e6:.0f} MB for a {size / 1e6:.0f} MB body"
+
+
+def test_session_and_limiter_are_made_once_when_many_threads_ask_first(make_conn, monkeypatch):
+    """Sixteen threads touching a new hook at once share one session and one limiter (an unlocked lazy
+    attribute, like ``cached_property`` on Python 3.12+, can make several: a leaked session, an unspaced
+    first burst)."""
+    import requests
+
+    made: list[object] = []
+
+    class SlowSession(requests.Session):
+        def __init__(self) -> None:
+            time.sleep(0.05)  # widen the window in which a second thread could make its own
+            super().__init__()
+            made.append(self)
+
+    monkeypatch.setattr(requests, "Session", SlowSession)
+    hook = KakaoPoseHook(make_conn(rate_limit_per_second=50))
+    hook.settings  # noqa: B018  (the connection lookup is not what is tested here)
+    barrier = threading.Barrier(16)
+    seen: list[tuple[int, int]] = []
+
+    def touch() -> None:
+        barrier.wait()
+        seen.append((id(hook.session), id(hook.rate_limiter)))
+
+    threads = [threading.Thread(target=touch) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(made) == 1 and len(set(seen)) == 1
+    hook.close()

@@ -9,7 +9,6 @@ from test_operators import VIDEO_URL, context
 
 from airflow_provider_kakaopose.operators.pose import (
     KakaoPoseImageOperator,
-    KakaoPoseJobLink,
     KakaoPoseVideoOperator,
 )
 from airflow_provider_kakaopose.tables import COLUMNS, ERROR_COLUMNS
@@ -44,8 +43,10 @@ def test_video_operator_lineage_and_extra_link(emulator, make_conn, tmp_path):
         poll_interval=0.1,
         kakao_pose_conn_id=make_conn(),
     )
-    summary = op.execute(context())
-    assert KakaoPoseJobLink().get_link(op, ti_key=None) == f"{emulator.base_url}/pose/job/{summary['job_id']}"
+    ctx = context()
+    summary = op.execute(ctx)
+    # What KakaoPoseJobLink reads (the link itself, end to end: test_example_dags.py).
+    assert ctx["ti"].xcom["job_url"] == f"{emulator.base_url}/pose/job/{summary['job_id']}"
     lineage = op.get_openlineage_facets_on_complete(None)
     assert [(d.namespace, d.name) for d in lineage.inputs] == [("https://example.com", "walk.mp4")]
     assert [(d.namespace, d.name) for d in lineage.outputs] == [("file", str(out))]

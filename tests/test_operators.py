@@ -169,6 +169,125 @@ def test_sensor_execute_complete_every_status(status, error):
             sensor.execute_complete(context(), event)
 
 
+def run_trigger(trigger: KakaoPoseJobTrigger) -> dict:
+    import asyncio
+
+    async def first() -> dict:
+        async for event in trigger.run():
+            return event.payload
+        raise AssertionError("the trigger fired no event")
+
+    return asyncio.run(first())
+
+
+def sensor_outcome(mode: str, conn_id: str, job_id: str, **kwargs: Any) -> str:
+    """Run a ``soft_fail=True`` sensor the way the task runner does in ``mode``; name the outcome: "success",
+    "skipped" or the error's class name."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    def sensor() -> KakaoPoseJobSensor:
+        return KakaoPoseJobSensor(
+            task_id="s",
+            job_id=job_id,
+            kakao_pose_conn_id=conn_id,
+            soft_fail=True,
+            poke_interval=0.1,
+            mode="reschedule" if mode == "reschedule" else "poke",
+            deferrable=mode == "deferrable",
+            **kwargs,
+        )
+
+    for _ in range(100):
+        try:
+            try:
+                sensor().execute(context())
+            except TaskDeferred as deferred:  # the triggerer runs the trigger, a new instance resumes
+                event = run_trigger(deferred.trigger)
+                sensor().resume_execution(deferred.method_name, {"event": event}, context())
+            return "success"
+        except AirflowSkipException:
+            return "skipped"
+        except AirflowRescheduleException:
+            time.sleep(0.1)  # the scheduler starts a new try later
+        except Exception as err:
+            return type(err).__name__
+    raise AssertionError("still rescheduling")
+
+
+@pytest.mark.parametrize("mode", ["poke", "reschedule", "deferrable"])
+def test_soft_fail_skips_only_on_timeout_in_every_mode(emulator, make_conn, mode):
+    """``soft_fail`` means "skip if the job is not done in time" in all three modes: a failed or missing
+    job, or a polling error, fails the task (deferrable mode used to skip all of them)."""
+    conn_id = make_conn(max_retries=0)
+    hook = KakaoPoseHook(conn_id)
+    emulator.configure(job_waiting_s=0.3)  # long enough for the deferrable sensor to defer first
+    failed = hook.submit_video_job(video_url="https://x.invalid/v.mp4")
+    assert sensor_outcome(mode, conn_id, failed) == "KakaoPoseJobFailedError"
+    assert sensor_outcome(mode, conn_id, "no-such-job") == "KakaoPoseJobNotFoundError"
+    running = hook.submit_video_job(video_url=VIDEO_URL)
+    emulator.configure(job_processing_s=60)
+    if mode == "deferrable":  # the first check passes, the trigger's polls fail
+        outcome = sensor_outcome_after_first_check(conn_id, running, emulator)
+    else:
+        emulator.script_faults(["500"])
+        outcome = sensor_outcome(mode, conn_id, running)
+    assert outcome == "KakaoPoseServerError"
+    if mode != "reschedule":  # reschedule's timeout is counted from rescheduled tries in the DB
+        assert sensor_outcome(mode, conn_id, running, timeout=0.5) == "skipped"
+
+
+def sensor_outcome_after_first_check(conn_id: str, job_id: str, emulator: Any) -> str:
+    """A deferrable soft_fail sensor whose trigger's polling fails for good after it deferred."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    def sensor() -> KakaoPoseJobSensor:
+        return KakaoPoseJobSensor(
+            task_id="s", job_id=job_id, kakao_pose_conn_id=conn_id, soft_fail=True, poke_interval=0.1, deferrable=True
+        )
+
+    with pytest.raises(TaskDeferred) as deferred:
+        sensor().execute(context())
+    emulator.script_faults(["500"])  # the connection allows no retry: the trigger's first poll fails for good
+    event = run_trigger(deferred.value.trigger)
+    assert event["status"] == "error"
+    try:
+        sensor().resume_execution(deferred.value.method_name, {"event": event}, context())
+    except AirflowSkipException:
+        return "skipped"
+    except Exception as err:
+        return type(err).__name__
+    return "success"
+
+
+def test_poke_mode_sensor_uses_one_hook_and_closes_it(emulator, make_conn, monkeypatch):
+    """All the pokes of a try share one hook (one HTTP session), closed when the try ends; it used to be a
+    new hook per poke, none closed."""
+    import requests
+
+    made: list[Any] = []
+    closed: list[Any] = []
+
+    class Recording(requests.Session):
+        def __init__(self) -> None:
+            super().__init__()
+            made.append(self)
+
+        def close(self) -> None:
+            closed.append(self)
+            super().close()
+
+    monkeypatch.setattr(requests, "Session", Recording)
+    conn_id = make_conn()
+    job_id = KakaoPoseHook(conn_id).submit_video_job(video_url=VIDEO_URL)
+    made.clear()
+    sensor = KakaoPoseJobSensor(
+        task_id="s", job_id=job_id, kakao_pose_conn_id=conn_id, deferrable=False, poke_interval=0.1, timeout=30
+    )
+    sensor.execute(context())
+    assert emulator.count(method="GET") >= 3  # several pokes
+    assert len(made) == 1 and closed == made
+
+
 def test_sensor_job_id_is_templated():
     assert "job_id" in KakaoPoseJobSensor.template_fields
 
@@ -194,7 +313,7 @@ def test_video_operator_defers_then_writes_parquet(emulator, make_conn, tmp_path
     trigger = info.value.trigger
     job_id = ctx["ti"].xcom["job_id"]
     assert trigger.job_id == job_id and trigger.poll_interval == 0.5
-    assert trigger.end_time == pytest.approx(ctx["task_state_store"].data[JOB_STATE_KEY]["deadline"])
+    assert trigger.end_time == pytest.approx(ctx["task_state_store"].data[JOB_STATE_KEY]["job"]["deadline"])
     wait_done(conn_id, job_id)
     summary = op.execute_complete(ctx, {"status": "success", "job_id": job_id, "message": "ok"})
     assert summary["output_uri"] == str(out) and summary["job_id"] == job_id
@@ -262,8 +381,72 @@ def test_video_operator_resubmits_when_the_earlier_job_failed(emulator, make_con
     store.set(JOB_STATE_KEY, {"job_id": "gone", "video": VIDEO_URL, "deadline": time.time() + 60})
     op = KakaoPoseVideoOperator(task_id="v", video=VIDEO_URL, wait_for_completion=False, kakao_pose_conn_id=conn_id)
     job_id = op.execute(context(store))
-    assert job_id != "gone" and store.data[JOB_STATE_KEY]["job_id"] == job_id
+    assert job_id != "gone" and store.data[JOB_STATE_KEY]["job"]["job_id"] == job_id
     assert emulator.count(method="POST", path="/pose/job") == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "value"), [("smoothing", False), ("callback_url", "https://example.com/hook"), ("video", None)]
+)
+def test_a_cleared_task_reuses_its_job_only_with_the_same_settings(emulator, make_conn, tmp_path, change, value):
+    """Clearing a succeeded task re-attaches to its job only if the video *and* the settings sent with it
+    are the same (it used to compare only the video, reusing a job analysed with other settings)."""
+    conn_id = make_conn()
+    store = FakeStore()
+    base = {"task_id": "v", "video": VIDEO_URL, "output_uri": str(tmp_path / "o.parquet")}
+    base["kakao_pose_conn_id"] = conn_id
+    first = KakaoPoseVideoOperator(**base, poll_interval=0.1).execute(context(store))
+    assert emulator.count(method="POST", path="/pose/job") == 1
+    same = KakaoPoseVideoOperator(**base, poll_interval=0.1).execute(context(store))
+    assert same["job_id"] == first["job_id"] and emulator.count(method="POST", path="/pose/job") == 1
+    changed = {**base, change: value if value is not None else VIDEO_URL + "&v=2"}
+    other = KakaoPoseVideoOperator(**changed, poll_interval=0.1).execute(context(store))
+    assert other["job_id"] != first["job_id"]
+    assert emulator.count(method="POST", path="/pose/job") == 2
+    sent = [r.fields for r in emulator.requests if r.method == "POST"][-1]
+    assert sent.get("smoothing") == ("false" if change == "smoothing" else "true")
+
+
+@pytest.mark.parametrize("fault", ["slow", "504"])
+def test_a_submission_with_an_unknown_outcome_is_recorded_warned_and_counted(
+    emulator, make_conn, tmp_path, capsys, fault
+):
+    """A submission cut off after it may have reached the service (read timeout, a gateway's 504) fails the
+    try without resending; the record beside the task's state makes the retry warn that a duplicate job may
+    be billed, and the count shows in the task's summary."""
+    emulator.configure(slow_seconds=1.0)
+    conn_id = make_conn(read_timeout=0.3)
+    store = FakeStore()
+    op = dict(task_id="v", video=VIDEO_URL, output_uri=str(tmp_path / "o.parquet"), kakao_pose_conn_id=conn_id)
+    emulator.script_faults([fault])
+    with pytest.raises(KakaoPoseError, match="may have reached the service") as info:
+        KakaoPoseVideoOperator(**op, poll_interval=0.1).execute(context(store))
+    assert info.value.outcome_unknown
+    record = store.data[JOB_STATE_KEY]
+    assert record["unknown_submissions"] == 1 and record["pending"] is None and record["job"] is None
+    capsys.readouterr()
+    ctx = context(store)
+    summary = KakaoPoseVideoOperator(**op, poll_interval=0.1).execute(ctx)  # the retry
+    assert summary["unknown_submissions"] == 1 and ctx["ti"].xcom["unknown_submissions"] == 1
+    assert emulator.count(method="POST", path="/pose/job") == 2
+    logged = capsys.readouterr().out  # the task's log
+    assert "1 earlier submission(s) of this task had an unknown outcome" in logged and "billed" in logged
+
+
+def test_a_try_killed_mid_submission_is_counted_by_the_next_try(emulator, make_conn, tmp_path):
+    """The record says "a submission is under way" before the request is sent: a worker killed before the
+    answer was recorded leaves it, and the next try counts one submission of unknown outcome."""
+    conn_id = make_conn()
+    store = FakeStore()
+    store.set(JOB_STATE_KEY, {"job": None, "pending": {"video": VIDEO_URL, "since": time.time() - 5}})
+    op = KakaoPoseVideoOperator(
+        task_id="v", video=VIDEO_URL, output_uri=str(tmp_path / "o.parquet"), kakao_pose_conn_id=conn_id
+    )
+    op.poll_interval = 0.1
+    summary = op.execute(context(store))
+    assert summary["unknown_submissions"] == 1
+    record = store.data[JOB_STATE_KEY]
+    assert "before its answer was recorded" in record["last_unknown"] and record["pending"] is None
 
 
 def test_video_operator_waits_in_the_worker_when_not_deferrable(emulator, make_conn, tmp_path):

@@ -167,3 +167,40 @@ async def test_triggers_on_one_loop_share_a_session_and_a_rate_limit(emulator, m
     )
     assert all(e[0]["status"] == "not found" for e in events)
     assert time.monotonic() - start >= 1.3  # 32 requests at 20/s
+
+
+async def test_a_large_result_neither_blocks_the_loop_nor_stays_in_memory(big_job, monkeypatch):
+    """Polling a finished job whose body is the whole result: a heartbeat on the same loop keeps beating, and
+    the trigger holds at most a few MB (it used to parse the whole body on the loop: a 28 MB result stalled
+    the heartbeat ~1 s and peaked at ~150 MB)."""
+    import json
+    import tracemalloc
+
+    base_url, job_id, size = big_job
+    conn = {"conn_type": "kakao_pose", "host": base_url, "password": API_KEY}
+    monkeypatch.setenv("AIRFLOW_CONN_KAKAO_POSE_BIG", json.dumps(conn))
+    gaps: list[float] = []
+    stop = asyncio.Event()
+
+    async def heartbeat() -> None:
+        last = time.monotonic()
+        while not stop.is_set():
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    beat = asyncio.ensure_future(heartbeat())
+    await asyncio.sleep(0.05)
+    tracemalloc.start()
+    try:
+        [event] = await events_of(KakaoPoseJobTrigger(job_id, "kakao_pose_big", poll_interval=1))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        stop.set()
+        await beat
+    assert event["status"] == "success"
+    assert size > 20e6
+    assert peak < 8e6, f"the trigger held {peak / 1e6:.0f} MB for a {size / 1e6:.0f} MB body"
+    assert max(gaps) < 0.3, f"the heartbeat stalled {max(gaps):.2f} s"

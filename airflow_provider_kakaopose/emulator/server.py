@@ -47,7 +47,8 @@ log = logging.getLogger(__name__)
 
 #: Faults a request can be given at random (``fault_kinds``) or by script (``script_faults``).
 RANDOM_FAULT_KINDS = ("500", "503", "drop", "slow", "malformed", "error-1")
-SCRIPT_FAULT_KINDS = (*RANDOM_FAULT_KINDS, "quota", "429", "401")
+#: "502" and "504" answer like a gateway in front of the service: an HTML page, no JSON.
+SCRIPT_FAULT_KINDS = (*RANDOM_FAULT_KINDS, "quota", "429", "401", "502", "504")
 QUOTA_MODES = ("kakao", "429")
 #: Pixel size the emulator assumes for an ``image_url`` (it never fetches the URL).
 URL_IMAGE_SIZE = (1280, 720)
@@ -546,6 +547,10 @@ class PoseEmulator:
             return _error(500, -1, "Internal Server Error (emulated fault)")
         if fault == "503":
             return _error(503, -1, "Service Unavailable (emulated fault)", retry)
+        if fault in ("502", "504"):
+            reason = "Bad Gateway" if fault == "502" else "Gateway Time-out"
+            page = f"<html><head><title>{fault} {reason}</title></head><body><h1>{fault} {reason}</h1></body></html>"
+            return web.Response(status=int(fault), text=page, content_type="text/html")
         if fault == "error-1":
             return _error(400, -1, "internal error (emulated fault)")
         if fault == "malformed":

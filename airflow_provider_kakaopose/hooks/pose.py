@@ -13,7 +13,6 @@ import os
 import threading
 import weakref
 from collections.abc import Callable
-from functools import cached_property
 from typing import IO, Any
 
 import requests
@@ -37,9 +36,11 @@ from airflow_provider_kakaopose.get_provider_info import (
 )
 from airflow_provider_kakaopose.hooks._client import (
     PROBE_JOB_ID,
+    STATUS_CHUNK,
     ConnSettings,
     RateLimiter,
     Upload,
+    answer_leaves_outcome_unknown,
     check_image_input,
     check_job,
     check_job_id,
@@ -48,11 +49,13 @@ from airflow_provider_kakaopose.hooks._client import (
     check_video_input,
     job_path,
     one_of,
+    outcome_unknown,
     parse_json,
     read_upload,
     retry_kwargs,
     transport_error,
 )
+from airflow_provider_kakaopose.hooks._status import JobStatusReader
 from airflow_provider_kakaopose.validation import DEFAULT_LIMITS, Limits
 
 FileInput = str | os.PathLike | bytes | IO[bytes]
@@ -80,7 +83,10 @@ class _KakaoPoseHookBase(BaseHook):
         #: Input limits for pre-flight checks; pass your own for a partnership's higher limits.
         self.limits = limits or DEFAULT_LIMITS
         self._settings: ConnSettings | None = None
-        self._lock = threading.Lock()  # the sync hook's settings may be first read by several threads
+        self._rate_limiter: RateLimiter | None = None
+        self._session: Any = None
+        # The sync hook's settings, session and limiter may be first asked for by several threads at once.
+        self._lock = threading.RLock()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(kakao_pose_conn_id={self.kakao_pose_conn_id!r})"
@@ -127,6 +133,15 @@ def _mask(secret: str) -> None:
         pass
 
 
+def _new_session() -> requests.Session:
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=64, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers.update({"User-Agent": f"airflow-provider-kakaopose/{__version__}", "Accept": "application/json"})
+    return session
+
+
 class KakaoPoseHook(_KakaoPoseHookBase):
     """Synchronous client for the Pose API on one pooled ``requests`` session.
 
@@ -147,20 +162,27 @@ class KakaoPoseHook(_KakaoPoseHookBase):
                     self._settings = self._settings_from(self.get_connection(self.kakao_pose_conn_id))
         return self._settings
 
-    @cached_property
+    @property
     def rate_limiter(self) -> RateLimiter:
-        return RateLimiter(self.settings.rate_limit_per_second)
+        """The limiter every call of this hook shares (created once, even when many threads ask at once)."""
+        limiter = self._rate_limiter
+        if limiter is None:
+            settings = self.settings
+            with self._lock:
+                if self._rate_limiter is None:
+                    self._rate_limiter = RateLimiter(settings.rate_limit_per_second)
+                limiter = self._rate_limiter
+        return limiter
 
-    @cached_property
+    @property
     def session(self) -> requests.Session:
-        """The pooled HTTP session (sized for concurrent batches)."""
-        session = requests.Session()
-        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=64, max_retries=0)
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
-        session.headers.update(
-            {"User-Agent": f"airflow-provider-kakaopose/{__version__}", "Accept": "application/json"}
-        )
+        """The pooled HTTP session, sized for concurrent batches (one per hook, whatever the threads)."""
+        session = self._session
+        if session is None:
+            with self._lock:
+                if self._session is None:
+                    self._session = _new_session()
+                session = self._session
         return session
 
     def get_conn(self) -> requests.Session:
@@ -174,10 +196,11 @@ class KakaoPoseHook(_KakaoPoseHookBase):
         self.close()
 
     def close(self) -> None:
-        """Close the pooled session."""
-        if "session" in self.__dict__:
-            self.session.close()
-            del self.__dict__["session"]
+        """Close the pooled session (the hook opens a new one if it is used again)."""
+        with self._lock:
+            session, self._session = self._session, None
+        if session is not None:
+            session.close()
 
     # ------------------------------------------------------------------------------------------ transport
 
@@ -191,13 +214,16 @@ class KakaoPoseHook(_KakaoPoseHookBase):
         settings: ConnSettings | None = None,
         parse: Callable[[bytes], Any] = bytes,
         resend_if_unsure: bool = True,
+        status_only: bool = False,
     ) -> Any:
         """Send one logical request (with retries) and return ``parse(body)`` of the 2xx answer.
 
         ``parse`` runs inside the attempt, so its errors carry ``attempts`` and the HTTP status.
         ``resend_if_unsure=False`` (job submission) never resends after a failure that may have happened
-        once the request reached the service (read timeout, dropped connection): that would create a
-        second job.
+        once the request reached the service (read timeout, dropped connection, 5xx, an unreadable 2xx):
+        that could create a second job. Such errors have ``outcome_unknown`` set.
+        ``status_only=True`` streams a 2xx body through a :class:`JobStatusReader` instead of holding it,
+        stops reading once the status is known, and returns the top-level fields.
         """
         s = settings or self.settings
         url = s.base_url + path
@@ -208,6 +234,7 @@ class KakaoPoseHook(_KakaoPoseHookBase):
             attempts += 1
             self.rate_limiter.acquire()
             files = {"file": (upload.name, upload.data, upload.content_type)} if upload else None
+            resp = reader = None
             try:
                 resp = self.session.request(
                     method,
@@ -216,8 +243,16 @@ class KakaoPoseHook(_KakaoPoseHookBase):
                     files=files,
                     headers=s.auth_header,
                     timeout=(s.connect_timeout, s.read_timeout),
+                    stream=status_only,
                 )
-                body = resp.content
+                if status_only and 200 <= resp.status_code < 300:
+                    reader = JobStatusReader(f"{method} {path}")
+                    for chunk in resp.iter_content(STATUS_CHUNK):
+                        if reader.feed(chunk):
+                            break
+                    body = b""
+                else:
+                    body = resp.content
             except (
                 requests.exceptions.ConnectionError,
                 requests.exceptions.Timeout,
@@ -225,17 +260,24 @@ class KakaoPoseHook(_KakaoPoseHookBase):
             ) as err:
                 error = transport_error(method, path, s.base_url, err)
                 if not resend_if_unsure and _may_have_arrived(err):
-                    error.retryable = False
-                    error.message = error.args[0] + " (the request may have reached the service; not resent)"
-                    error.args = (error.message,)
+                    error = outcome_unknown(error)
                 raise _with_attempts(error, attempts) from None
             except requests.exceptions.RequestException as err:
                 raise KakaoPoseError(f"{method} {path} to {s.base_url} failed: {err}") from None
+            except KakaoPoseError as err:  # the status reader's
+                err.status_code = resp.status_code if resp is not None else None
+                raise _with_attempts(err, attempts) from None
+            finally:
+                if status_only and resp is not None:
+                    resp.close()  # a body left unread closes the connection instead of draining it
             try:
-                result = parse(check_response(method, path, resp.status_code, resp.headers, body))
+                checked = check_response(method, path, resp.status_code, resp.headers, body)
+                result = parse(reader.fields() if reader is not None else checked)
             except KakaoPoseError as err:
                 if err.status_code is None:
                     err.status_code = resp.status_code
+                if not resend_if_unsure and answer_leaves_outcome_unknown(err):
+                    err = outcome_unknown(err)
                 raise _with_attempts(_settle_error(self.rate_limiter, err), attempts) from None
             self.rate_limiter.on_success()
             return result
@@ -298,9 +340,23 @@ class KakaoPoseHook(_KakaoPoseHookBase):
         )
 
     def get_job(self, job_id: str) -> dict:
-        """The job's body as the service returns it, whatever the status: ``GET /pose/job/{job_id}``."""
+        """The job's body as the service returns it, whatever the status: ``GET /pose/job/{job_id}``.
+
+        On success that is the whole result, parsed into Python objects (several times its size in memory):
+        to wait for a job use :meth:`get_job_status`; to load a result use :meth:`get_job_bytes` and the tables.
+        """
         path = job_path(job_id)
         return self._request("GET", path, parse=lambda body: check_job(parse_json(body, "GET", path), "GET", path))
+
+    def get_job_status(self, job_id: str) -> dict:
+        """The job's top-level fields without its result: ``{"job_id", "status", "description"?, …}``.
+
+        The body is streamed through a scanner that keeps only its top-level scalars (constant memory) and
+        stops reading once the status is known; nested values (``annotations``, ``video``, …) are ``None``.
+        Use it to wait for a job; :meth:`get_job_bytes` fetches the result.
+        """
+        path = job_path(job_id)
+        return self._request("GET", path, parse=lambda top: check_job(top, "GET", path), status_only=True)
 
     def get_job_bytes(self, job_id: str) -> bytes:
         """The job's body as raw JSON bytes, unparsed: the fast path for large results (see the tables)."""
@@ -389,8 +445,6 @@ class KakaoPoseAsyncHook(_KakaoPoseHookBase):
         logger_name: str | None = None,
     ) -> None:
         super().__init__(kakao_pose_conn_id, limits=limits, logger_name=logger_name)
-        self._session: Any = None
-        self._rate_limiter: RateLimiter | None = None
         self._settings_lock = asyncio.Lock()
 
     async def get_settings(self) -> ConnSettings:
@@ -415,7 +469,10 @@ class KakaoPoseAsyncHook(_KakaoPoseHookBase):
             session, self._session = self._session, None
             await _SESSIONS.release(session)
 
-    async def _request(self, method: str, path: str, parse: Callable[[bytes], Any] = bytes) -> Any:
+    async def _request(
+        self, method: str, path: str, parse: Callable[[Any], Any] = bytes, *, status_only: bool = False
+    ) -> Any:
+        """The async twin of :meth:`KakaoPoseHook._request` (GET only: triggers poll, they never submit)."""
         import aiohttp
 
         s = await self.get_settings()
@@ -429,16 +486,29 @@ class KakaoPoseAsyncHook(_KakaoPoseHookBase):
             nonlocal attempts
             attempts += 1
             await limiter.acquire_async()
+            reader = None
             try:
                 async with session.request(method, url, headers=s.auth_header, timeout=timeout) as resp:
-                    body = await resp.read()
                     status, headers = resp.status, resp.headers
+                    if status_only and 200 <= status < 300:
+                        reader = JobStatusReader(f"{method} {path}")
+                        async for chunk in resp.content.iter_chunked(STATUS_CHUNK):
+                            if reader.feed(chunk):
+                                resp.close()  # the rest of the body is not needed: drop the connection
+                                break
+                        body = b""
+                    else:
+                        body = await resp.read()
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as err:
                 raise _with_attempts(transport_error(method, path, s.base_url, err), attempts) from None
             except aiohttp.ClientError as err:
                 raise KakaoPoseError(f"{method} {path} to {s.base_url} failed: {err}") from None
+            except KakaoPoseError as err:  # the status reader's
+                err.status_code = status
+                raise _with_attempts(err, attempts) from None
             try:
-                result = parse(check_response(method, path, status, headers, body))
+                checked = check_response(method, path, status, headers, body)
+                result = parse(reader.fields() if reader is not None else checked)
             except KakaoPoseError as err:
                 if err.status_code is None:
                     err.status_code = status
@@ -458,11 +528,25 @@ class KakaoPoseAsyncHook(_KakaoPoseHookBase):
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def get_job(self, job_id: str) -> dict:
-        """The job's body as the service returns it, whatever the status: ``GET /pose/job/{job_id}``."""
+        """The job's whole body, parsed, whatever the status: ``GET /pose/job/{job_id}``.
+
+        On success that is the whole result (it can be hundreds of MB, parsed on the event loop): to wait
+        for a job, use :meth:`get_job_status`.
+        """
         path = job_path(job_id)
         return await self._request(
             "GET", path, parse=lambda body: check_job(parse_json(body, "GET", path), "GET", path)
         )
+
+    async def get_job_status(self, job_id: str) -> dict:
+        """The job's top-level fields without its result: ``{"job_id", "status", "description"?, …}``.
+
+        The body is read in chunks and scanned (about 1 ms per MB on the event loop between reads); nothing
+        but its top-level scalars is kept, and reading stops once the status is known. Nested values (the
+        result's ``annotations``, ``video``, …) are ``None``.
+        """
+        path = job_path(job_id)
+        return await self._request("GET", path, parse=lambda top: check_job(top, "GET", path), status_only=True)
 
 
 def _may_have_arrived(err: BaseException) -> bool:

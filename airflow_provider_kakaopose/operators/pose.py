@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, BaseOperatorLink, conf
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 #: Key under which a video operator keeps its job id in the task state store, so a retry re-attaches.
 JOB_STATE_KEY = "kakao_pose_job"
+
 #: The service keeps jobs for seven days; a stored job id is useless after that.
 JOB_RETENTION = timedelta(days=7)
 
@@ -88,13 +89,26 @@ class ImageOutcome:
 class KakaoPoseJobLink(BaseOperatorLink):
     """ "Pose job result": the job's ``GET /pose/job/{id}`` URL on the connection's base URL.
 
-    (The service asks for the key on that URL too, so a browser shows 401: use it with ``curl -H``.)
+    Built from what the task stored (the ``job_url`` XCom, pushed as soon as the job id is known, else the
+    ``job_id`` XCom), never from the operator instance: a deferred task resumes in a new instance, and a
+    failed job or a task without output still has its job. (The service asks for the key on that URL too,
+    so a browser shows 401: use it with ``curl -H``.)
     """
 
     name = "Pose job result"
 
     def get_link(self, operator: BaseOperator, *, ti_key: Any) -> str:
-        return getattr(operator, "job_url", None) or ""
+        from airflow.sdk.execution_time.xcom import XCom
+
+        url = XCom.get_value(ti_key=ti_key, key="job_url")
+        if url:
+            return str(url)
+        job_id = XCom.get_value(ti_key=ti_key, key="job_id")
+        if not job_id:
+            return ""
+        from airflow_provider_kakaopose.hooks.pose import KakaoPoseHook
+
+        return _job_url(KakaoPoseHook(getattr(operator, "kakao_pose_conn_id", DEFAULT_CONN_ID)), str(job_id)) or ""
 
 
 def _job_url(hook: KakaoPoseHook, job_id: str) -> str | None:
@@ -438,7 +452,6 @@ class _JobLoader(_PoseLineage):
             self.lineage_inputs = [source]
         self.lineage_outputs = [(output_uri, "keypoints")]
         with KakaoPoseHook(self.kakao_pose_conn_id) as hook:
-            self.job_url = _job_url(hook, job_id)
             raw = hook.get_job_bytes(job_id)
         reader = keypoints_reader(raw, source=source)  # raises for failed / not found bodies too
         table = None
@@ -556,35 +569,65 @@ class KakaoPoseVideoOperator(_JobLoader, BaseOperator):
     def _source(self) -> str:
         return open_input(self.video)[0]
 
-    def _reattach(self, context: Context, hook: KakaoPoseHook) -> dict | None:
-        """The job a previous try submitted for the same video, if it can still succeed."""
-        store = context.get("task_state_store")
-        saved = store.get(JOB_STATE_KEY) if store is not None else None
-        if not isinstance(saved, dict) or saved.get("video") != self._source():
+    def _settings(self) -> dict[str, Any]:
+        """What a stored job must match to be reused: the video and every setting sent with it."""
+        return {"video": self._source(), "smoothing": self.smoothing, "callback_url": self.callback_url}
+
+    def _reattach(self, context: Context, hook: KakaoPoseHook, record: dict[str, Any]) -> dict | None:
+        """The job a previous try submitted for the same video and settings, if it can still succeed."""
+        job = record.get("job")
+        if not isinstance(job, dict) or not job.get("job_id"):
             return None
-        status = hook.get_job(saved["job_id"])["status"]
+        wanted = self._settings()
+        differs = [k for k, v in wanted.items() if job.get(k, _OLD_RECORD_DEFAULTS.get(k)) != v]
+        if differs:
+            self.log.info(
+                "Job %s from an earlier try was for another %s; submitting again", job["job_id"], " and ".join(differs)
+            )
+            return None
+        status = hook.get_job_status(job["job_id"])["status"]
         if status in ("waiting", "processing", "success"):
-            self.log.info("Re-attaching to job %s (%s) submitted by an earlier try", saved["job_id"], status)
-            return saved
-        self.log.warning("Job %s from an earlier try is %s; submitting again", saved["job_id"], status)
+            self.log.info("Re-attaching to job %s (%s) submitted by an earlier try", job["job_id"], status)
+            return job
+        self.log.warning("Job %s from an earlier try is %s; submitting again", job["job_id"], status)
         return None
 
-    def _submit(self, context: Context, hook: KakaoPoseHook) -> dict:
+    def _submit(self, context: Context, hook: KakaoPoseHook, record: dict[str, Any]) -> dict:
+        """Submit the video. The record says "a submission is under way" before the request is sent, so a
+        try cut off mid-request (a killed worker) leaves a trace the next try counts and warns about."""
+        store = JobRecordStore(context, self.log)
         source, kwargs = open_input(self.video)
-        job_id = hook.submit_video_job(
-            video_url=kwargs.get("url"),
-            file=kwargs.get("file"),
-            smoothing=self.smoothing,
-            callback_url=self.callback_url,
-        )
-        saved = {"job_id": job_id, "video": source, "deadline": time.time() + self.timeout}
-        store = context.get("task_state_store")
-        if store is not None:
-            store.set(JOB_STATE_KEY, saved, retention=JOB_RETENTION)
-        else:
-            self.log.warning("No task state store: a retry of this task would submit the video again")
+        unknown = _settle_pending(record, self.log)
+        if unknown:
+            self.log.warning(
+                "%d earlier submission(s) of this task had an unknown outcome (last: %s): the service may have "
+                "created, and billed, a job this task cannot see. Submitting %s again (docs/troubleshooting.md).",
+                unknown,
+                record.get("last_unknown"),
+                source,
+            )
+        record["pending"] = {**self._settings(), "since": time.time()}
+        store.save(record)
+        try:
+            job_id = hook.submit_video_job(
+                video_url=kwargs.get("url"),
+                file=kwargs.get("file"),
+                smoothing=self.smoothing,
+                callback_url=self.callback_url,
+            )
+        except (KakaoPoseError, OSError) as err:
+            record["pending"] = None
+            if getattr(err, "outcome_unknown", False):
+                record["unknown_submissions"] = unknown + 1
+                record["last_unknown"] = f"{_utc_now()}: {err}"
+                self.log.warning("The submission of %s may have created a job: %s", source, err)
+            store.save(record)
+            raise
+        job = {"job_id": job_id, **self._settings(), "deadline": time.time() + self.timeout}
+        record.update(job=job, pending=None)
+        store.save(record)
         self.log.info("Submitted %s as job %s", source, job_id)
-        return saved
+        return job
 
     def execute(self, context: Context) -> Any:
         from airflow_provider_kakaopose.hooks.pose import KakaoPoseHook
@@ -593,15 +636,20 @@ class KakaoPoseVideoOperator(_JobLoader, BaseOperator):
             return self._execute(context, hook)
 
     def _execute(self, context: Context, hook: KakaoPoseHook) -> Any:
-        job = self._reattach(context, hook) or self._submit(context, hook)
+        record = JobRecordStore(context, self.log).load()
+        job = self._reattach(context, hook, record) or self._submit(context, hook, record)
         job_id = job["job_id"]
-        self.job_url = _job_url(hook, job_id)
         self.lineage_inputs = [self._source()]
-        context["ti"].xcom_push(key="job_id", value=job_id)
+        ti = context["ti"]
+        ti.xcom_push(key="job_id", value=job_id)
+        ti.xcom_push(key="job_url", value=_job_url(hook, job_id))
+        unknown = int(record.get("unknown_submissions") or 0)
+        if unknown:
+            ti.xcom_push(key="unknown_submissions", value=unknown)
         if not self.wait_for_completion:
             return job_id
         deadline = float(job.get("deadline") or time.time() + self.timeout)
-        body = hook.get_job(job_id)
+        body = hook.get_job_status(job_id)
         if self.deferrable and body["status"] in ("waiting", "processing"):
             from airflow_provider_kakaopose.triggers.pose import KakaoPoseJobTrigger
 
@@ -621,18 +669,75 @@ class KakaoPoseVideoOperator(_JobLoader, BaseOperator):
             if time.time() >= deadline:
                 raise KakaoPoseError(f"Pose job {job_id} was still {body['status']} after {self.timeout:g} s")
             time.sleep(min(self.poll_interval, max(deadline - time.time(), 0.01)))
-            body = hook.get_job(job_id)
+            body = hook.get_job_status(job_id)
             if body["status"] != status:
                 status = body["status"]
                 self.log.info("Pose job %s is now %s", job_id, status)
-        return self.load_job(job_id, output_uri_of(self.output_uri), self._source())
+        return self._load(job_id, unknown)
+
+    def _load(self, job_id: str, unknown_submissions: int) -> Any:
+        summary = self.load_job(job_id, output_uri_of(self.output_uri), self._source())
+        summary["unknown_submissions"] = unknown_submissions
+        return summary
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
         """Resume in a worker after the trigger fired; fetch and write the result on success."""
         if event.get("status") == "timeout":
             raise KakaoPoseError(event.get("message") or "Pose job timed out")
         job_id = raise_for_event(event)
-        return self.load_job(job_id, output_uri_of(self.output_uri), self._source())
+        record = JobRecordStore(context, self.log).load()
+        return self._load(job_id, int(record.get("unknown_submissions") or 0))
+
+
+#: Settings a job record from before they were stored is taken to have had.
+_OLD_RECORD_DEFAULTS: dict[str, Any] = {"smoothing": True, "callback_url": None}
+
+
+def _utc_now() -> str:
+    from datetime import datetime
+
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _settle_pending(record: dict[str, Any], log: Any) -> int:
+    """Count a submission an earlier try sent but never recorded the answer of; return the unknown count."""
+    unknown = int(record.get("unknown_submissions") or 0)
+    pending = record.get("pending")
+    if pending:
+        unknown += 1
+        since = pending.get("since")
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since)) if isinstance(since, int | float) else "?"
+        record["last_unknown"] = f"{when}: the try stopped after sending the submission, before its answer was recorded"
+        record["unknown_submissions"] = unknown
+        record["pending"] = None
+    return unknown
+
+
+class JobRecordStore:
+    """Where a video task keeps, across its tries, the job it submitted and the submissions it is unsure of.
+
+    Airflow 3.3's task state store (``context["task_state_store"]``), one key per task instance. The record
+    is ``{"job": {"job_id", "video", "smoothing", "callback_url", "deadline"} | None, "pending": {...} | None,
+    "unknown_submissions": int, "last_unknown": str | None}``.
+    """
+
+    def __init__(self, context: Context, log: Any) -> None:
+        self._store = context.get("task_state_store")
+        self.log = log
+
+    def load(self) -> dict[str, Any]:
+        saved = self._store.get(JOB_STATE_KEY) if self._store is not None else None
+        if not isinstance(saved, dict):
+            return {"job": None, "pending": None, "unknown_submissions": 0, "last_unknown": None}
+        if "job_id" in saved:  # a record written before 0.x: the job alone
+            return {"job": saved, "pending": None, "unknown_submissions": 0, "last_unknown": None}
+        return dict(saved)
+
+    def save(self, record: dict[str, Any]) -> None:
+        if self._store is None:
+            self.log.warning("No task state store: a retry of this task would submit the video again")
+            return
+        self._store.set(JOB_STATE_KEY, record, retention=JOB_RETENTION)
 
 
 class KakaoPoseJobToParquetOperator(_JobLoader, BaseOperator):
@@ -673,6 +778,9 @@ class KakaoPoseJobToParquetOperator(_JobLoader, BaseOperator):
         output_uri = output_uri_of(self.output_uri)
         if not output_uri:
             raise KakaoPoseInputError("output_uri is required")
+        from airflow_provider_kakaopose.hooks.pose import KakaoPoseHook
+
+        context["ti"].xcom_push(key="job_url", value=_job_url(KakaoPoseHook(self.kakao_pose_conn_id), self.job_id))
         return self.load_job(self.job_id, output_uri, self.source)
 
 

@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, conf
-from airflow.sdk.exceptions import AirflowSensorTimeout
+from airflow.sdk.exceptions import AirflowSensorTimeout, AirflowSkipException
 
 from airflow_provider_kakaopose.exceptions import (
     KakaoPoseError,
@@ -19,6 +19,8 @@ from airflow_provider_kakaopose.get_provider_info import DEFAULT_CONN_ID
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+    from airflow_provider_kakaopose.hooks.pose import KakaoPoseHook
 
 
 def raise_for_job(job_id: str, body: dict) -> bool:
@@ -48,7 +50,12 @@ def raise_for_event(event: dict[str, Any]) -> str:
         raise KakaoPoseJobNotFoundError(message)
     if status == "timeout":
         raise AirflowSensorTimeout(message)
-    raise KakaoPoseError(message or f"Unexpected trigger event {event!r}")
+    from airflow_provider_kakaopose import exceptions
+
+    error = getattr(exceptions, str(event.get("error_type")), None)
+    if not (isinstance(error, type) and issubclass(error, KakaoPoseError)):
+        error = KakaoPoseError
+    raise error(message or f"Unexpected trigger event {event!r}")
 
 
 class KakaoPoseJobSensor(BaseSensorOperator):
@@ -60,9 +67,17 @@ class KakaoPoseJobSensor(BaseSensorOperator):
         ``[operators] default_deferrable`` setting. The sensor checks once, then defers with an absolute
         deadline of now + ``timeout``.
 
-    Works in ``poke`` and ``reschedule`` modes too. ``failed`` raises :class:`KakaoPoseJobFailedError` with
-    the service's description; ``not found`` raises :class:`KakaoPoseJobNotFoundError`; running past
-    ``timeout`` is the sensor's usual ``AirflowSensorTimeout``.
+    Works in ``poke`` and ``reschedule`` modes too, with the same outcomes in all three modes:
+
+    - ``success``: the task succeeds;
+    - ``failed`` raises :class:`KakaoPoseJobFailedError` with the service's description, ``not found`` raises
+      :class:`KakaoPoseJobNotFoundError`, and a polling error that outlasts the hook's retries raises its
+      :class:`KakaoPoseError`: the task FAILS (Airflow's ``retries`` apply), even with ``soft_fail=True``;
+    - running past ``timeout`` is the sensor's usual ``AirflowSensorTimeout``, the one outcome ``soft_fail``
+      turns into SKIPPED (``never_fail`` keeps Airflow's meaning: skip on any failure).
+
+    Each status check reads only the job's status (the body is scanned in chunks, never held), and one
+    hook (one HTTP session) serves all the pokes of a try.
     """
 
     template_fields: Sequence[str] = ("job_id",)
@@ -82,22 +97,32 @@ class KakaoPoseJobSensor(BaseSensorOperator):
         self.deferrable = (
             conf.getboolean("operators", "default_deferrable", fallback=False) if deferrable is None else deferrable
         )
+        self._pose_hook: KakaoPoseHook | None = None
 
-    def _hook(self):
-        from airflow_provider_kakaopose.hooks.pose import KakaoPoseHook
+    @property
+    def hook(self) -> KakaoPoseHook:
+        """The hook of this try: made on the first poke, closed when the try ends (or defers)."""
+        if self._pose_hook is None:
+            from airflow_provider_kakaopose.hooks.pose import KakaoPoseHook
 
-        return KakaoPoseHook(self.kakao_pose_conn_id)
+            self._pose_hook = KakaoPoseHook(self.kakao_pose_conn_id)
+        return self._pose_hook
 
     def poke(self, context: Context) -> bool:
-        body = self._hook().get_job(self.job_id)
+        body = self.hook.get_job_status(self.job_id)
         self.log.info("Pose job %s is %s", self.job_id, body.get("status"))
         return raise_for_job(self.job_id, body)
 
     def execute(self, context: Context) -> Any:
-        if not self.deferrable:
-            return super().execute(context)
-        if self.poke(context):
-            return None
+        try:
+            if not self.deferrable:
+                return super().execute(context)
+            if self.poke(context):
+                return None
+        finally:
+            if self._pose_hook is not None:
+                self._pose_hook.close()
+                self._pose_hook = None
         from airflow_provider_kakaopose.triggers.pose import KakaoPoseJobTrigger
 
         self.defer(
@@ -115,3 +140,15 @@ class KakaoPoseJobSensor(BaseSensorOperator):
         """Resume after the trigger fired: return on success, raise the matching error otherwise."""
         raise_for_event(event)
         self.log.info("Pose job %s succeeded", self.job_id)
+
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
+        """Airflow's sensor turns *any* error after a deferral into a skip under ``soft_fail``; poke and
+        reschedule modes skip only on a timeout. Keep that one meaning in every mode: a failed or missing
+        job, or a polling error, fails the task."""
+        try:
+            return super().resume_execution(next_method, next_kwargs, context)
+        except AirflowSkipException as skip:
+            cause = skip.__cause__
+            if self.soft_fail and isinstance(cause, KakaoPoseError):
+                raise cause from None
+            raise

@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp  # noqa: F401  (imported with the trigger class: a first import on the event loop stalls it ~0.25 s)
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_kakaopose.get_provider_info import DEFAULT_CONN_ID
@@ -25,8 +26,11 @@ class KakaoPoseJobTrigger(BaseTrigger):
     :param end_time: absolute deadline, seconds since the epoch (UTC); a re-created trigger keeps it.
 
     The event's payload is ``{"status": "success" | "failed" | "not found" | "timeout" | "error",
-    "job_id": ..., "message": ...}`` — never the result itself (which can be hundreds of MB): the operator
-    fetches it in the worker. Only ids and settings are serialized; the key stays in the connection.
+    "job_id": ..., "message": ...}`` (an ``error`` also names the ``error_type``) — never the result itself
+    (which can be hundreds of MB): the operator fetches it in the worker. Each poll reads the body in chunks
+    through a status scanner and keeps none of it, so a finished job's large result never blocks the event
+    loop or sits in the triggerer's memory.
+    Only ids and settings are serialized; the key stays in the connection.
     """
 
     def __init__(
@@ -62,7 +66,7 @@ class KakaoPoseJobTrigger(BaseTrigger):
         try:
             async with KakaoPoseAsyncHook(self.kakao_pose_conn_id) as hook:
                 while True:
-                    body = await hook.get_job(self.job_id)
+                    body = await hook.get_job_status(self.job_id)  # never the result itself
                     status = body["status"]
                     if status == "success":
                         yield self._event("success", f"Job {self.job_id} succeeded")
@@ -84,4 +88,6 @@ class KakaoPoseJobTrigger(BaseTrigger):
                     delay = self.poll_interval if remaining is None else min(self.poll_interval, remaining)
                     await asyncio.sleep(delay)
         except Exception as err:
-            yield self._event("error", f"Polling job {self.job_id} failed: {err}")
+            event = self._event("error", f"Polling job {self.job_id} failed: {err}")
+            event.payload["error_type"] = type(err).__name__  # so the worker raises the same class
+            yield event

@@ -1,0 +1,31 @@
+"""Test-only DAG (its own DAG bundle, see conftest): the job link of deferred video tasks that end without
+a table — no output wanted, or a job that failed after the deferral."""
+
+from __future__ import annotations
+
+import os
+
+import pendulum
+from airflow.sdk import DAG
+
+from airflow_provider_kakaopose.operators.pose import KakaoPoseVideoOperator
+
+POLL = float(os.environ.get("KAKAO_POSE_POLL_INTERVAL", "0.3"))
+
+with DAG(
+    dag_id="kakao_pose_test_links",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+) as dag:
+    KakaoPoseVideoOperator(
+        task_id="no_output", video="https://example.com/a.mp4?frames=5", deferrable=True, poll_interval=POLL
+    )
+    KakaoPoseVideoOperator(
+        task_id="failed_job",
+        video="https://unreachable.example.com/v.mp4",
+        output_uri="/tmp/kakao_pose_test_links/never.parquet",
+        deferrable=True,
+        poll_interval=POLL,
+        retries=0,
+    )
