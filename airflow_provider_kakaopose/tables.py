@@ -147,14 +147,48 @@ def _where(ann_index: int | None, frame_num: Any = None, person: int | None = No
     else:
         parts = [f"annotations[{ann_index}]"]
         if frame_num is not None:
-            parts.append(f"(frame_num {frame_num})")
+            parts.append(f"(frame_num {_show(frame_num) if type(frame_num) is int else _show(frame_num, str_=True)})")
     if person is not None:
         parts.append(f"person {person}")
     return " ".join(parts)
 
 
+def _show(v: Any, width: int = 80, *, str_: bool = False) -> str:
+    """A short repr (``str_``: str) of a value for an error message; a huge integer by its first digits and
+    digit count (``repr`` fails past 4300 digits and 400 digits are no help)."""
+    if type(v) is int and not -(10**20) < v < 10**20:
+        try:
+            digits = str(abs(v))
+        except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+            return f"an integer of about {int(v.bit_length() * math.log10(2)) + 1} digits"
+        return f"{'-' if v < 0 else ''}{digits[:12]}…({len(digits)} digits)"
+    try:
+        return f"{v!s:.{width}}" if str_ else f"{v!r:.{width}}"
+    except ValueError:  # a huge integer somewhere inside
+        return f"a {type(v).__name__}"
+
+
+#: The largest float32: x, y, score, person_score and bbox_* are float32 columns, so larger values are refused.
+_F32_MAX = 3.4028234663852886e38
+
+
+def _in_f32(a: np.ndarray) -> bool:
+    """Every value of a float64 array is finite and within float32's range (NaN fails both comparisons)."""
+    return not len(a) or bool(a.min() >= -_F32_MAX and a.max() <= _F32_MAX)
+
+
 def _is_num(v: Any) -> bool:
-    return type(v) in (int, float) and math.isfinite(v)
+    """A finite JSON number that fits a float64 (booleans and integers beyond float64's range are not)."""
+    t = type(v)
+    if t is float:
+        return math.isfinite(v)
+    if t is int:
+        try:
+            float(v)
+        except OverflowError:
+            return False
+        return True
+    return False
 
 
 # --------------------------------------------------------------------------------------------- metadata
@@ -249,7 +283,7 @@ def _video_meta(top: dict, source: str | None, n_annotations: int) -> _Meta:
         if key not in video:
             raise _bad(f"'video' has no {key!r}")
         if not _is_num(video[key]):
-            raise _bad(f"video.{key} must be a number, got {video[key]!r}")
+            raise _bad(f"video.{key} must be a finite number, got {_show(video[key])}")
     if video["fps"] <= 0:
         raise _bad(f"video.fps must be positive, got {video['fps']!r}")
     cats = top["categories"]
@@ -355,13 +389,13 @@ def _python_batches(meta: _Meta, frames: list[tuple[int | None, Any, Any]]) -> I
             last = frame_num
         if not isinstance(persons, list):
             what = "objects" if ann_index is not None else "the answer"
-            raise _bad(f"{_where(ann_index, frame_num)}: {what} must be a list of persons, got {persons!r:.80}")
+            raise _bad(f"{_where(ann_index, frame_num)}: {what} must be a list of persons, got {_show(persons)}")
         if len(persons) > 2**15 - 1:
             raise _bad(f"{_where(ann_index, frame_num)}: more than 32767 persons in one frame")
         for p_i, p in enumerate(persons):
             where = _where(ann_index, frame_num, p_i)
             if not isinstance(p, dict):
-                raise _bad(f"{where}: a person must be an object, got {p!r:.80}")
+                raise _bad(f"{where}: a person must be an object, got {_show(p)}")
             missing = [k for k in ("area", "bbox", "category_id", "keypoints", "score") if k not in p]
             if missing:
                 raise _bad(f"{where}: missing field(s) {', '.join(missing)}")
@@ -370,12 +404,12 @@ def _python_batches(meta: _Meta, frames: list[tuple[int | None, Any, Any]]) -> I
                 got = f"{len(kp)} values" if isinstance(kp, list) else repr(kp)[:80]
                 raise _bad(f"{where}: keypoints must be a list of 51 numbers, got {got}")
             if not isinstance(bb, list) or len(bb) != 4:
-                raise _bad(f"{where}: bbox must be a list of 4 numbers, got {bb!r:.80}")
+                raise _bad(f"{where}: bbox must be a list of 4 numbers, got {_show(bb)}")
             if type(p["category_id"]) is not int or p["category_id"] != 1:
-                raise _bad(f"{where}: category_id must be 1, got {p['category_id']!r}")
+                raise _bad(f"{where}: category_id must be 1, got {_show(p['category_id'])}")
             for key in ("area", "score"):
-                if not _is_num(p[key]):
-                    raise _bad(f"{where}: {key} must be a number, got {p[key]!r:.80}")
+                if not _is_num(p[key]) or (key == "score" and abs(p[key]) > _F32_MAX):
+                    raise _not_a_number(where, key, p[key])
             person_frame.append(frame_num if ann_index is not None else 0)
             person_idx.append(p_i)
             kps.extend(kp)
@@ -384,9 +418,12 @@ def _python_batches(meta: _Meta, frames: list[tuple[int | None, Any, Any]]) -> I
             scores.append(p["score"])
     if not ({type(v) for v in kps} | {type(v) for v in bboxes}) <= {int, float}:
         _locate_non_numeric(frames)
-    kp_arr = np.array(kps, dtype=np.float64)
-    bb_arr = np.array(bboxes, dtype=np.float64)
-    if not (np.isfinite(kp_arr).all() and np.isfinite(bb_arr).all()):
+    try:
+        kp_arr = np.array(kps, dtype=np.float64)
+        bb_arr = np.array(bboxes, dtype=np.float64)
+    except OverflowError:  # an integer beyond float64
+        _locate_non_numeric(frames)
+    if not (_in_f32(kp_arr) and _in_f32(bb_arr)):
         _locate_non_numeric(frames)
     if person_frame:
         yield _build_batch(
@@ -400,15 +437,19 @@ def _python_batches(meta: _Meta, frames: list[tuple[int | None, Any, Any]]) -> I
         )
 
 
+def _not_a_number(where: str, field: str, v: Any) -> KakaoPoseResponseError:
+    """The error for a value of a numeric field that is not a finite number in the column's range."""
+    limit = " of at most 3.4e38 in size (float32)" if _is_num(v) else ""
+    return _bad(f"{where}: {field} must be a finite number{limit}, got {_show(v)}")
+
+
 def _locate_non_numeric(frames: list[tuple[int | None, Any, Any]]) -> None:
     for ann_index, frame_num, persons in frames:
         for p_i, p in enumerate(persons):
             for key in ("keypoints", "bbox"):
                 for j, v in enumerate(p[key]):
-                    if not _is_num(v):
-                        raise _bad(
-                            f"{_where(ann_index, frame_num, p_i)}: {key}[{j}] must be a finite number, got {v!r:.80}"
-                        )
+                    if not _is_num(v) or abs(v) > _F32_MAX:
+                        raise _not_a_number(_where(ann_index, frame_num, p_i), f"{key}[{j}]", v)
     raise _bad("a keypoint or bbox value is not a finite number")  # pragma: no cover - defensive
 
 
@@ -422,7 +463,7 @@ def _python_video(result: dict, source: str | None) -> tuple[_Meta, Iterator[pa.
     frames = []
     for i, a in enumerate(anns):
         if not isinstance(a, dict):
-            raise _bad(f"{_where(i)}: an annotation must be an object, got {a!r:.80}")
+            raise _bad(f"{_where(i)}: an annotation must be an object, got {_show(a)}")
         if "frame_num" not in a:
             raise _bad(f"{_where(i)}: missing field frame_num")
         if "objects" not in a:
@@ -743,11 +784,12 @@ def _explode(meta: _Meta, batch: pa.RecordBatch, first: int, state: dict) -> pa.
         flat[key] = values.to_numpy()
     for key in ("area", "score"):
         flat[key] = fields[key].to_numpy()
-    for key, width in (("keypoints", 3 * _N_KP), ("bbox", 4), ("area", 1), ("score", 1)):
-        finite = np.isfinite(flat[key])
-        if not finite.all():
-            v = int(np.flatnonzero(~finite)[0])
-            raise fail(v // width, f"{key} must be finite numbers, got {flat[key][v]}")
+    for key in ("keypoints", "bbox", "score", "area"):
+        if not (np.isfinite(flat[key]).all() if key == "area" else _in_f32(flat[key])):
+            # a value beyond float32 (float64 for area); pyarrow reads an overflowing literal (1e400, an integer
+            # of 400 digits) as inf, the json module keeps it: the slow path names the annotation, person, field
+            # and value exactly as for parsed input
+            raise _Fallback(f"{key}: a value out of range")
     del fields, persons
     return _build_batch(
         meta,

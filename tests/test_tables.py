@@ -26,6 +26,7 @@ from airflow_provider_kakaopose.exceptions import (
     KakaoPoseError,
     KakaoPoseJobFailedError,
     KakaoPoseJobNotFoundError,
+    KakaoPoseResponseError,
 )
 from airflow_provider_kakaopose.tables import (
     COLUMNS,
@@ -469,6 +470,65 @@ def test_job_status_errors_are_specific():
         keypoints_table({"job_id": "x", "status": "not found"})
     with pytest.raises(KakaoPoseError, match="must be a parsed answer"):
         keypoints_table(12)  # type: ignore[arg-type]
+
+
+HUGE = "1" + "0" * 400  # an integer literal beyond float64 (json keeps it as a Python int)
+OUT_OF_RANGE = {  # field -> (where the literal goes, the message's field)
+    "area": (("annotations", 1, "objects", 1, "area"), "area"),
+    "score": (("annotations", 1, "objects", 1, "score"), "score"),
+    "bbox": (("annotations", 1, "objects", 1, "bbox", 2), r"bbox\[2\]"),
+    "keypoints": (("annotations", 1, "objects", 1, "keypoints", 7), r"keypoints\[7\]"),
+    "category_id": (("annotations", 1, "objects", 1, "category_id"), "category_id"),
+}
+
+
+@pytest.mark.parametrize("literal", [HUGE, "-" + HUGE, "1e400", "1e39"], ids=["int400", "-int400", "1e400", "1e39"])
+@pytest.mark.parametrize("field", [*sorted(OUT_OF_RANGE), "frame_num"])
+def test_huge_numbers_raise_the_same_error_on_both_paths(field, literal):
+    """Parsed input used to raise a bare OverflowError, raw bytes a message without the index: now both
+    give KakaoPoseResponseError naming annotation, frame, person and field, with the same message."""
+    r = video([[person(1)], [person(2), person(3)], [person(4)]])
+    if field == "frame_num":
+        path, pattern = ("annotations", 1, "frame_num"), r"annotations\[1\]( \(frame_num .*\))?: frame_num must be"
+    else:
+        path, label = OUT_OF_RANGE[field]
+        pattern = rf"annotations\[1\] \(frame_num 1\) person 1: {label} must be"
+    marker = 987654.125  # a float written exactly by json, replaced by the literal in the text
+    _mutate(path, marker)(r)
+    raw = json.dumps(r).replace(str(marker), literal).encode()
+    assert raw.count(literal.encode()) == 1
+    parsed = json.loads(raw)
+    if (field, literal) == ("area", "1e39"):  # area is float64: 1e39 is a (silly) value it holds exactly
+        assert keypoints_table(raw).equals(keypoints_table(parsed))
+        assert keypoints_table(raw).column("area")[2 * 17].as_py() == 1e39  # frame 1 person 1
+        return
+    if literal == "1e39" and field not in ("area", "category_id", "frame_num"):
+        pattern += r" a finite number of at most 3.4e38 in size \(float32\)"  # a float32 column
+    messages = []
+    for given_ in (parsed, raw):
+        with pytest.raises(KakaoPoseResponseError, match=pattern) as err:
+            keypoints_table(given_)
+        with pytest.raises(KakaoPoseResponseError, match=pattern):
+            keypoints_reader(given_).read_all()
+        messages.append(str(err.value))
+    assert messages[0] == messages[1]
+    assert "(401 digits)" in messages[0] if "0" * 400 in literal else True
+    assert len(messages[0]) < 300  # the 401 digits are not all printed
+
+
+def test_huge_numbers_in_an_image_answer():
+    p = person(1)
+    p["area"] = 10**400
+    for given_ in ([p], json.dumps([p]).encode()):
+        with pytest.raises(KakaoPoseResponseError, match=r"image person 0: area must be a finite number, got 1000"):
+            keypoints_table(given_)
+    q = person(2)
+    q["keypoints"][4] = -(10**5000)  # more digits than Python prints: still a clear error
+    with pytest.raises(KakaoPoseResponseError, match=r"image person 0: keypoints\[4\] .* about 5001 digits"):
+        keypoints_table([q])
+    # a large but representable area is kept (float64), a representable keypoint beyond float32 is not
+    p["area"] = 10**300
+    assert keypoints_table([p]).column("area")[0].as_py() == 1e300
 
 
 def test_image_person_errors_name_the_person():
