@@ -151,14 +151,24 @@ class _Poses:
         return self.video_size is not None and (len(self.sources) <= 1 or source == self.meta.get("source"))
 
     def frames_of(self, source: str | None) -> list[int]:
-        """Frame numbers of a source: 0..N-1 for a video (N from the metadata), else those with rows."""
+        """Frame numbers of a source: a video's frames from the metadata (``frame_nums`` runs, else 0..N-1
+        with N = ``annotations``) plus any other frame with rows; else the frames with rows."""
         import numpy as np
+
+        from airflow_provider_kakaopose.coco import expand_frame_runs
 
         present = np.unique(self.frame[self.source_mask(source)]).tolist()
         if self.is_video_source(source):
-            count = self.meta.get("annotations") or (self.meta.get("video") or {}).get("frames") or 0
-            n = max(int(count), (present[-1] + 1) if present else 0)
-            return list(range(n))
+            listed: list[int] | None = None
+            if self.meta.get("frame_nums"):
+                with contextlib.suppress(ValueError, TypeError):
+                    listed = expand_frame_runs(self.meta["frame_nums"])
+            if listed is None:
+                count = self.meta.get("annotations") or (self.meta.get("video") or {}).get("frames") or 0
+                listed = list(range(int(count)))
+            if not set(present) <= set(listed):  # rows of a frame the metadata does not list: shown too
+                listed = sorted(set(listed) | set(present))
+            return listed
         return present or [0]
 
     def cells(self, source: str | None) -> list[tuple[str | None, int]]:

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import queue
+import re
 import tempfile
 import threading
 import uuid
@@ -28,7 +29,7 @@ from collections.abc import Callable, Iterator
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
-from airflow_provider_kakaopose.coco import KEYPOINT_NAMES, SKELETON
+from airflow_provider_kakaopose.coco import KEYPOINT_NAMES, SKELETON, expand_frame_runs, frame_runs
 from airflow_provider_kakaopose.exceptions import (
     KakaoPoseError,
     KakaoPoseJobFailedError,
@@ -207,6 +208,7 @@ class _Meta:
         info: Any = None,
         categories: Any = None,
         annotations: int | None = None,
+        frame_runs: list[list[int]] | None = None,
     ) -> None:
         self.kind = kind
         self.source = source
@@ -215,6 +217,8 @@ class _Meta:
         self.info = info
         self.categories = categories
         self.annotations = annotations
+        # the answer's frame numbers when they are not 0..annotations-1 (see coco.frame_runs), else None
+        self.frame_runs = frame_runs
         self.fps = float(video["fps"]) if video else None
 
     def skeleton(self) -> list[list[int]]:
@@ -242,6 +246,7 @@ class _Meta:
             "info": self.info,
             "categories": self.categories,
             "annotations": self.annotations,
+            "frame_nums": self.frame_runs,
             "skeleton": self.skeleton(),
             "keypoints": self.keypoint_names(),
         }
@@ -469,6 +474,9 @@ def _python_video(result: dict, source: str | None) -> tuple[_Meta, Iterator[pa.
         if "objects" not in a:
             raise _bad(f"{_where(i, a['frame_num'])}: missing field objects")
         frames.append((i, a["frame_num"], a["objects"]))
+    nums = [f for _, f, _ in frames]
+    if all(type(f) is int for f in nums):  # else _python_batches raises, naming the annotation
+        meta.frame_runs = frame_runs(nums)
     return meta, _python_batches(meta, frames)
 
 
@@ -622,7 +630,44 @@ def _fast_video(body: bytes, source: str | None) -> tuple[_Meta, Iterator[pa.Rec
         raise _Fallback
     commas = _separators(body, starts, ends, open_, close)
     meta = _video_meta(top, source, len(starts))
-    return meta, _fast_batches(meta, body, starts, ends, commas)
+    expected = _frame_nums(body, starts, ends)
+    if expected is not None:
+        meta.frame_runs = frame_runs(expected.tolist())
+    return meta, _fast_batches(meta, body, starts, ends, commas, expected)
+
+
+_FRAME_NUM = re.compile(rb'\{[ \t\r\n]*"frame_num"[ \t\r\n]*:[ \t\r\n]*(-?[0-9]{1,18})[ \t\r\n]*[,}]')
+
+
+def _frame_nums(body: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarray | None:
+    """The annotations' frame numbers, read before any row (they go in the schema metadata), or ``None``
+    when they are ``0 … n-1``.
+
+    Valid frame numbers increase from 0, so they are ``0 … n-1`` exactly when the last one is ``n - 1``: only
+    the last annotation is parsed (the usual case). Otherwise each annotation's leading ``"frame_num"`` is
+    read with a regular expression (:class:`_Fallback` if one does not start so); the rows' own frame numbers
+    are checked against them as they are parsed.
+    """
+    import numpy as np
+
+    n = len(starts)
+    if not n:
+        return None
+    try:
+        last = json.loads(body[int(starts[-1]) : int(ends[-1]) + 1])
+    except (ValueError, RecursionError) as e:
+        raise _Fallback from e
+    if not isinstance(last, dict):
+        raise _Fallback
+    if type(last.get("frame_num")) is int and last["frame_num"] == n - 1:
+        return None
+    nums = []
+    for s in starts.tolist():
+        m = _FRAME_NUM.match(body, s)
+        if m is None:
+            raise _Fallback  # another key first, a float, a huge number...: the slow path decides
+        nums.append(int(m.group(1)))
+    return np.array(nums, dtype=np.int64)
 
 
 def _separators(body: bytes, starts: np.ndarray, ends: np.ndarray, open_: int, close: int) -> np.ndarray:
@@ -672,7 +717,12 @@ def _annotation_schema() -> pa.Schema:
 
 
 def _fast_batches(
-    meta: _Meta, body: bytes, starts: np.ndarray, ends: np.ndarray, commas: np.ndarray
+    meta: _Meta,
+    body: bytes,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    commas: np.ndarray,
+    expected: np.ndarray | None = None,
 ) -> Iterator[pa.RecordBatch]:
     import numpy as np
     import pyarrow as pa
@@ -689,7 +739,7 @@ def _fast_batches(
     view = memoryview(body)
     # The system allocator gives the parsed pieces back to the OS; mimalloc would keep their pages resident.
     pool = pa.system_memory_pool()
-    state = {"last": -1}
+    state: dict[str, Any] = {"last": -1, "expected": expected}
     i = 0
     while i < n:
         limit = int(starts[i]) + _PIECE_BYTES
@@ -743,6 +793,9 @@ def _explode(meta: _Meta, batch: pa.RecordBatch, first: int, state: dict) -> pa.
             f"{_where(first + k, frame_nums[k])}: frame_num must be increasing and below 2**31 (previous {prev[k]})"
         )
     state["last"] = int(frame_nums[-1])
+    expected = state["expected"]
+    if expected is not None and not np.array_equal(frame_nums, expected[first : first + len(frame_nums)]):
+        raise _Fallback("frame numbers differ from the pre-scan")  # e.g. a duplicated "frame_num" key
     offsets = objects.offsets.to_numpy()
     counts = np.diff(offsets)
     if len(counts) and counts.max() > 2**15 - 1:
@@ -837,7 +890,7 @@ def _batches(result: Result, source: str | None) -> tuple[_Meta, Iterator[pa.Rec
         except _Fallback:
             pass
         else:
-            return meta, _guarded(batches, data, source)
+            return meta, _guarded(batches, data, source, meta)
     return _slow(data, source)
 
 
@@ -853,7 +906,9 @@ def _slow(data: bytes, source: str | None) -> tuple[_Meta, Iterator[pa.RecordBat
     raise _bad(f"expected a list of persons or a job answer object, got {type(parsed).__name__}")
 
 
-def _guarded(batches: Iterator[pa.RecordBatch], data: bytes, source: str | None) -> Iterator[pa.RecordBatch]:
+def _guarded(
+    batches: Iterator[pa.RecordBatch], data: bytes, source: str | None, fast_meta: _Meta | None = None
+) -> Iterator[pa.RecordBatch]:
     """Run the fast path; if it gives up half-way, replay the slow path's rows (or its precise error)."""
     done = 0
     try:
@@ -861,7 +916,10 @@ def _guarded(batches: Iterator[pa.RecordBatch], data: bytes, source: str | None)
             done += batch.num_rows
             yield batch
     except _Fallback as e:
-        _meta, slow = _slow(data, source)  # raises the precise error if the body is malformed
+        meta, slow = _slow(data, source)  # raises the precise error if the body is malformed
+        if fast_meta is not None and meta.to_metadata() != fast_meta.to_metadata():
+            # the rows so far, and the schema, came from the fast path's reading of the top level
+            raise _bad(f"the body reads differently with the json module (a duplicated key?): {e}") from e
         skipped = 0
         for batch in slow:
             if skipped + batch.num_rows <= done:
@@ -1179,6 +1237,32 @@ def _columns(table: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     return cols, meta
 
 
+def _answer_frames(meta: dict[str, Any], person_frame: np.ndarray) -> np.ndarray:
+    """The frame numbers of a video answer: those the metadata records (``frame_nums`` runs, else
+    ``0 … annotations-1``), plus any frame that has rows but is not recorded (never a person dropped)."""
+    import numpy as np
+
+    count = meta.get("annotations")
+    runs = meta.get("frame_nums")
+    if runs:
+        try:
+            listed = np.array(expand_frame_runs(runs), dtype=np.int64)
+        except ValueError as e:
+            raise KakaoPoseError(f"not a keypoints table: metadata kakaopose:frame_nums is corrupt ({e})") from e
+        if count is not None and len(listed) != count:
+            raise KakaoPoseError(
+                f"not a keypoints table: kakaopose:frame_nums gives {len(listed)} frames, "
+                f"kakaopose:annotations says {count}"
+            )
+    else:
+        n_frames = int(count if count is not None else (meta.get("video") or {}).get("frames") or 0)
+        listed = np.arange(n_frames, dtype=np.int64)
+    present = np.unique(person_frame)
+    if len(present) and not np.isin(present, listed, assume_unique=True).all():
+        listed = np.union1d(listed, present)
+    return listed
+
+
 def to_coco(table: pa.Table | pd.DataFrame, *, decimals: int | None = 4) -> list[dict] | dict:
     """Rebuild the service's COCO-shaped answer from a keypoints table (or :func:`read_keypoints` frame).
 
@@ -1235,12 +1319,12 @@ def to_coco(table: pa.Table | pd.DataFrame, *, decimals: int | None = 4) -> list
     if meta.get("kind", "video" if meta.get("video") else "image") == "image":
         return persons
     person_frame = frame[first]
-    count = meta.get("annotations")
-    n_frames = int(count if count is not None else (meta.get("video") or {}).get("frames") or 0)
-    if n_p:
-        n_frames = max(n_frames, int(person_frame[-1]) + 1)
-    bounds = np.searchsorted(person_frame, np.arange(n_frames + 1), side="left").tolist()
-    annotations = [{"frame_num": f, "objects": persons[bounds[f] : bounds[f + 1]]} for f in range(n_frames)]
+    frame_nums = _answer_frames(meta, person_frame)
+    lo = np.searchsorted(person_frame, frame_nums, side="left").tolist()
+    hi = np.searchsorted(person_frame, frame_nums, side="right").tolist()
+    annotations = [
+        {"frame_num": f, "objects": persons[a:b]} for f, a, b in zip(frame_nums.tolist(), lo, hi, strict=True)
+    ]
     return {
         "annotations": annotations,
         "categories": meta.get("categories"),

@@ -297,6 +297,33 @@ def test_contact_sheet_evenly_spaces_frames(monkeypatch):
     assert len(drawn) == 12 and drawn[0] == 0 and drawn[-1] == 100
 
 
+def test_sheet_and_animation_show_the_answers_frames_only(monkeypatch):
+    """A video answer with frames 0, 5, 10 (the metadata records them): three cells, not eleven."""
+    answer = {
+        "annotations": [{"frame_num": f, "objects": objs} for f, objs in ((0, [person()]), (5, []), (10, [person()]))],
+        "categories": [{"id": 1}],
+        "info": {},
+        "job_id": "job-1",
+        "status": "success",
+        "video": {"fps": 10, "frames": 11, "width": 480, "height": 360},
+    }
+    table = keypoints_table(answer, source="v.mp4")
+    drawn = []
+    real = render._render
+
+    def spy(poses, source, frame_num, **kw):
+        drawn.append(frame_num)
+        return real(poses, source, frame_num, **kw)
+
+    monkeypatch.setattr(render, "_render", spy)
+    contact_sheet(table, thumb_width=40)
+    assert drawn == [0, 5, 10]
+    drawn.clear()
+    buf = io.BytesIO()
+    assert animate(table, buf) == 3 and drawn == [0, 5, 10]
+    assert gif_frames(buf.getvalue())[1] == [500, 500, 100]  # 5 video frames at 10 fps, then the last one
+
+
 # --------------------------------------------------------------------------------------------- animation
 
 

@@ -73,9 +73,10 @@ def person(seed: int = 0, undetected: tuple[int, ...] = ()) -> dict:
     }
 
 
-def video(frames: list[list[dict]], fps: float = 30.0) -> dict:
+def video(frames: list[list[dict]], fps: float = 30.0, frame_nums: list[int] | None = None) -> dict:
+    nums = range(len(frames)) if frame_nums is None else frame_nums
     return {
-        "annotations": [{"frame_num": i, "objects": objs} for i, objs in enumerate(frames)],
+        "annotations": [{"frame_num": i, "objects": objs} for i, objs in zip(nums, frames, strict=True)],
         "categories": json.loads(sample("job_success_response.json"))["categories"],
         "info": {"version": "191227"},
         "job_id": "job-1",
@@ -266,6 +267,71 @@ def test_to_coco_accepts_unsorted_tables_and_dataframes():
         to_coco(t.slice(0, 17 * 2).take(list(range(17)) * 2))
 
 
+FRAME_NUMBERINGS = {
+    "0, 5, 10": [0, 5, 10],
+    "from 3": [3, 4, 5],
+    "irregular": [2, 3, 4, 10, 11, 40],
+    "large": [2**31 - 3, 2**31 - 2, 2**31 - 1],
+}
+
+
+@pytest.mark.parametrize("name", sorted(FRAME_NUMBERINGS))
+def test_frame_numbers_not_from_zero_come_back_as_they_were(name, fast_only):
+    """Frames 0, 5, 10 used to come back as 11 annotations (0..10, invented empty ones): the metadata now
+    records the answer's frame numbers, so every frame comes back, empty ones too, and no other."""
+    nums = FRAME_NUMBERINGS[name]
+    frames = [[person(i)] if i % 2 == 0 else [] for i in range(len(nums))]  # some frames have nobody
+    r = video(frames, frame_nums=nums)
+    for fmt in sorted(FORMATS):
+        raw = json.dumps(r, **FORMATS[fmt]).encode()
+        table = keypoints_table(raw)  # the fast path (fast_only: no fallback)
+        assert table.equals(keypoints_table(copy.deepcopy(r)))  # the Python path: the same table, metadata too
+        assert keypoints_reader(raw).read_all().equals(table)
+        approx_equal(to_coco(table), r)
+        assert [a["frame_num"] for a in to_coco(table)["annotations"]] == nums
+    meta = json.loads(table.schema.metadata[b"kakaopose:frame_nums"])
+    assert tables.expand_frame_runs(meta) == nums
+    assert len(meta) <= 3  # compact: runs of evenly spaced numbers
+
+
+def test_frame_runs_are_compact():
+    assert tables.frame_runs(list(range(108_000))) is None  # the usual case: nothing beyond the count
+    assert tables.frame_runs([0, 5, 10]) == [[0, 5, 3]]
+    assert tables.frame_runs(list(range(0, 108_000, 3))) == [[0, 3, 36_000]]  # every 3rd frame: one run
+    assert tables.frame_runs([5, 6, 7, 20, 30]) == [[5, 1, 3], [20, 10, 2]]
+    assert tables.frame_runs([7]) == [[7, 1, 1]]
+    for nums in ([0, 5, 10], [3], [1, 2, 3, 9, 10, 100], [*range(5, 500, 7), 1000]):
+        assert tables.expand_frame_runs(tables.frame_runs(nums)) == nums
+    t = keypoints_table(video([[person(1)], [], [person(2)]]))
+    assert json.loads(t.schema.metadata[b"kakaopose:frame_nums"]) is None
+    for bad in ([[0, 0, 3]], [[5, 1, 2], [5, 1, 1]], [["0", 1, 1]], [[0, 1]]):
+        with pytest.raises(ValueError):
+            tables.expand_frame_runs(bad)
+
+
+def test_frame_numbers_with_other_layouts_fall_back_correctly():
+    """An annotation whose first key is not frame_num cannot be pre-scanned: the Python path reads it, right."""
+    nums = [4, 8, 9]
+    r = video([[person(1)], [], [person(2)]], frame_nums=nums)
+    r["annotations"] = [{"objects": a["objects"], "frame_num": a["frame_num"]} for a in r["annotations"]]
+    table = keypoints_table(json.dumps(r).encode())
+    assert [a["frame_num"] for a in to_coco(table)["annotations"]] == nums
+    # a duplicated "frame_num" key (json keeps the last, the pre-scan saw the first): a clear error, no wrong table
+    text = json.dumps(video([[person(1)], [], [person(2)]], frame_nums=nums))
+    dup = text.replace('{"frame_num": 8, "objects": []}', '{"frame_num": 8, "objects": [], "frame_num": 7}')
+    assert dup != text
+    with pytest.raises(KakaoPoseError, match="duplicated key"):
+        keypoints_table(dup.encode())
+    # a table whose rows hold a frame the metadata does not list: that frame comes back too (nothing dropped)
+    t = keypoints_table(video([[person(1)], [person(2)]], frame_nums=[0, 5]))
+    moved = t.slice(17).set_column(2, t.schema.field("frame_num"), pa.array([9] * 17, pa.int32()))
+    more = pa.concat_tables([t, moved])
+    assert [a["frame_num"] for a in to_coco(more)["annotations"]] == [0, 5, 9]
+    broken = t.replace_schema_metadata({**t.schema.metadata, b"kakaopose:frame_nums": b"[[0, 5, 3]]"})
+    with pytest.raises(KakaoPoseError, match="frame_nums gives 3 frames, kakaopose:annotations says 2"):
+        to_coco(broken)
+
+
 # ------------------------------------------------------------------------------------------ formatting, fast path
 
 FORMATS = {
@@ -367,7 +433,10 @@ def persons_st(draw):
 @st.composite
 def videos_st(draw):
     frames = draw(st.lists(st.lists(persons_st(), max_size=4), max_size=6))
-    return video(frames, fps=draw(st.sampled_from([1.0, 24.0, 29.97, 30.0, 59.94, 120.0])))
+    nums = None  # 0..n-1, or any increasing frame numbers (validation accepts them)
+    if draw(st.booleans()):
+        nums = sorted(draw(st.sets(st.integers(0, 2**31 - 1), min_size=len(frames), max_size=len(frames))))
+    return video(frames, fps=draw(st.sampled_from([1.0, 24.0, 29.97, 30.0, 59.94, 120.0])), frame_nums=nums)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
