@@ -1220,7 +1220,9 @@ def read_keypoints(uri: str | os.PathLike | Any) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------- back to COCO
 
 
-def _columns(table: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def _columns(table: Any) -> tuple[dict[str, np.ndarray], dict[str, Any], np.ndarray, list[str | None]]:
+    """The columns :func:`to_coco` needs as numpy arrays, the decoded metadata, and the sources: a code per
+    row (numbered in order of first appearance) and the source of each code."""
     import numpy as np
 
     needed = ("frame_num", "person_idx", "keypoint_id", "x", "y", "score", "person_score")
@@ -1230,11 +1232,60 @@ def _columns(table: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         meta = _read_metadata(table.schema.metadata)
         for name in needed:
             cols[name] = np.asarray(table.column(name).to_numpy())
+        n = table.num_rows
+        codes, names = _arrow_codes(table.column("source")) if "source" in table.schema.names else (None, [])
     else:  # a pandas DataFrame (e.g. from read_keypoints)
+        import pandas as pd
+
         meta = dict(table.attrs.get("kakaopose") or {})
         for name in needed:
             cols[name] = table[name].to_numpy(dtype=np.float64 if name in ("x", "y") else None)
-    return cols, meta
+        n = len(table)
+        codes, names = None, []
+        if "source" in table.columns:
+            codes, uniques = pd.factorize(table["source"], use_na_sentinel=False)
+            names = [None if pd.isna(v) else str(v) for v in uniques]
+    if codes is None or not n or len(names) <= 1:
+        return cols, meta, np.zeros(n, dtype=np.int64), (names if n else [])[:1] or [None]
+    return cols, meta, *_by_first_appearance(np.asarray(codes, dtype=np.int64), names)
+
+
+def _arrow_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str | None]]:
+    """An int64 code per row of a (dictionary or plain) string column, and the value of each code."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    known: dict[str | None, int] = {}
+    pieces = []
+    for chunk in column.chunks:
+        if not pa.types.is_dictionary(chunk.type):
+            chunk = pc.dictionary_encode(chunk)
+        values = chunk.dictionary.to_pylist()
+        remap = np.array([known.setdefault(v, len(known)) for v in values] + [-1], dtype=np.int64)
+        if len(values) == 1 and not chunk.null_count:  # the usual chunk: one source
+            pieces.append(np.full(len(chunk), remap[0], dtype=np.int64))
+            continue
+        if chunk.null_count:
+            remap[-1] = known.setdefault(None, len(known))
+        indices = np.asarray(chunk.indices.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
+        pieces.append(remap[indices])  # -1 (null) picks the last entry
+    codes = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+    return codes, list(known)
+
+
+def _by_first_appearance(codes: np.ndarray, names: list[str | None]) -> tuple[np.ndarray, list[str | None]]:
+    """Renumber codes in order of first appearance in the rows (unused values dropped)."""
+    import numpy as np
+
+    runs = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])  # few for a table of whole images / videos
+    present, first = np.unique(codes[runs], return_index=True)
+    order = present[np.argsort(first, kind="stable")]
+    if len(order) == len(names) and (order == np.arange(len(names))).all():
+        return codes, names
+    rank = np.zeros(len(names), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return rank[codes], [names[c] for c in order.tolist()]
 
 
 def _answer_frames(meta: dict[str, Any], person_frame: np.ndarray) -> np.ndarray:
@@ -1263,43 +1314,96 @@ def _answer_frames(meta: dict[str, Any], person_frame: np.ndarray) -> np.ndarray
     return listed
 
 
-def to_coco(table: pa.Table | pd.DataFrame, *, decimals: int | None = 4) -> list[dict] | dict:
+def _person_blocks(frame: np.ndarray, person: np.ndarray, kp_id: np.ndarray, src: np.ndarray) -> tuple[bool, bool]:
+    """``(blocks, increasing)``: the rows are blocks of 17 (keypoints 1..17, one source, frame and person
+    each), and the rows increase in (source, frame_num, person_idx, keypoint_id)."""
+    import numpy as np
+
+    n = len(frame)
+    if not n:
+        return True, True
+    n_p = n // _N_KP
+    blocks = not (
+        (kp_id.reshape(n_p, _N_KP) != np.arange(1, _N_KP + 1)).any()
+        or (person.reshape(n_p, _N_KP) != person[::_N_KP, None]).any()
+        or (frame.reshape(n_p, _N_KP) != frame[::_N_KP, None]).any()
+        or (src.reshape(n_p, _N_KP) != src[::_N_KP, None]).any()
+    )
+    key = (frame << 24) | (person << 5) | kp_id
+    up = np.diff(key) > 0
+    ds = np.diff(src)
+    increasing = bool(((ds > 0) | ((ds == 0) & up)).all())
+    return blocks, increasing
+
+
+def to_coco(
+    table: pa.Table | pd.DataFrame,
+    *,
+    decimals: int | None = 4,
+    source: str | None = None,
+    by_source: bool = False,
+) -> list[dict] | dict:
     """Rebuild the service's COCO-shaped answer from a keypoints table (or :func:`read_keypoints` frame).
 
-    For an image table: the list of persons. For a video table: the job answer (``annotations`` for every
-    frame, including empty ones, then ``categories``, ``info``, ``job_id``, ``status``, ``video``).
-    Undetected keypoints (null x/y) come back as ``0.0, 0.0, 0.0``.
+    For an image table: the list of persons. A batch table of several images (``KakaoPoseImageOperator``'s)
+    gives all their persons in one list, image by image in table order (person_idx order within each);
+    ``source=`` gives one image's answer, ``by_source=True`` a dict ``{source: persons}`` of every image,
+    ``[]`` for an image listed in ``kakaopose:sources`` that had nobody. For a video table: the job answer
+    (``annotations`` for every frame, including empty ones, then ``categories``, ``info``, ``job_id``,
+    ``status``, ``video``). Undetected keypoints (null x/y) come back as ``0.0, 0.0, 0.0``.
 
     :param decimals: round the float32 columns to this many decimals (the API sends at most 4), or ``None``.
+    :param source: only the rows of this source (an image of a batch; for a video table, its own source).
+    :param by_source: image tables: return ``{source: list of persons}`` (sources in ``kakaopose:sources``
+        order, then any other in table order).
     :raises KakaoPoseError: the table is not a keypoints table (missing columns, a person without its 17
-        keypoints).
+        keypoints), a video table holds several sources, or ``source`` is not in the table.
     """
     import numpy as np
 
     try:
-        cols, meta = _columns(table)
+        cols, meta, src, names = _columns(table)
     except (KeyError, AttributeError) as e:
         raise KakaoPoseError(f"not a keypoints table: {e}") from e
     n = len(cols["frame_num"])
     if n % _N_KP:
         raise KakaoPoseError(f"not a keypoints table: {n} rows is not a multiple of {_N_KP}")
+    kind = meta.get("kind") or ("video" if meta.get("video") else "image")
+    listed = [s for s in (meta.get("sources") or []) if isinstance(s, str)]
+    if meta.get("source") is not None:
+        listed.append(meta["source"])
+    if source is not None:
+        if source not in names and source not in listed:
+            raise KakaoPoseError(f"source {source!r} is not in the table (it has {names[:5]!r:.200})")
+        if kind == "video" and meta.get("source") not in (None, source):
+            raise KakaoPoseError(f"source {source!r}: this video table's metadata is of {meta['source']!r}")
+        keep = src == (names.index(source) if source in names else -1)
+        if not keep.all():
+            cols = {k: v[keep] for k, v in cols.items()}
+            n = len(cols["frame_num"])
+        src, names = np.zeros(n, dtype=np.int64), [source]
+    if kind == "video":
+        if by_source:
+            raise KakaoPoseError("by_source is for image tables; a video table is one answer")
+        if len(names) > 1:
+            raise KakaoPoseError(
+                f"a video table holds one video, this one has rows of {len(names)} sources "
+                f"({', '.join(map(repr, names[:3]))}{', …' if len(names) > 3 else ''}): pass source= to pick one"
+            )
     frame = cols["frame_num"].astype(np.int64)
     person = cols["person_idx"].astype(np.int64)
     kp_id = cols["keypoint_id"].astype(np.int64)
-    key = (frame << 24) | (person << 5) | kp_id
-    if n and not (np.diff(key) > 0).all():
-        order = np.argsort(key, kind="stable")
-        key = key[order]
-        cols = {k: v[order] for k, v in cols.items()}
-        frame, person, kp_id = frame[order], person[order], kp_id[order]
+    blocks, increasing = _person_blocks(frame, person, kp_id, src)
+    if not (blocks and increasing):
+        sort_key = (frame << 24) | (person << 5) | kp_id
+        order = np.argsort(sort_key, kind="stable") if len(names) <= 1 else np.lexsort((sort_key, src))
+        s_frame, s_person, s_kp, s_src = frame[order], person[order], kp_id[order], src[order]
+        if all(_person_blocks(s_frame, s_person, s_kp, s_src)):
+            cols = {k: v[order] for k, v in cols.items()}
+            frame, person, kp_id, src = s_frame, s_person, s_kp, s_src
+        elif not (blocks and kind == "image"):  # image blocks in table order (one image twice) are kept as is
+            raise KakaoPoseError("not a keypoints table: every person needs exactly keypoints 1..17 once")
     n_p = n // _N_KP
-    if n and (
-        (kp_id.reshape(n_p, _N_KP) != np.arange(1, _N_KP + 1)).any()
-        or (np.diff(key) <= 0).any()
-        or (person.reshape(n_p, _N_KP) != person[::_N_KP, None]).any()
-        or (frame.reshape(n_p, _N_KP) != frame[::_N_KP, None]).any()
-    ):
-        raise KakaoPoseError("not a keypoints table: every person needs exactly keypoints 1..17 once")
 
     def rnd(a: np.ndarray) -> np.ndarray:
         a = a.astype(np.float64)
@@ -1316,8 +1420,15 @@ def to_coco(table: pa.Table | pd.DataFrame, *, decimals: int | None = 4) -> list
         {"area": a, "bbox": b, "category_id": 1, "keypoints": k, "score": s}
         for a, b, k, s in zip(area, bbox, kps, score, strict=True)
     ]
-    if meta.get("kind", "video" if meta.get("video") else "image") == "image":
-        return persons
+    if kind == "image":
+        if not by_source:
+            return persons
+        out: dict[str | None, list[dict]] = {s: [] for s in listed}
+        for name in names:
+            out.setdefault(name, [])
+        for p, code in zip(persons, src[first].tolist(), strict=True):
+            out[names[code]].append(p)
+        return out
     person_frame = frame[first]
     frame_nums = _answer_frames(meta, person_frame)
     lo = np.searchsorted(person_frame, frame_nums, side="left").tolist()

@@ -332,6 +332,63 @@ def test_frame_numbers_with_other_layouts_fall_back_correctly():
         to_coco(broken)
 
 
+def image_batch(images: dict[str, list[dict]]) -> pa.Table:
+    """The image operator's batch table, built by its own ``_batch_table`` (one ``keypoints_table`` per image)."""
+    from airflow_provider_kakaopose.operators.pose import ImageOutcome, _batch_table
+
+    outcomes = [ImageOutcome(source=src, persons=persons) for src, persons in images.items()]
+    table, n_persons = _batch_table(list(images), outcomes, {}, json.dumps(["d", "r", "t", -1]), 0)
+    assert n_persons == sum(len(p) for p in images.values())
+    return table
+
+
+def test_to_coco_on_an_image_batch_table(tmp_path):
+    """Two images with one person each used to raise 'every person needs exactly keypoints 1..17 once'
+    (both are frame 0 person 0): the persons come back image by image, per image with source= or by_source."""
+    a, b, c = [person(1)], [person(2), person(3, undetected=(4,))], []
+    table = image_batch({"https://example.com/a.jpg": a, "b.jpg": b, "nobody.jpg": c})
+    assert json.loads(table.schema.metadata[b"kakaopose:kind"]) == "image"
+    write_parquet(table, tmp_path / "batch.parquet")
+    df = read_keypoints(tmp_path / "batch.parquet")
+    shuffled = table.take(np.random.default_rng(1).permutation(table.num_rows))
+    for t in (table, df):
+        approx_equal(to_coco(t), a + b)  # every person, image by image in table order
+        approx_equal(to_coco(t, by_source=True), {"https://example.com/a.jpg": a, "b.jpg": b, "nobody.jpg": c})
+        approx_equal(to_coco(t, source="b.jpg"), b)
+        assert to_coco(t, source="nobody.jpg") == []  # listed in kakaopose:sources, no rows
+        with pytest.raises(KakaoPoseError, match="'other.jpg' is not in the table"):
+            to_coco(t, source="other.jpg")
+    approx_equal(to_coco(shuffled, by_source=True), to_coco(table, by_source=True))
+    assert sorted(map(json.dumps, to_coco(shuffled))) == sorted(map(json.dumps, to_coco(table)))
+    # the same image twice in one batch: both answers' persons, in table order (nothing lost)
+    twice = image_batch({"a.jpg": a, "b.jpg": b}).slice(0, 17)
+    twice = pa.concat_tables([twice, image_batch({"b.jpg": b}), twice]).replace_schema_metadata(
+        image_batch({"a.jpg": a, "b.jpg": b}).schema.metadata
+    )
+    approx_equal(to_coco(twice), a + b + a)
+    approx_equal(to_coco(twice, by_source=True), {"a.jpg": a + a, "b.jpg": b})
+
+
+def test_to_coco_single_image_and_video_sources():
+    persons = json.loads(sample("image_response.json"))
+    one = keypoints_table(persons, source="pose.jpg")
+    approx_equal(to_coco(one), persons, tol=1e-9)  # unchanged: the list of persons
+    approx_equal(to_coco(one, source="pose.jpg"), persons, tol=1e-9)
+    approx_equal(to_coco(one, by_source=True), {"pose.jpg": persons}, tol=1e-9)
+    approx_equal(to_coco(keypoints_table(persons), by_source=True), {None: persons}, tol=1e-9)
+    r = video([[person(1)], [person(2)]])
+    v = keypoints_table(r, source="v.mp4")
+    approx_equal(to_coco(v, source="v.mp4"), r)
+    with pytest.raises(KakaoPoseError, match="by_source is for image tables"):
+        to_coco(v, by_source=True)
+    two = pa.concat_tables([v, keypoints_table(r, source="w.mp4")])
+    with pytest.raises(KakaoPoseError, match=r"a video table holds one video.*2 sources.*pass source="):
+        to_coco(two)
+    approx_equal(to_coco(two, source="v.mp4"), r)
+    with pytest.raises(KakaoPoseError, match="metadata is of 'v.mp4'"):
+        to_coco(two, source="w.mp4")
+
+
 # ------------------------------------------------------------------------------------------ formatting, fast path
 
 FORMATS = {
