@@ -1234,6 +1234,20 @@ def _columns(table: Any) -> tuple[dict[str, np.ndarray], dict[str, Any], np.ndar
             cols[name] = np.asarray(table.column(name).to_numpy())
         n = table.num_rows
         codes, names = _arrow_codes(table.column("source")) if "source" in table.schema.names else (None, [])
+        if "kind" not in meta:  # no kakaopose:* metadata (re-exported): what the columns tell instead
+            import pyarrow.compute as pc
+
+            for name in ("time_s", "job_id"):
+                if name in table.schema.names:
+                    column = table.column(name)
+                    if name == "job_id":  # codes, -1 for null
+                        job_codes, job_names = _arrow_codes(column)
+                        if None in job_names:
+                            null = job_names.index(None)
+                            job_codes = np.where(job_codes == null, -1, job_codes)
+                        cols[name], meta["_job_names"] = job_codes, job_names
+                    else:
+                        cols[name] = np.asarray(pc.fill_null(column.cast("float64"), math.nan).to_numpy())
     else:  # a pandas DataFrame (e.g. from read_keypoints)
         import pandas as pd
 
@@ -1245,6 +1259,12 @@ def _columns(table: Any) -> tuple[dict[str, np.ndarray], dict[str, Any], np.ndar
         if "source" in table.columns:
             codes, uniques = pd.factorize(table["source"], use_na_sentinel=False)
             names = [None if pd.isna(v) else str(v) for v in uniques]
+        if "kind" not in meta:  # e.g. pd.read_parquet, which keeps no kakaopose:* metadata
+            if "time_s" in table.columns:
+                cols["time_s"] = table["time_s"].to_numpy(dtype=np.float64, na_value=np.nan)
+            if "job_id" in table.columns:  # codes, -1 for null
+                job_codes, job_uniques = pd.factorize(table["job_id"])
+                cols["job_id"], meta["_job_names"] = np.asarray(job_codes, np.int64), [str(v) for v in job_uniques]
     if codes is None or not n or len(names) <= 1:
         return cols, meta, np.zeros(n, dtype=np.int64), (names if n else [])[:1] or [None]
     return cols, meta, *_by_first_appearance(np.asarray(codes, dtype=np.int64), names)
@@ -1293,6 +1313,8 @@ def _answer_frames(meta: dict[str, Any], person_frame: np.ndarray) -> np.ndarray
     ``0 … annotations-1``), plus any frame that has rows but is not recorded (never a person dropped)."""
     import numpy as np
 
+    if meta.get("no_metadata"):  # the frames with rows are all that is known
+        return np.unique(person_frame)
     count = meta.get("annotations")
     runs = meta.get("frame_nums")
     if runs:
@@ -1312,6 +1334,51 @@ def _answer_frames(meta: dict[str, Any], person_frame: np.ndarray) -> np.ndarray
     if len(present) and not np.isin(present, listed, assume_unique=True).all():
         listed = np.union1d(listed, present)
     return listed
+
+
+def _meta_from_columns(cols: dict[str, np.ndarray], n: int, job_names: list[str | None]) -> dict[str, Any]:
+    """What the columns tell of a table that lost its ``kakaopose:*`` metadata (a DuckDB or pandas re-export):
+    video or image (``time_s`` / ``job_id`` not null), the ``job_id``, and the fps (``frame_num / time_s``).
+    The frames are those with rows; ``categories``, ``info`` and the video's size and frame count are unknown.
+    """
+    import numpy as np
+
+    if not n:
+        raise KakaoPoseError(
+            "the table has no kakaopose:* metadata (re-exported without it?) and no rows: "
+            "it cannot tell an image from a video; read the file written by write_parquet with read_keypoints"
+        )
+    time_s = cols.pop("time_s", None)
+    job = cols.pop("job_id", None)  # codes into job_names, -1 for null
+    timed = ~np.isnan(time_s) if time_s is not None else np.zeros(n, dtype=bool)
+    has_job = job >= 0 if job is not None else np.zeros(n, dtype=bool)
+    frame = cols["frame_num"].astype(np.float64)
+    if not (timed.any() or has_job.any() or (frame != 0).any()):  # images: frame 0, no time, no job
+        return {"kind": "image"}
+    if time_s is not None and not timed.all():
+        raise KakaoPoseError("the table has no kakaopose:* metadata and mixes image rows (time_s null) with video rows")
+    if has_job.any() and not has_job.all():
+        raise KakaoPoseError("a video table holds one video, this one has rows with and without a job_id")
+    job_ids = [job_names[c] for c in np.unique(job[has_job]).tolist()] if job is not None else []
+    if len(job_ids) > 1:
+        raise KakaoPoseError(f"a video table holds one video, this one has rows of {len(job_ids)} job_ids")
+    fps = None
+    usable = timed & (frame > 0) & (time_s > 0) if time_s is not None else timed
+    if usable.any():
+        estimates = frame[usable] / time_s[usable]
+        fps = float(f"{float(np.median(estimates)):.12g}")
+        if not np.allclose(frame[timed] / fps, time_s[timed], rtol=1e-9, atol=1e-9):
+            raise KakaoPoseError("the table has no kakaopose:* metadata and its time_s is not frame_num / fps")
+    return {
+        "kind": "video",
+        "job_id": job_ids[0] if job_ids else None,
+        "video": {"fps": fps, "frames": None, "height": None, "width": None},
+        "annotations": None,
+        "frame_nums": None,
+        "categories": None,
+        "info": None,
+        "no_metadata": True,
+    }
 
 
 def _person_blocks(frame: np.ndarray, person: np.ndarray, kp_id: np.ndarray, src: np.ndarray) -> tuple[bool, bool]:
@@ -1352,12 +1419,17 @@ def to_coco(
     (``annotations`` for every frame, including empty ones, then ``categories``, ``info``, ``job_id``,
     ``status``, ``video``). Undetected keypoints (null x/y) come back as ``0.0, 0.0, 0.0``.
 
+    A table without ``kakaopose:*`` metadata (a DuckDB or ``pd.read_parquet`` re-export) is rebuilt from its
+    columns: a video when ``time_s``/``job_id`` are set (``job_id`` and ``fps`` from the columns, only the
+    frames that have rows, ``categories``/``info``/size null), else the list of persons; see docs/tables.md.
+
     :param decimals: round the float32 columns to this many decimals (the API sends at most 4), or ``None``.
     :param source: only the rows of this source (an image of a batch; for a video table, its own source).
     :param by_source: image tables: return ``{source: list of persons}`` (sources in ``kakaopose:sources``
         order, then any other in table order).
     :raises KakaoPoseError: the table is not a keypoints table (missing columns, a person without its 17
-        keypoints), a video table holds several sources, or ``source`` is not in the table.
+        keypoints), a video table holds several sources, ``source`` is not in the table, or a table without
+        metadata cannot be told apart (no rows, image and video rows mixed, several job ids).
     """
     import numpy as np
 
@@ -1368,20 +1440,22 @@ def to_coco(
     n = len(cols["frame_num"])
     if n % _N_KP:
         raise KakaoPoseError(f"not a keypoints table: {n} rows is not a multiple of {_N_KP}")
-    kind = meta.get("kind") or ("video" if meta.get("video") else "image")
     listed = [s for s in (meta.get("sources") or []) if isinstance(s, str)]
     if meta.get("source") is not None:
         listed.append(meta["source"])
     if source is not None:
         if source not in names and source not in listed:
             raise KakaoPoseError(f"source {source!r} is not in the table (it has {names[:5]!r:.200})")
-        if kind == "video" and meta.get("source") not in (None, source):
-            raise KakaoPoseError(f"source {source!r}: this video table's metadata is of {meta['source']!r}")
         keep = src == (names.index(source) if source in names else -1)
         if not keep.all():
             cols = {k: v[keep] for k, v in cols.items()}
             n = len(cols["frame_num"])
         src, names = np.zeros(n, dtype=np.int64), [source]
+    if "kind" not in meta:  # the metadata was lost (a re-export): what the columns tell
+        meta = _meta_from_columns(cols, n, meta.pop("_job_names", []))
+    kind = meta.get("kind") or ("video" if meta.get("video") else "image")
+    if source is not None and kind == "video" and meta.get("source") not in (None, source):
+        raise KakaoPoseError(f"source {source!r}: this video table's metadata is of {meta['source']!r}")
     if kind == "video":
         if by_source:
             raise KakaoPoseError("by_source is for image tables; a video table is one answer")

@@ -389,6 +389,69 @@ def test_to_coco_single_image_and_video_sources():
         to_coco(two, source="w.mp4")
 
 
+def without_metadata(r: dict) -> dict:
+    """What to_coco can rebuild from the columns alone: the frames with rows, job_id, fps."""
+    fps = r["video"]["fps"] if any(a["objects"] for a in r["annotations"] if a["frame_num"] > 0) else None
+    return {
+        "annotations": [a for a in r["annotations"] if a["objects"]],
+        "categories": None,
+        "info": None,
+        "job_id": r["job_id"],
+        "status": "success",
+        "video": {"fps": fps, "frames": None, "height": None, "width": None},
+    }
+
+
+def test_to_coco_after_a_re_export_without_the_metadata(tmp_path):
+    """DuckDB (COPY ... TO) and pd.read_parquet drop the kakaopose:* metadata: to_coco used to return a flat
+    image-style list (frames, job_id and video silently gone); now it rebuilds the video from the columns."""
+    r = video([[person(1)], [], [person(2), person(3, undetected=(2,))], [person(4)], []], fps=29.97)
+    r["annotations"][4]["frame_num"] = 9  # frame numbers 0, 1, 2, 3, 9
+    a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    write_parquet(keypoints_table(r, source="v.mp4"), a)
+    duckdb.sql(f"COPY (SELECT * FROM read_parquet('{a}')) TO '{b}' (FORMAT parquet)")
+    exported = pq.read_table(b)
+    assert not any(k.startswith(b"kakaopose:") for k in (exported.schema.metadata or {}))
+    assert exported.schema.field("source").type == pa.string()  # plain strings, not dictionaries
+    expected = without_metadata(r)
+    assert [f["frame_num"] for f in expected["annotations"]] == [0, 2, 3]
+    for t in (exported, pd.read_parquet(a), pd.read_parquet(b), exported.to_pandas()):
+        answer = to_coco(t)
+        approx_equal(answer, expected)
+        assert answer["video"]["fps"] == 29.97 and answer["job_id"] == "job-1"
+    approx_equal(to_coco(exported, source="v.mp4"), expected)
+    # an image batch re-exported: the list of persons (images with nobody are not in the rows)
+    batch = pa.concat_tables(
+        [keypoints_table([person(1)], source="x.jpg"), keypoints_table([person(2)], source="y.jpg")]
+    )
+    write_parquet(batch, a)
+    duckdb.sql(f"COPY (SELECT * FROM read_parquet('{a}')) TO '{b}' (FORMAT parquet)")
+    approx_equal(to_coco(pq.read_table(b)), [person(1), person(2)])
+    approx_equal(to_coco(pd.read_parquet(b), by_source=True), {"x.jpg": [person(1)], "y.jpg": [person(2)]})
+
+
+def test_to_coco_without_metadata_refuses_what_it_cannot_tell():
+    r = video([[person(1)], [person(2)]])
+    bare = keypoints_table(r, source="v.mp4").replace_schema_metadata(None)
+    approx_equal(to_coco(bare), without_metadata(r))
+    # no time_s / job_id columns, but frame numbers beyond 0: a video (fps unknown), not an image
+    frames_only = bare.drop_columns(["time_s", "job_id"])
+    answer = to_coco(frames_only)
+    assert [f["frame_num"] for f in answer["annotations"]] == [0, 1] and answer["video"]["fps"] is None
+    with pytest.raises(KakaoPoseError, match="no rows: it cannot tell an image from a video"):
+        to_coco(bare.slice(0, 0))
+    image = keypoints_table([person(3)], source="i.jpg").replace_schema_metadata(None)
+    mixed = pa.concat_tables([bare, image.cast(bare.schema)])
+    with pytest.raises(KakaoPoseError, match="mixes image rows"):
+        to_coco(mixed)
+    other = keypoints_table({**r, "job_id": "job-2"}, source="v.mp4").replace_schema_metadata(None)
+    with pytest.raises(KakaoPoseError, match="2 job_ids"):
+        to_coco(pa.concat_tables([bare, other]))
+    edited = bare.set_column(3, bare.schema.field("time_s"), pa.array(np.linspace(0, 5, bare.num_rows)))
+    with pytest.raises(KakaoPoseError, match="time_s is not frame_num / fps"):
+        to_coco(edited)
+
+
 # ------------------------------------------------------------------------------------------ formatting, fast path
 
 FORMATS = {
@@ -507,6 +570,15 @@ def test_round_trip_video(r, fmt, raw):
 @given(r=st.lists(persons_st(), max_size=5), raw=st.booleans())
 def test_round_trip_image(r, raw):
     approx_equal(to_coco(keypoints_table(json.dumps(r).encode() if raw else r)), r)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(r=videos_st())
+def test_round_trip_without_metadata(r):
+    table = keypoints_table(copy.deepcopy(r)).replace_schema_metadata(None)
+    if not table.num_rows:
+        return
+    approx_equal(to_coco(table), without_metadata(r))
 
 
 # ------------------------------------------------------------------------------------------ malformed shapes
