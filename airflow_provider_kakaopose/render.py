@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BLANK_COLOR",
     "DEFAULT_THRESHOLD",
+    "MAX_CANVAS_SIDE",
     "PALETTE",
     "UNTRACKED_COLOR",
     "animate",
@@ -61,6 +62,11 @@ UNTRACKED_COLOR: tuple[int, int, int] = (255, 255, 255)
 
 #: Colour of a blank canvas (no background image).
 BLANK_COLOR: tuple[int, int, int] = (0, 0, 0)
+
+#: Largest side (px) of a drawn canvas: a default canvas (the video's size, or one holding every keypoint of an
+#: image) beyond it is scaled down to fit, and a larger ``size`` (or contact-sheet cell) raises ``ValueError``,
+#: so one outlier keypoint or a wrong ``video.width`` cannot allocate gigabytes (4096 x 4096 RGB is 64 MB).
+MAX_CANVAS_SIDE = 4096
 
 _SHEET_COLOR = (32, 32, 32)
 _TEXT_COLOR = (235, 235, 235)
@@ -151,14 +157,24 @@ class _Poses:
         return self.video_size is not None and (len(self.sources) <= 1 or source == self.meta.get("source"))
 
     def frames_of(self, source: str | None) -> list[int]:
-        """Frame numbers of a source: 0..N-1 for a video (N from the metadata), else those with rows."""
+        """Frame numbers of a source: a video's frames from the metadata (``frame_nums`` runs, else 0..N-1
+        with N = ``annotations``) plus any other frame with rows; else the frames with rows."""
         import numpy as np
+
+        from airflow_provider_kakaopose.coco import expand_frame_runs
 
         present = np.unique(self.frame[self.source_mask(source)]).tolist()
         if self.is_video_source(source):
-            count = self.meta.get("annotations") or (self.meta.get("video") or {}).get("frames") or 0
-            n = max(int(count), (present[-1] + 1) if present else 0)
-            return list(range(n))
+            listed: list[int] | None = None
+            if self.meta.get("frame_nums"):
+                with contextlib.suppress(ValueError, TypeError):
+                    listed = expand_frame_runs(self.meta["frame_nums"])
+            if listed is None:
+                count = self.meta.get("annotations") or (self.meta.get("video") or {}).get("frames") or 0
+                listed = list(range(int(count)))
+            if not set(present) <= set(listed):  # rows of a frame the metadata does not list: shown too
+                listed = sorted(set(listed) | set(present))
+            return listed
         return present or [0]
 
     def cells(self, source: str | None) -> list[tuple[str | None, int]]:
@@ -184,8 +200,9 @@ class _Poses:
         if self.cols.get("bbox_x") is not None:
             bx = np.asarray(self.cols["bbox_x"], dtype=np.float64)[m]
             by = np.asarray(self.cols["bbox_y"], dtype=np.float64)[m]
-            right.append(bx + np.asarray(self.cols["bbox_w"], dtype=np.float64)[m])
-            bottom.append(by + np.asarray(self.cols["bbox_h"], dtype=np.float64)[m])
+            # both corners: a box with a negative size (which validation accepts) is drawn between them
+            right += [bx, bx + np.asarray(self.cols["bbox_w"], dtype=np.float64)[m]]
+            bottom += [by, by + np.asarray(self.cols["bbox_h"], dtype=np.float64)[m]]
         r = np.concatenate(right)
         b = np.concatenate(bottom)
         r, b = r[np.isfinite(r)], b[np.isfinite(b)]
@@ -350,7 +367,12 @@ def _render(
     if reference is None:
         # an image's keypoints are in the pixels of the image itself
         reference = poses.reference_size(source) if poses.is_video_source(source) or bg is None else bg.size
-    canvas_size = tuple(int(v) for v in size) if size is not None else (bg.size if bg is not None else reference)
+    if size is not None:
+        canvas_size = (int(size[0]), int(size[1]))
+        if max(canvas_size) > MAX_CANVAS_SIDE:
+            raise ValueError(f"size must be at most {MAX_CANVAS_SIDE} px a side (MAX_CANVAS_SIDE), got {canvas_size}")
+    else:
+        canvas_size = bg.size if bg is not None else _bounded(reference)
     if canvas_size[0] < 1 or canvas_size[1] < 1:
         raise ValueError(f"size must be positive, got {canvas_size}")
     if bg is None:
@@ -363,6 +385,9 @@ def _render(
     lw = max(1, int(line_width)) if line_width is not None else max(2, round(short / 240))
     r = max(0, int(point_radius)) if point_radius is not None else max(3, round(short / 160))
     draw = ImageDraw.Draw(img)
+    # What lies outside the canvas (plus a margin wider than any stroke) is clipped or skipped.
+    margin = lw + r + 2
+    clip = (-margin, -margin, canvas_size[0] + margin, canvas_size[1] + margin)
     rows = poses.rows(source, frame_num)
     if not len(rows):
         return img
@@ -391,11 +416,25 @@ def _render(
         if boxes and poses.cols.get("bbox_x") is not None:
             bx, by, bw, bh = (float(poses.cols[c][idx[0]]) for c in ("bbox_x", "bbox_y", "bbox_w", "bbox_h"))
             if all(math.isfinite(v) for v in (bx, by, bw, bh)):
-                draw.rectangle([bx * sx, by * sy, (bx + bw) * sx, (by + bh) * sy], outline=color, width=max(1, lw // 2))
+                # between the box's two corners, whatever the sign of its size; clamped to the clip area
+                left, right = sorted((bx * sx, (bx + bw) * sx))
+                top, bottom = sorted((by * sy, (by + bh) * sy))
+                if left <= clip[2] and right >= clip[0] and top <= clip[3] and bottom >= clip[1]:
+                    corners = [
+                        max(left, clip[0]),
+                        max(top, clip[1]),
+                        min(right, clip[2]),
+                        min(bottom, clip[3]),
+                    ]
+                    draw.rectangle(corners, outline=color, width=max(1, lw // 2))
         for k1, k2 in poses.skeleton:
             if k1 in points and k2 in points:
-                draw.line([points[k1], points[k2]], fill=color, width=lw)
+                part = _clip_segment(points[k1], points[k2], clip)
+                if part is not None:
+                    draw.line(list(part), fill=color, width=lw)
         for px, py in points.values():
+            if not (clip[0] <= px <= clip[2] and clip[1] <= py <= clip[3]):
+                continue
             if r:
                 draw.ellipse([px - r, py - r, px + r, py + r], fill=color)
             else:
@@ -408,6 +447,8 @@ def _render(
                 anchor = min(points.values(), key=lambda p: p[1])
             else:
                 continue
+            if not (-canvas_size[0] <= anchor[0] <= canvas_size[0] and anchor[1] <= canvas_size[1] + font.size + 2):
+                continue  # off the canvas (Pillow fails on text at coordinates beyond C's int)
             draw.text((anchor[0] + 2, max(0.0, anchor[1] - font.size - 2)), text, fill=color, font=font)
     return img
 
@@ -434,12 +475,15 @@ def draw_frame(
         file, else blank), a PIL image, image bytes, a path/URI of an image, a numpy array, or a callable
         ``(source, frame_num) -> any of those or None``.
     :param threshold: draw keypoints whose score is ``>= threshold``, and limbs whose two ends are drawn.
-    :param size: output ``(width, height)``; default the background's size, else the video's size from the
-        metadata, else a canvas holding every keypoint and box of the source. Coordinates are scaled.
+    :param size: output ``(width, height)``, each at most :data:`MAX_CANVAS_SIDE`; default the background's
+        size, else the video's size from the metadata, else a canvas holding every keypoint and box of the
+        source, either scaled down to :data:`MAX_CANVAS_SIDE` when larger. Coordinates are scaled; what lies
+        outside the canvas is clipped.
     :param line_width: limb width in px (default ``max(2, round(short side / 240))``).
     :param point_radius: keypoint dot radius in px (default ``max(3, round(short side / 160))``).
-    :param boxes: also draw each person's bounding box.
+    :param boxes: also draw each person's bounding box (between its corners, whatever the sign of its size).
     :param labels: also write ``#<track_id>`` (or ``#<person_idx>``) above each person.
+    :raises ValueError: ``size`` is not positive or exceeds :data:`MAX_CANVAS_SIDE`.
     """
     poses = _load(table)
     src = poses.pick_source(source)
@@ -490,6 +534,45 @@ def _label(poses: _Poses, source: str | None, frame_num: int, several: bool) -> 
     return name or f"frame {frame_num}"
 
 
+def _bounded(size: tuple[int, int]) -> tuple[int, int]:
+    """``size`` scaled down (aspect kept, each side at least 1 px) so that its longer side is at most
+    :data:`MAX_CANVAS_SIDE`."""
+    longest = max(size)
+    if longest <= MAX_CANVAS_SIDE:
+        return size
+    scale = MAX_CANVAS_SIDE / longest
+    return min(MAX_CANVAS_SIDE, max(1, round(size[0] * scale))), min(MAX_CANVAS_SIDE, max(1, round(size[1] * scale)))
+
+
+def _clip_segment(
+    p: tuple[float, float], q: tuple[float, float], box: tuple[float, float, float, float]
+) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    """The part of segment ``p``-``q`` inside ``box`` (left, top, right, bottom), or ``None`` (Liang-Barsky).
+
+    Pillow walks every pixel of a thin line, even far outside the image (seconds for a keypoint at 1e9 px), and
+    fails on coordinates beyond C's int: the renderer clips to the canvas plus a margin first. Endpoints
+    inside the box are returned unchanged (so in-canvas drawing is exactly as before).
+    """
+    (x0, y0), (x1, y1) = p, q
+    dx, dy = x1 - x0, y1 - y0
+    t0, t1 = 0.0, 1.0
+    for pk, qk in ((-dx, x0 - box[0]), (dx, box[2] - x0), (-dy, y0 - box[1]), (dy, box[3] - y0)):
+        if pk == 0:
+            if qk < 0:
+                return None
+            continue
+        t = qk / pk
+        if pk < 0:
+            t0 = max(t0, t)
+        else:
+            t1 = min(t1, t)
+        if t0 > t1:
+            return None
+    start = p if t0 == 0.0 else (x0 + t0 * dx, y0 + t0 * dy)
+    end = q if t1 == 1.0 else (x0 + t1 * dx, y0 + t1 * dy)
+    return start, end
+
+
 def _fit(reference: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
     scale = min(box[0] / reference[0], box[1] / reference[1])
     return max(1, round(reference[0] * scale)), max(1, round(reference[1] * scale))
@@ -532,9 +615,12 @@ def contact_sheet(
         raise ValueError("no frames to draw")
     if columns < 1 or thumb_width < 1:
         raise ValueError("columns and thumb_width must be positive")
+    if thumb_width > MAX_CANVAS_SIDE:
+        raise ValueError(f"thumb_width must be at most {MAX_CANVAS_SIDE} px (MAX_CANVAS_SIDE), got {thumb_width}")
     first_ref = poses.reference_size(cells[0][0])
     thumb_w = int(thumb_width)
-    thumb_h = max(1, round(thumb_w * first_ref[1] / first_ref[0]))
+    # a very tall reference (e.g. one outlier keypoint far below) must not make a cell taller than the limit
+    thumb_h = min(MAX_CANVAS_SIDE, max(1, round(thumb_w * first_ref[1] / first_ref[0])))
     strip = int(label_height) if labels else 0
     cols = min(int(columns), len(cells))
     rows = math.ceil(len(cells) / cols)

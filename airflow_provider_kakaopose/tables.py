@@ -21,6 +21,7 @@ import json
 import math
 import os
 import queue
+import re
 import tempfile
 import threading
 import uuid
@@ -28,7 +29,7 @@ from collections.abc import Callable, Iterator
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
-from airflow_provider_kakaopose.coco import KEYPOINT_NAMES, SKELETON
+from airflow_provider_kakaopose.coco import KEYPOINT_NAMES, SKELETON, expand_frame_runs, frame_runs
 from airflow_provider_kakaopose.exceptions import (
     KakaoPoseError,
     KakaoPoseJobFailedError,
@@ -147,14 +148,48 @@ def _where(ann_index: int | None, frame_num: Any = None, person: int | None = No
     else:
         parts = [f"annotations[{ann_index}]"]
         if frame_num is not None:
-            parts.append(f"(frame_num {frame_num})")
+            parts.append(f"(frame_num {_show(frame_num) if type(frame_num) is int else _show(frame_num, str_=True)})")
     if person is not None:
         parts.append(f"person {person}")
     return " ".join(parts)
 
 
+def _show(v: Any, width: int = 80, *, str_: bool = False) -> str:
+    """A short repr (``str_``: str) of a value for an error message; a huge integer by its first digits and
+    digit count (``repr`` fails past 4300 digits and 400 digits are no help)."""
+    if type(v) is int and not -(10**20) < v < 10**20:
+        try:
+            digits = str(abs(v))
+        except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+            return f"an integer of about {int(v.bit_length() * math.log10(2)) + 1} digits"
+        return f"{'-' if v < 0 else ''}{digits[:12]}…({len(digits)} digits)"
+    try:
+        return f"{v!s:.{width}}" if str_ else f"{v!r:.{width}}"
+    except ValueError:  # a huge integer somewhere inside
+        return f"a {type(v).__name__}"
+
+
+#: The largest float32: x, y, score, person_score and bbox_* are float32 columns, so larger values are refused.
+_F32_MAX = 3.4028234663852886e38
+
+
+def _in_f32(a: np.ndarray) -> bool:
+    """Every value of a float64 array is finite and within float32's range (NaN fails both comparisons)."""
+    return not len(a) or bool(a.min() >= -_F32_MAX and a.max() <= _F32_MAX)
+
+
 def _is_num(v: Any) -> bool:
-    return type(v) in (int, float) and math.isfinite(v)
+    """A finite JSON number that fits a float64 (booleans and integers beyond float64's range are not)."""
+    t = type(v)
+    if t is float:
+        return math.isfinite(v)
+    if t is int:
+        try:
+            float(v)
+        except OverflowError:
+            return False
+        return True
+    return False
 
 
 # --------------------------------------------------------------------------------------------- metadata
@@ -173,6 +208,7 @@ class _Meta:
         info: Any = None,
         categories: Any = None,
         annotations: int | None = None,
+        frame_runs: list[list[int]] | None = None,
     ) -> None:
         self.kind = kind
         self.source = source
@@ -181,6 +217,8 @@ class _Meta:
         self.info = info
         self.categories = categories
         self.annotations = annotations
+        # the answer's frame numbers when they are not 0..annotations-1 (see coco.frame_runs), else None
+        self.frame_runs = frame_runs
         self.fps = float(video["fps"]) if video else None
 
     def skeleton(self) -> list[list[int]]:
@@ -208,6 +246,7 @@ class _Meta:
             "info": self.info,
             "categories": self.categories,
             "annotations": self.annotations,
+            "frame_nums": self.frame_runs,
             "skeleton": self.skeleton(),
             "keypoints": self.keypoint_names(),
         }
@@ -249,7 +288,7 @@ def _video_meta(top: dict, source: str | None, n_annotations: int) -> _Meta:
         if key not in video:
             raise _bad(f"'video' has no {key!r}")
         if not _is_num(video[key]):
-            raise _bad(f"video.{key} must be a number, got {video[key]!r}")
+            raise _bad(f"video.{key} must be a finite number, got {_show(video[key])}")
     if video["fps"] <= 0:
         raise _bad(f"video.fps must be positive, got {video['fps']!r}")
     cats = top["categories"]
@@ -355,13 +394,13 @@ def _python_batches(meta: _Meta, frames: list[tuple[int | None, Any, Any]]) -> I
             last = frame_num
         if not isinstance(persons, list):
             what = "objects" if ann_index is not None else "the answer"
-            raise _bad(f"{_where(ann_index, frame_num)}: {what} must be a list of persons, got {persons!r:.80}")
+            raise _bad(f"{_where(ann_index, frame_num)}: {what} must be a list of persons, got {_show(persons)}")
         if len(persons) > 2**15 - 1:
             raise _bad(f"{_where(ann_index, frame_num)}: more than 32767 persons in one frame")
         for p_i, p in enumerate(persons):
             where = _where(ann_index, frame_num, p_i)
             if not isinstance(p, dict):
-                raise _bad(f"{where}: a person must be an object, got {p!r:.80}")
+                raise _bad(f"{where}: a person must be an object, got {_show(p)}")
             missing = [k for k in ("area", "bbox", "category_id", "keypoints", "score") if k not in p]
             if missing:
                 raise _bad(f"{where}: missing field(s) {', '.join(missing)}")
@@ -370,12 +409,12 @@ def _python_batches(meta: _Meta, frames: list[tuple[int | None, Any, Any]]) -> I
                 got = f"{len(kp)} values" if isinstance(kp, list) else repr(kp)[:80]
                 raise _bad(f"{where}: keypoints must be a list of 51 numbers, got {got}")
             if not isinstance(bb, list) or len(bb) != 4:
-                raise _bad(f"{where}: bbox must be a list of 4 numbers, got {bb!r:.80}")
+                raise _bad(f"{where}: bbox must be a list of 4 numbers, got {_show(bb)}")
             if type(p["category_id"]) is not int or p["category_id"] != 1:
-                raise _bad(f"{where}: category_id must be 1, got {p['category_id']!r}")
+                raise _bad(f"{where}: category_id must be 1, got {_show(p['category_id'])}")
             for key in ("area", "score"):
-                if not _is_num(p[key]):
-                    raise _bad(f"{where}: {key} must be a number, got {p[key]!r:.80}")
+                if not _is_num(p[key]) or (key == "score" and abs(p[key]) > _F32_MAX):
+                    raise _not_a_number(where, key, p[key])
             person_frame.append(frame_num if ann_index is not None else 0)
             person_idx.append(p_i)
             kps.extend(kp)
@@ -384,9 +423,12 @@ def _python_batches(meta: _Meta, frames: list[tuple[int | None, Any, Any]]) -> I
             scores.append(p["score"])
     if not ({type(v) for v in kps} | {type(v) for v in bboxes}) <= {int, float}:
         _locate_non_numeric(frames)
-    kp_arr = np.array(kps, dtype=np.float64)
-    bb_arr = np.array(bboxes, dtype=np.float64)
-    if not (np.isfinite(kp_arr).all() and np.isfinite(bb_arr).all()):
+    try:
+        kp_arr = np.array(kps, dtype=np.float64)
+        bb_arr = np.array(bboxes, dtype=np.float64)
+    except OverflowError:  # an integer beyond float64
+        _locate_non_numeric(frames)
+    if not (_in_f32(kp_arr) and _in_f32(bb_arr)):
         _locate_non_numeric(frames)
     if person_frame:
         yield _build_batch(
@@ -400,15 +442,19 @@ def _python_batches(meta: _Meta, frames: list[tuple[int | None, Any, Any]]) -> I
         )
 
 
+def _not_a_number(where: str, field: str, v: Any) -> KakaoPoseResponseError:
+    """The error for a value of a numeric field that is not a finite number in the column's range."""
+    limit = " of at most 3.4e38 in size (float32)" if _is_num(v) else ""
+    return _bad(f"{where}: {field} must be a finite number{limit}, got {_show(v)}")
+
+
 def _locate_non_numeric(frames: list[tuple[int | None, Any, Any]]) -> None:
     for ann_index, frame_num, persons in frames:
         for p_i, p in enumerate(persons):
             for key in ("keypoints", "bbox"):
                 for j, v in enumerate(p[key]):
-                    if not _is_num(v):
-                        raise _bad(
-                            f"{_where(ann_index, frame_num, p_i)}: {key}[{j}] must be a finite number, got {v!r:.80}"
-                        )
+                    if not _is_num(v) or abs(v) > _F32_MAX:
+                        raise _not_a_number(_where(ann_index, frame_num, p_i), f"{key}[{j}]", v)
     raise _bad("a keypoint or bbox value is not a finite number")  # pragma: no cover - defensive
 
 
@@ -422,12 +468,15 @@ def _python_video(result: dict, source: str | None) -> tuple[_Meta, Iterator[pa.
     frames = []
     for i, a in enumerate(anns):
         if not isinstance(a, dict):
-            raise _bad(f"{_where(i)}: an annotation must be an object, got {a!r:.80}")
+            raise _bad(f"{_where(i)}: an annotation must be an object, got {_show(a)}")
         if "frame_num" not in a:
             raise _bad(f"{_where(i)}: missing field frame_num")
         if "objects" not in a:
             raise _bad(f"{_where(i, a['frame_num'])}: missing field objects")
         frames.append((i, a["frame_num"], a["objects"]))
+    nums = [f for _, f, _ in frames]
+    if all(type(f) is int for f in nums):  # else _python_batches raises, naming the annotation
+        meta.frame_runs = frame_runs(nums)
     return meta, _python_batches(meta, frames)
 
 
@@ -581,7 +630,44 @@ def _fast_video(body: bytes, source: str | None) -> tuple[_Meta, Iterator[pa.Rec
         raise _Fallback
     commas = _separators(body, starts, ends, open_, close)
     meta = _video_meta(top, source, len(starts))
-    return meta, _fast_batches(meta, body, starts, ends, commas)
+    expected = _frame_nums(body, starts, ends)
+    if expected is not None:
+        meta.frame_runs = frame_runs(expected.tolist())
+    return meta, _fast_batches(meta, body, starts, ends, commas, expected)
+
+
+_FRAME_NUM = re.compile(rb'\{[ \t\r\n]*"frame_num"[ \t\r\n]*:[ \t\r\n]*(-?[0-9]{1,18})[ \t\r\n]*[,}]')
+
+
+def _frame_nums(body: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarray | None:
+    """The annotations' frame numbers, read before any row (they go in the schema metadata), or ``None``
+    when they are ``0 … n-1``.
+
+    Valid frame numbers increase from 0, so they are ``0 … n-1`` exactly when the last one is ``n - 1``: only
+    the last annotation is parsed (the usual case). Otherwise each annotation's leading ``"frame_num"`` is
+    read with a regular expression (:class:`_Fallback` if one does not start so); the rows' own frame numbers
+    are checked against them as they are parsed.
+    """
+    import numpy as np
+
+    n = len(starts)
+    if not n:
+        return None
+    try:
+        last = json.loads(body[int(starts[-1]) : int(ends[-1]) + 1])
+    except (ValueError, RecursionError) as e:
+        raise _Fallback from e
+    if not isinstance(last, dict):
+        raise _Fallback
+    if type(last.get("frame_num")) is int and last["frame_num"] == n - 1:
+        return None
+    nums = []
+    for s in starts.tolist():
+        m = _FRAME_NUM.match(body, s)
+        if m is None:
+            raise _Fallback  # another key first, a float, a huge number...: the slow path decides
+        nums.append(int(m.group(1)))
+    return np.array(nums, dtype=np.int64)
 
 
 def _separators(body: bytes, starts: np.ndarray, ends: np.ndarray, open_: int, close: int) -> np.ndarray:
@@ -631,7 +717,12 @@ def _annotation_schema() -> pa.Schema:
 
 
 def _fast_batches(
-    meta: _Meta, body: bytes, starts: np.ndarray, ends: np.ndarray, commas: np.ndarray
+    meta: _Meta,
+    body: bytes,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    commas: np.ndarray,
+    expected: np.ndarray | None = None,
 ) -> Iterator[pa.RecordBatch]:
     import numpy as np
     import pyarrow as pa
@@ -648,7 +739,7 @@ def _fast_batches(
     view = memoryview(body)
     # The system allocator gives the parsed pieces back to the OS; mimalloc would keep their pages resident.
     pool = pa.system_memory_pool()
-    state = {"last": -1}
+    state: dict[str, Any] = {"last": -1, "expected": expected}
     i = 0
     while i < n:
         limit = int(starts[i]) + _PIECE_BYTES
@@ -702,6 +793,9 @@ def _explode(meta: _Meta, batch: pa.RecordBatch, first: int, state: dict) -> pa.
             f"{_where(first + k, frame_nums[k])}: frame_num must be increasing and below 2**31 (previous {prev[k]})"
         )
     state["last"] = int(frame_nums[-1])
+    expected = state["expected"]
+    if expected is not None and not np.array_equal(frame_nums, expected[first : first + len(frame_nums)]):
+        raise _Fallback("frame numbers differ from the pre-scan")  # e.g. a duplicated "frame_num" key
     offsets = objects.offsets.to_numpy()
     counts = np.diff(offsets)
     if len(counts) and counts.max() > 2**15 - 1:
@@ -743,11 +837,12 @@ def _explode(meta: _Meta, batch: pa.RecordBatch, first: int, state: dict) -> pa.
         flat[key] = values.to_numpy()
     for key in ("area", "score"):
         flat[key] = fields[key].to_numpy()
-    for key, width in (("keypoints", 3 * _N_KP), ("bbox", 4), ("area", 1), ("score", 1)):
-        finite = np.isfinite(flat[key])
-        if not finite.all():
-            v = int(np.flatnonzero(~finite)[0])
-            raise fail(v // width, f"{key} must be finite numbers, got {flat[key][v]}")
+    for key in ("keypoints", "bbox", "score", "area"):
+        if not (np.isfinite(flat[key]).all() if key == "area" else _in_f32(flat[key])):
+            # a value beyond float32 (float64 for area); pyarrow reads an overflowing literal (1e400, an integer
+            # of 400 digits) as inf, the json module keeps it: the slow path names the annotation, person, field
+            # and value exactly as for parsed input
+            raise _Fallback(f"{key}: a value out of range")
     del fields, persons
     return _build_batch(
         meta,
@@ -795,7 +890,7 @@ def _batches(result: Result, source: str | None) -> tuple[_Meta, Iterator[pa.Rec
         except _Fallback:
             pass
         else:
-            return meta, _guarded(batches, data, source)
+            return meta, _guarded(batches, data, source, meta)
     return _slow(data, source)
 
 
@@ -811,7 +906,9 @@ def _slow(data: bytes, source: str | None) -> tuple[_Meta, Iterator[pa.RecordBat
     raise _bad(f"expected a list of persons or a job answer object, got {type(parsed).__name__}")
 
 
-def _guarded(batches: Iterator[pa.RecordBatch], data: bytes, source: str | None) -> Iterator[pa.RecordBatch]:
+def _guarded(
+    batches: Iterator[pa.RecordBatch], data: bytes, source: str | None, fast_meta: _Meta | None = None
+) -> Iterator[pa.RecordBatch]:
     """Run the fast path; if it gives up half-way, replay the slow path's rows (or its precise error)."""
     done = 0
     try:
@@ -819,7 +916,10 @@ def _guarded(batches: Iterator[pa.RecordBatch], data: bytes, source: str | None)
             done += batch.num_rows
             yield batch
     except _Fallback as e:
-        _meta, slow = _slow(data, source)  # raises the precise error if the body is malformed
+        meta, slow = _slow(data, source)  # raises the precise error if the body is malformed
+        if fast_meta is not None and meta.to_metadata() != fast_meta.to_metadata():
+            # the rows so far, and the schema, came from the fast path's reading of the top level
+            raise _bad(f"the body reads differently with the json module (a duplicated key?): {e}") from e
         skipped = 0
         for batch in slow:
             if skipped + batch.num_rows <= done:
@@ -1120,7 +1220,9 @@ def read_keypoints(uri: str | os.PathLike | Any) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------- back to COCO
 
 
-def _columns(table: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def _columns(table: Any) -> tuple[dict[str, np.ndarray], dict[str, Any], np.ndarray, list[str | None]]:
+    """The columns :func:`to_coco` needs as numpy arrays, the decoded metadata, and the sources: a code per
+    row (numbered in order of first appearance) and the source of each code."""
     import numpy as np
 
     needed = ("frame_num", "person_idx", "keypoint_id", "x", "y", "score", "person_score")
@@ -1130,50 +1232,252 @@ def _columns(table: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         meta = _read_metadata(table.schema.metadata)
         for name in needed:
             cols[name] = np.asarray(table.column(name).to_numpy())
+        n = table.num_rows
+        codes, names = _arrow_codes(table.column("source")) if "source" in table.schema.names else (None, [])
+        if "kind" not in meta:  # no kakaopose:* metadata (re-exported): what the columns tell instead
+            import pyarrow.compute as pc
+
+            for name in ("time_s", "job_id"):
+                if name in table.schema.names:
+                    column = table.column(name)
+                    if name == "job_id":  # codes, -1 for null
+                        job_codes, job_names = _arrow_codes(column)
+                        if None in job_names:
+                            null = job_names.index(None)
+                            job_codes = np.where(job_codes == null, -1, job_codes)
+                        cols[name], meta["_job_names"] = job_codes, job_names
+                    else:
+                        cols[name] = np.asarray(pc.fill_null(column.cast("float64"), math.nan).to_numpy())
     else:  # a pandas DataFrame (e.g. from read_keypoints)
+        import pandas as pd
+
         meta = dict(table.attrs.get("kakaopose") or {})
         for name in needed:
             cols[name] = table[name].to_numpy(dtype=np.float64 if name in ("x", "y") else None)
-    return cols, meta
+        n = len(table)
+        codes, names = None, []
+        if "source" in table.columns:
+            codes, uniques = pd.factorize(table["source"], use_na_sentinel=False)
+            names = [None if pd.isna(v) else str(v) for v in uniques]
+        if "kind" not in meta:  # e.g. pd.read_parquet, which keeps no kakaopose:* metadata
+            if "time_s" in table.columns:
+                cols["time_s"] = table["time_s"].to_numpy(dtype=np.float64, na_value=np.nan)
+            if "job_id" in table.columns:  # codes, -1 for null
+                job_codes, job_uniques = pd.factorize(table["job_id"])
+                cols["job_id"], meta["_job_names"] = np.asarray(job_codes, np.int64), [str(v) for v in job_uniques]
+    if codes is None or not n or len(names) <= 1:
+        return cols, meta, np.zeros(n, dtype=np.int64), (names if n else [])[:1] or [None]
+    return cols, meta, *_by_first_appearance(np.asarray(codes, dtype=np.int64), names)
 
 
-def to_coco(table: pa.Table | pd.DataFrame, *, decimals: int | None = 4) -> list[dict] | dict:
+def _arrow_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str | None]]:
+    """An int64 code per row of a (dictionary or plain) string column, and the value of each code."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    known: dict[str | None, int] = {}
+    pieces = []
+    for chunk in column.chunks:
+        if not pa.types.is_dictionary(chunk.type):
+            chunk = pc.dictionary_encode(chunk)
+        values = chunk.dictionary.to_pylist()
+        remap = np.array([known.setdefault(v, len(known)) for v in values] + [-1], dtype=np.int64)
+        if len(values) == 1 and not chunk.null_count:  # the usual chunk: one source
+            pieces.append(np.full(len(chunk), remap[0], dtype=np.int64))
+            continue
+        if chunk.null_count:
+            remap[-1] = known.setdefault(None, len(known))
+        indices = np.asarray(chunk.indices.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
+        pieces.append(remap[indices])  # -1 (null) picks the last entry
+    codes = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+    return codes, list(known)
+
+
+def _by_first_appearance(codes: np.ndarray, names: list[str | None]) -> tuple[np.ndarray, list[str | None]]:
+    """Renumber codes in order of first appearance in the rows (unused values dropped)."""
+    import numpy as np
+
+    runs = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])  # few for a table of whole images / videos
+    present, first = np.unique(codes[runs], return_index=True)
+    order = present[np.argsort(first, kind="stable")]
+    if len(order) == len(names) and (order == np.arange(len(names))).all():
+        return codes, names
+    rank = np.zeros(len(names), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return rank[codes], [names[c] for c in order.tolist()]
+
+
+def _answer_frames(meta: dict[str, Any], person_frame: np.ndarray) -> np.ndarray:
+    """The frame numbers of a video answer: those the metadata records (``frame_nums`` runs, else
+    ``0 … annotations-1``), plus any frame that has rows but is not recorded (never a person dropped)."""
+    import numpy as np
+
+    if meta.get("no_metadata"):  # the frames with rows are all that is known
+        return np.unique(person_frame)
+    count = meta.get("annotations")
+    runs = meta.get("frame_nums")
+    if runs:
+        try:
+            listed = np.array(expand_frame_runs(runs), dtype=np.int64)
+        except ValueError as e:
+            raise KakaoPoseError(f"not a keypoints table: metadata kakaopose:frame_nums is corrupt ({e})") from e
+        if count is not None and len(listed) != count:
+            raise KakaoPoseError(
+                f"not a keypoints table: kakaopose:frame_nums gives {len(listed)} frames, "
+                f"kakaopose:annotations says {count}"
+            )
+    else:
+        n_frames = int(count if count is not None else (meta.get("video") or {}).get("frames") or 0)
+        listed = np.arange(n_frames, dtype=np.int64)
+    present = np.unique(person_frame)
+    if len(present) and not np.isin(present, listed, assume_unique=True).all():
+        listed = np.union1d(listed, present)
+    return listed
+
+
+def _meta_from_columns(cols: dict[str, np.ndarray], n: int, job_names: list[str | None]) -> dict[str, Any]:
+    """What the columns tell of a table that lost its ``kakaopose:*`` metadata (a DuckDB or pandas re-export):
+    video or image (``time_s`` / ``job_id`` not null), the ``job_id``, and the fps (``frame_num / time_s``).
+    The frames are those with rows; ``categories``, ``info`` and the video's size and frame count are unknown.
+    """
+    import numpy as np
+
+    if not n:
+        raise KakaoPoseError(
+            "the table has no kakaopose:* metadata (re-exported without it?) and no rows: "
+            "it cannot tell an image from a video; read the file written by write_parquet with read_keypoints"
+        )
+    time_s = cols.pop("time_s", None)
+    job = cols.pop("job_id", None)  # codes into job_names, -1 for null
+    timed = ~np.isnan(time_s) if time_s is not None else np.zeros(n, dtype=bool)
+    has_job = job >= 0 if job is not None else np.zeros(n, dtype=bool)
+    frame = cols["frame_num"].astype(np.float64)
+    if not (timed.any() or has_job.any() or (frame != 0).any()):  # images: frame 0, no time, no job
+        return {"kind": "image"}
+    if time_s is not None and not timed.all():
+        raise KakaoPoseError("the table has no kakaopose:* metadata and mixes image rows (time_s null) with video rows")
+    if has_job.any() and not has_job.all():
+        raise KakaoPoseError("a video table holds one video, this one has rows with and without a job_id")
+    job_ids = [job_names[c] for c in np.unique(job[has_job]).tolist()] if job is not None else []
+    if len(job_ids) > 1:
+        raise KakaoPoseError(f"a video table holds one video, this one has rows of {len(job_ids)} job_ids")
+    fps = None
+    usable = timed & (frame > 0) & (time_s > 0) if time_s is not None else timed
+    if usable.any():
+        estimates = frame[usable] / time_s[usable]
+        fps = float(f"{float(np.median(estimates)):.12g}")
+        if not np.allclose(frame[timed] / fps, time_s[timed], rtol=1e-9, atol=1e-9):
+            raise KakaoPoseError("the table has no kakaopose:* metadata and its time_s is not frame_num / fps")
+    return {
+        "kind": "video",
+        "job_id": job_ids[0] if job_ids else None,
+        "video": {"fps": fps, "frames": None, "height": None, "width": None},
+        "annotations": None,
+        "frame_nums": None,
+        "categories": None,
+        "info": None,
+        "no_metadata": True,
+    }
+
+
+def _person_blocks(frame: np.ndarray, person: np.ndarray, kp_id: np.ndarray, src: np.ndarray) -> tuple[bool, bool]:
+    """``(blocks, increasing)``: the rows are blocks of 17 (keypoints 1..17, one source, frame and person
+    each), and the rows increase in (source, frame_num, person_idx, keypoint_id)."""
+    import numpy as np
+
+    n = len(frame)
+    if not n:
+        return True, True
+    n_p = n // _N_KP
+    blocks = not (
+        (kp_id.reshape(n_p, _N_KP) != np.arange(1, _N_KP + 1)).any()
+        or (person.reshape(n_p, _N_KP) != person[::_N_KP, None]).any()
+        or (frame.reshape(n_p, _N_KP) != frame[::_N_KP, None]).any()
+        or (src.reshape(n_p, _N_KP) != src[::_N_KP, None]).any()
+    )
+    key = (frame << 24) | (person << 5) | kp_id
+    up = np.diff(key) > 0
+    ds = np.diff(src)
+    increasing = bool(((ds > 0) | ((ds == 0) & up)).all())
+    return blocks, increasing
+
+
+def to_coco(
+    table: pa.Table | pd.DataFrame,
+    *,
+    decimals: int | None = 4,
+    source: str | None = None,
+    by_source: bool = False,
+) -> list[dict] | dict:
     """Rebuild the service's COCO-shaped answer from a keypoints table (or :func:`read_keypoints` frame).
 
-    For an image table: the list of persons. For a video table: the job answer (``annotations`` for every
-    frame, including empty ones, then ``categories``, ``info``, ``job_id``, ``status``, ``video``).
-    Undetected keypoints (null x/y) come back as ``0.0, 0.0, 0.0``.
+    For an image table: the list of persons. A batch table of several images (``KakaoPoseImageOperator``'s)
+    gives all their persons in one list, image by image in table order (person_idx order within each);
+    ``source=`` gives one image's answer, ``by_source=True`` a dict ``{source: persons}`` of every image,
+    ``[]`` for an image listed in ``kakaopose:sources`` that had nobody. For a video table: the job answer
+    (``annotations`` for every frame, including empty ones, then ``categories``, ``info``, ``job_id``,
+    ``status``, ``video``). Undetected keypoints (null x/y) come back as ``0.0, 0.0, 0.0``.
+
+    A table without ``kakaopose:*`` metadata (a DuckDB or ``pd.read_parquet`` re-export) is rebuilt from its
+    columns: a video when ``time_s``/``job_id`` are set (``job_id`` and ``fps`` from the columns, only the
+    frames that have rows, ``categories``/``info``/size null), else the list of persons; see docs/tables.md.
 
     :param decimals: round the float32 columns to this many decimals (the API sends at most 4), or ``None``.
+    :param source: only the rows of this source (an image of a batch; for a video table, its own source).
+    :param by_source: image tables: return ``{source: list of persons}`` (sources in ``kakaopose:sources``
+        order, then any other in table order).
     :raises KakaoPoseError: the table is not a keypoints table (missing columns, a person without its 17
-        keypoints).
+        keypoints), a video table holds several sources, ``source`` is not in the table, or a table without
+        metadata cannot be told apart (no rows, image and video rows mixed, several job ids).
     """
     import numpy as np
 
     try:
-        cols, meta = _columns(table)
+        cols, meta, src, names = _columns(table)
     except (KeyError, AttributeError) as e:
         raise KakaoPoseError(f"not a keypoints table: {e}") from e
     n = len(cols["frame_num"])
     if n % _N_KP:
         raise KakaoPoseError(f"not a keypoints table: {n} rows is not a multiple of {_N_KP}")
+    listed = [s for s in (meta.get("sources") or []) if isinstance(s, str)]
+    if meta.get("source") is not None:
+        listed.append(meta["source"])
+    if source is not None:
+        if source not in names and source not in listed:
+            raise KakaoPoseError(f"source {source!r} is not in the table (it has {names[:5]!r:.200})")
+        keep = src == (names.index(source) if source in names else -1)
+        if not keep.all():
+            cols = {k: v[keep] for k, v in cols.items()}
+            n = len(cols["frame_num"])
+        src, names = np.zeros(n, dtype=np.int64), [source]
+    if "kind" not in meta:  # the metadata was lost (a re-export): what the columns tell
+        meta = _meta_from_columns(cols, n, meta.pop("_job_names", []))
+    kind = meta.get("kind") or ("video" if meta.get("video") else "image")
+    if source is not None and kind == "video" and meta.get("source") not in (None, source):
+        raise KakaoPoseError(f"source {source!r}: this video table's metadata is of {meta['source']!r}")
+    if kind == "video":
+        if by_source:
+            raise KakaoPoseError("by_source is for image tables; a video table is one answer")
+        if len(names) > 1:
+            raise KakaoPoseError(
+                f"a video table holds one video, this one has rows of {len(names)} sources "
+                f"({', '.join(map(repr, names[:3]))}{', …' if len(names) > 3 else ''}): pass source= to pick one"
+            )
     frame = cols["frame_num"].astype(np.int64)
     person = cols["person_idx"].astype(np.int64)
     kp_id = cols["keypoint_id"].astype(np.int64)
-    key = (frame << 24) | (person << 5) | kp_id
-    if n and not (np.diff(key) > 0).all():
-        order = np.argsort(key, kind="stable")
-        key = key[order]
-        cols = {k: v[order] for k, v in cols.items()}
-        frame, person, kp_id = frame[order], person[order], kp_id[order]
+    blocks, increasing = _person_blocks(frame, person, kp_id, src)
+    if not (blocks and increasing):
+        sort_key = (frame << 24) | (person << 5) | kp_id
+        order = np.argsort(sort_key, kind="stable") if len(names) <= 1 else np.lexsort((sort_key, src))
+        s_frame, s_person, s_kp, s_src = frame[order], person[order], kp_id[order], src[order]
+        if all(_person_blocks(s_frame, s_person, s_kp, s_src)):
+            cols = {k: v[order] for k, v in cols.items()}
+            frame, person, kp_id, src = s_frame, s_person, s_kp, s_src
+        elif not (blocks and kind == "image"):  # image blocks in table order (one image twice) are kept as is
+            raise KakaoPoseError("not a keypoints table: every person needs exactly keypoints 1..17 once")
     n_p = n // _N_KP
-    if n and (
-        (kp_id.reshape(n_p, _N_KP) != np.arange(1, _N_KP + 1)).any()
-        or (np.diff(key) <= 0).any()
-        or (person.reshape(n_p, _N_KP) != person[::_N_KP, None]).any()
-        or (frame.reshape(n_p, _N_KP) != frame[::_N_KP, None]).any()
-    ):
-        raise KakaoPoseError("not a keypoints table: every person needs exactly keypoints 1..17 once")
 
     def rnd(a: np.ndarray) -> np.ndarray:
         a = a.astype(np.float64)
@@ -1190,15 +1494,22 @@ def to_coco(table: pa.Table | pd.DataFrame, *, decimals: int | None = 4) -> list
         {"area": a, "bbox": b, "category_id": 1, "keypoints": k, "score": s}
         for a, b, k, s in zip(area, bbox, kps, score, strict=True)
     ]
-    if meta.get("kind", "video" if meta.get("video") else "image") == "image":
-        return persons
+    if kind == "image":
+        if not by_source:
+            return persons
+        out: dict[str | None, list[dict]] = {s: [] for s in listed}
+        for name in names:
+            out.setdefault(name, [])
+        for p, code in zip(persons, src[first].tolist(), strict=True):
+            out[names[code]].append(p)
+        return out
     person_frame = frame[first]
-    count = meta.get("annotations")
-    n_frames = int(count if count is not None else (meta.get("video") or {}).get("frames") or 0)
-    if n_p:
-        n_frames = max(n_frames, int(person_frame[-1]) + 1)
-    bounds = np.searchsorted(person_frame, np.arange(n_frames + 1), side="left").tolist()
-    annotations = [{"frame_num": f, "objects": persons[bounds[f] : bounds[f + 1]]} for f in range(n_frames)]
+    frame_nums = _answer_frames(meta, person_frame)
+    lo = np.searchsorted(person_frame, frame_nums, side="left").tolist()
+    hi = np.searchsorted(person_frame, frame_nums, side="right").tolist()
+    annotations = [
+        {"frame_num": f, "objects": persons[a:b]} for f, a, b in zip(frame_nums.tolist(), lo, hi, strict=True)
+    ]
     return {
         "annotations": annotations,
         "categories": meta.get("categories"),

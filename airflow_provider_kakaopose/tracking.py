@@ -314,11 +314,15 @@ class _People:
         self.bx, self.by, self.bw, self.bh = box
         self.frame = seg_frame
         self.is_video = is_video
+        # The largest gap that can link anything: a gap of g frames joins frames g + 1 apart, so no gap reaches
+        # past the frame span of the table (a huge max_gap, meaning "never drop an id", costs nothing more).
+        frame_range = int(seg_frame.max() - seg_frame.min()) if n_seg else 0
+        self.max_gap = min(max_gap, max(frame_range - 1, 0))
         # A frame axis over all videos, with a spacer so that no link crosses from one video to the next.
         if n_seg:
             gstart = np.flatnonzero(np.append(True, seg_group[1:] != seg_group[:-1]))
             gcode = np.repeat(np.arange(len(gstart)), np.diff(np.append(gstart, n_seg)))
-            span = int(seg_frame.max() - seg_frame.min()) + max_gap + 2
+            span = frame_range + self.max_gap + 2
             self.gframe = seg_frame - seg_frame.min() + gcode * span
         else:
             gcode = self.gframe = np.zeros(0, dtype=np.int64)
@@ -678,6 +682,25 @@ def _link_pass(
         succ[linked_prev] = linked_cur
 
 
+def _next_gap(p: _People, ends: np.ndarray, starts: np.ndarray, gap: int) -> int | None:
+    """The smallest gap ``>= gap`` at which some track end (``ends``) has a start (``starts``) to link to,
+    i.e. a start ``gap + 1`` frames after it on the frame axis; ``None`` when there is none.
+
+    ``ends`` and ``starts`` are ascending detection indices, so their frames (``gframe``) are sorted.
+    """
+    import numpy as np
+
+    if not len(ends) or not len(starts):
+        return None
+    e_frames = p.gframe[ends]
+    s_frames = p.gframe[starts]
+    pos = np.searchsorted(s_frames, e_frames + (gap + 1), side="left")
+    ok = pos < len(s_frames)
+    if not ok.any():
+        return None
+    return int((s_frames[pos[ok]] - e_frames[ok]).min()) - 1
+
+
 def _track_ids(
     p: _People, max_gap: int, min_iou: float, max_distance: float, pool: Executor | None = None
 ) -> np.ndarray:
@@ -699,15 +722,20 @@ def _track_ids(
             succ[video] = -1
         _link_pass(p, pred, succ, 0, velocity=(vx, vy) if moving else None, use_keypoints=True, **opts)
     # 3. the cascade over gaps: people missing for 1, 2, ... max_gap frames, most recent first, predicted
-    #    with the velocity at the end of their frame-to-frame track.
+    #    with the velocity at the end of their frame-to-frame track. Gaps at which no unlinked track end has
+    #    an unlinked start to reach are skipped (their pass would link nothing), and the cascade stops when
+    #    no such gap is left: a huge max_gap ("never drop an id") costs no more than the video's frame span.
+    max_gap = min(max_gap, p.max_gap)
     if max_gap:
         ends = video[succ[video] == -1]  # only track ends are linked across gaps
         vx[ends], vy[ends] = _velocity(p, pred, ends)
         starts = np.flatnonzero(pred == -1)
-        for gap in range(1, max_gap + 1):
+        gap = _next_gap(p, ends, starts, 1)
+        while gap is not None and gap <= max_gap:
             cands = (ends, starts)
             _link_pass(p, pred, succ, gap, velocity=(vx, vy), use_keypoints=False, candidates=cands, **opts)
             ends, starts = ends[succ[ends] == -1], starts[pred[starts] == -1]  # the still unlinked
+            gap = _next_gap(p, ends, starts, gap + 1)
     # Tracks are the chains of links: find each detection's first detection by pointer jumping.
     all_dets = np.arange(n)
     root = np.where(pred < 0, all_dets, pred)
@@ -749,7 +777,8 @@ def assign_tracks(
 
     :param table: a keypoints table (:func:`~airflow_provider_kakaopose.tables.keypoints_table`), possibly
         holding several videos and images. Rows keep their order; an existing ``track_id`` column is replaced.
-    :param max_gap: the most frames a person may be missing and still keep their id (0: no re-linking).
+    :param max_gap: the most frames a person may be missing and still keep their id (0: no re-linking). Any
+        value above the video's frame span acts, and costs, like the frame span (``10**9``: never drop an id).
     :param min_iou: the least overlap between a person's predicted box and a box of the next frame for a
         frame-to-frame link.
     :param max_distance: the largest mean keypoint distance for a link, in box scales

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -152,6 +153,106 @@ def test_image_table_canvas_fits_keypoints_and_boxes():
     assert draw_frame(keypoints_table([])).size == (640, 480)
 
 
+OUTLIER_SCRIPT = r"""
+import json, resource, sys, time
+resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))  # 2 GB: the old canvas hit MemoryError here fast
+sys.path.insert(0, sys.argv[1])
+from test_render import FIGURE, person, video
+from PIL import Image
+from airflow_provider_kakaopose import render
+from airflow_provider_kakaopose.render import PALETTE, contact_sheet, draw_frame
+from airflow_provider_kakaopose.tables import keypoints_table
+
+out = {}
+def timed(name, make):
+    t0 = time.perf_counter()
+    try:
+        img = make()
+    except Exception as e:  # recorded: the parent shows every failure at once
+        out[name] = {"error": f"{type(e).__name__}: {e}"[:300], "s": time.perf_counter() - t0}
+        return None
+    out[name] = {"size": list(img.size), "s": time.perf_counter() - t0, "colours": len(img.getcolors(1 << 16) or [])}
+    return img
+
+far = person()
+far["keypoints"][0:2] = [1e7, 1e7]  # the nose, 10 million px away: the canvas used to hold it
+img = timed("outlier", lambda: draw_frame(keypoints_table([far]), boxes=True, labels=True))
+huge = person()
+huge["keypoints"][3:5] = [3e38, 3e38]  # near float32's largest
+timed("float32 max", lambda: draw_frame(keypoints_table([huge, person(dx=200)]), labels=True))
+flipped = person()
+flipped["bbox"] = [150, 295, -100, -270]  # a negative size: validation accepts it
+img = timed("negative bbox", lambda: draw_frame(keypoints_table([flipped]), boxes=True, line_width=4))
+if img is not None:
+    out["negative bbox"]["edge"] = list(img.getpixel((50, 160)))  # left edge of the box from 50 to 150
+bg = Image.new("RGB", (640, 480), (9, 9, 9))
+wide = person()
+wide["keypoints"][0:2] = [1e9, 5e8]
+wide["bbox"] = [50, 25, 1e9, 1e9]
+timed("1-px lines to 1e9 px", lambda: draw_frame(keypoints_table([wide]), background=bg, boxes=True, line_width=1))
+label = person()
+label["bbox"] = [1e30, 1e30, 10, 10]
+timed("label at 1e30", lambda: draw_frame(keypoints_table([label]), background=bg, boxes=True, labels=True))
+tall = person()
+tall["keypoints"][-3:-1] = [76, 1e7]  # right ankle (x, y), far below
+timed("sheet", lambda: contact_sheet(keypoints_table([tall]), thumb_width=320))
+timed("video 1e7 wide", lambda: draw_frame(video([[person()]], width=10**7, height=10**6)))
+try:
+    out["big size"] = list(draw_frame(keypoints_table([person()]), size=(10**5, 10)).size)
+except Exception as e:
+    out["big size"] = f"{type(e).__name__}: {e}"
+out["max"] = getattr(render, "MAX_CANVAS_SIDE", None)
+out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps(out))
+"""
+
+
+def test_outliers_cannot_exhaust_memory_or_crash(tmp_path):
+    """One keypoint at (1e7, 1e7) used to size the canvas to hold it (OOM-killed at 15 GB); a negative bbox size
+    crashed Pillow. Run under a 2 GB address-space limit, so the old behaviour fails fast (MemoryError)."""
+    script = tmp_path / "outliers.py"
+    script.write_text(OUTLIER_SCRIPT)
+    tests = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(tests)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(script), tests], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    failed = {k: v["error"] for k, v in out.items() if isinstance(v, dict) and "error" in v}
+    assert not failed, failed
+    side = out["max"]
+    assert side == render.MAX_CANVAS_SIDE == 4096
+    for name in ("outlier", "float32 max", "video 1e7 wide"):
+        assert max(out[name]["size"]) <= side, (name, out[name])
+    assert out["sheet"]["size"] == [320 + 2 * 4, side + 20 + 2 * 4]  # a cell of at most the limit, label, gaps
+    assert out["outlier"]["size"] == [side, side]  # scaled down to the limit, aspect kept
+    assert out["outlier"]["colours"] > 1  # the person is still drawn (small, in a corner)
+    assert out["video 1e7 wide"]["size"] == [side, round(side / 10)]
+    assert out["negative bbox"]["size"] == [158, 303]  # the box's corners: (150, 295) and (50, 25)
+    assert out["negative bbox"]["edge"] == list(PALETTE[0])  # drawn between its corners
+    for name in ("1-px lines to 1e9 px", "label at 1e30"):
+        assert out[name]["size"] == [640, 480] and out[name]["s"] < 2.0, (name, out[name])
+    assert "ValueError: size must be at most 4096 px a side" in out["big size"]
+    assert out["rss_mb"] < 1024
+
+
+def test_clipping_keeps_what_is_on_the_canvas():
+    """A limb to a far-away keypoint is drawn up to the canvas edge, in its direction; the rest is unchanged."""
+    far = person()
+    # left ankle: 45 degrees down-right of the knee, 10 million px away (exact in float32)
+    far["keypoints"][15 * 3 : 15 * 3 + 2] = [122 + 1e7, 230 + 1e7]
+    table = keypoints_table([far])
+    bg = Image.new("RGB", (480, 400), BLANK_COLOR)
+    img = np.asarray(draw_frame(table, background=bg, **PLAIN))
+    near = person()
+    near["keypoints"][15 * 3 : 15 * 3 + 2] = [122 + 1000, 230 + 1000]  # the same limb, 1000 px long
+    ref = np.asarray(draw_frame(keypoints_table([near]), background=bg, **PLAIN))
+    assert np.array_equal(img, ref)  # clipped to the canvas: the same picture
+    assert px(Image.fromarray(img), (122 + 160, 230 + 160)) == PALETTE[0]  # the limb, on its way off the canvas
+    with pytest.raises(ValueError, match="at most 4096"):
+        contact_sheet(table, thumb_width=5000)
+
+
 def test_colours_follow_track_id_across_frames():
     # frame 0: person 0 = track 7, person 1 = track 2; frame 1: the order in the answer swapped
     frames = [[person(), person(dx=200)], [person(dx=200, dy=5), person(dy=5)]]
@@ -295,6 +396,33 @@ def test_contact_sheet_evenly_spaces_frames(monkeypatch):
     drawn.clear()
     contact_sheet(table, thumb_width=20)
     assert len(drawn) == 12 and drawn[0] == 0 and drawn[-1] == 100
+
+
+def test_sheet_and_animation_show_the_answers_frames_only(monkeypatch):
+    """A video answer with frames 0, 5, 10 (the metadata records them): three cells, not eleven."""
+    answer = {
+        "annotations": [{"frame_num": f, "objects": objs} for f, objs in ((0, [person()]), (5, []), (10, [person()]))],
+        "categories": [{"id": 1}],
+        "info": {},
+        "job_id": "job-1",
+        "status": "success",
+        "video": {"fps": 10, "frames": 11, "width": 480, "height": 360},
+    }
+    table = keypoints_table(answer, source="v.mp4")
+    drawn = []
+    real = render._render
+
+    def spy(poses, source, frame_num, **kw):
+        drawn.append(frame_num)
+        return real(poses, source, frame_num, **kw)
+
+    monkeypatch.setattr(render, "_render", spy)
+    contact_sheet(table, thumb_width=40)
+    assert drawn == [0, 5, 10]
+    drawn.clear()
+    buf = io.BytesIO()
+    assert animate(table, buf) == 3 and drawn == [0, 5, 10]
+    assert gif_frames(buf.getvalue())[1] == [500, 500, 100]  # 5 video frames at 10 fps, then the last one
 
 
 # --------------------------------------------------------------------------------------------- animation

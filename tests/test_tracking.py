@@ -311,6 +311,47 @@ def test_several_videos_in_one_table():
     assert sorted(set(expected[1])) == [0, 1]
 
 
+@pytest.mark.timeout(20)
+def test_a_huge_max_gap_costs_no_more_than_the_video():
+    """max_gap=10**9 ("never drop an id") on a 4-frame video: gaps past the frame span link nothing, so the
+    cascade stops there (it used to run a pass per gap: over 10 minutes); the ids are those of max_gap=10."""
+    a = line((200, 300), (5, 0), 4)
+    b = line((900, 300), (-5, 0), 4)
+    b[1:3] = np.nan  # missing 2 frames, then back
+    table = keypoints_table(video({0: a, 1: b}, {0: 300, 1: 300})[0])
+    expected = assign_tracks(table, max_gap=10)
+    for huge in (100_000, 10**9, 10**18):
+        out = assign_tracks(table, max_gap=huge)
+        assert out.column("track_id").equals(expected.column("track_id"))
+        assert json.loads(out.schema.metadata[b"kakaopose:tracking"])["max_gap"] == huge
+    assert len(set(expected.column("track_id").to_pylist())) == 2  # the missing person kept their id
+    # several videos in one table (a spacer of max_gap frames between them used to overflow int64)
+    several = pa.concat_tables([keypoints_table(small_answer(f"job-{s}", seed=s)) for s in range(12)])
+    assert (
+        assign_tracks(several, max_gap=10**18)
+        .column("track_id")
+        .equals(assign_tracks(several, max_gap=10).column("track_id"))
+    )
+
+
+def test_skipping_gaps_that_link_nothing_changes_no_id(monkeypatch):
+    """The cascade jumps over gaps at which no track end has a start to reach: the same ids as a pass per gap."""
+    from airflow_provider_kakaopose import tracking
+
+    a = line((200, 360), (3, 0), 100)
+    a[40:60] = np.nan
+    gappy = keypoints_table(video({0: a, 1: line((1000, 300), (-1, 0), 100)}, {0: 200, 1: 200}, seed=5)[0])
+    tables = [*contested_tables(), keypoints_table(crowd(8, 60, seed=4)[0]), gappy]
+    skipping = [[assign_tracks(t, max_gap=g).column("track_id") for g in (3, 25, 1000)] for t in tables]
+
+    def every_gap(p, ends, starts, gap):
+        return gap if len(ends) and len(starts) else None
+
+    monkeypatch.setattr(tracking, "_next_gap", every_gap)
+    for t, expected in zip(tables, skipping, strict=True):
+        assert [assign_tracks(t, max_gap=g).column("track_id") for g in (3, 25, 1000)] == expected
+
+
 def test_bad_arguments():
     table = keypoints_table(small_answer(frames=2))
     with pytest.raises(ValueError, match="max_gap"):
