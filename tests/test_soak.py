@@ -338,7 +338,8 @@ def test_soak_video_jobs_end_in_parquet_or_the_right_error(emulator, soak_conn, 
         expected, attempts = predict(subs, what, submit=True)
         record = video["ctx"]["task_state_store"].get(JOB_STATE_KEY)
         # A submission given up on because it may have made a job is counted in the task's record.
-        assert record["unknown_submissions"] == (subs[-1].fault in UNSURE), (what, record)
+        unknown = subs[-1].fault in UNSURE or subs[-1].fault == "malformed"  # an unreadable 2xx: a job may exist
+        assert record["unknown_submissions"] == unknown, (what, record)
         job_id = video["ctx"]["ti"].xcom.get("job_id")
         if expected is None:  # submitted: follow the job
             created += 1
