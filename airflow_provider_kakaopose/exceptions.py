@@ -9,9 +9,9 @@ error message ever contains the API key or request headers.
 
 from __future__ import annotations
 
-try:  # Airflow 3: the Task SDK's exception; absent in a notebook without Airflow.
-    from airflow.sdk.exceptions import AirflowException as _Base
-except ImportError:  # pragma: no cover - exercised only without Airflow
+try:  # Airflow's AirflowException on every version (2.11: airflow.exceptions, 3.x: the Task SDK's)
+    from airflow_provider_kakaopose._compat import AirflowException as _Base
+except ImportError:  # pragma: no cover - exercised only without Airflow (a notebook reading tables)
     _Base = Exception  # type: ignore[assignment,misc]
 
 

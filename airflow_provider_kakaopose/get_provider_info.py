@@ -50,6 +50,14 @@ CONN_FIELDS: dict[str, dict[str, Any]] = {
 }
 
 
+#: How the standard connection form is relabelled (provider-info spelling; the hook's method uses underscores).
+UI_FIELD_BEHAVIOUR: dict[str, Any] = {
+    "hidden-fields": ["schema", "login", "port", "extra"],
+    "relabeling": {"password": "REST API key", "host": "API base URL"},
+    "placeholders": {"host": DEFAULT_BASE_URL, "password": "REST API key from Kakao Developers"},
+}
+
+
 def get_provider_info() -> dict[str, Any]:
     """Return the provider description Airflow uses to register connection types, hooks and operators."""
     return {
@@ -95,14 +103,7 @@ def get_provider_info() -> dict[str, Any]:
                 "hook-class-name": "airflow_provider_kakaopose.hooks.pose.KakaoPoseHook",
                 "hook-name": "Kakao Brain Pose",
                 "conn-fields": CONN_FIELDS,
-                "ui-field-behaviour": {
-                    "hidden-fields": ["schema", "login", "port", "extra"],
-                    "relabeling": {"password": "REST API key", "host": "API base URL"},
-                    "placeholders": {
-                        "host": DEFAULT_BASE_URL,
-                        "password": "REST API key from Kakao Developers",
-                    },
-                },
+                "ui-field-behaviour": UI_FIELD_BEHAVIOUR,
             }
         ],
     }

@@ -54,6 +54,7 @@ __all__ = [
     "keypoints_reader",
     "keypoints_schema",
     "keypoints_table",
+    "read_bytes_if_exists",
     "read_keypoints",
     "read_metadata_if_exists",
     "read_table_if_exists",
@@ -977,7 +978,9 @@ def _resolve(uri: Any) -> tuple[Any, str]:
     if len(parts.scheme) <= 1:  # no scheme, or a Windows drive letter
         return None, text
     if parts.scheme != "file" and "@" in parts.netloc:
-        from airflow.sdk import ObjectStoragePath  # conn_id@bucket syntax: resolve the Airflow connection
+        from airflow_provider_kakaopose._compat import (
+            ObjectStoragePath,  # conn_id@bucket syntax: resolve the Airflow connection
+        )
 
         p = ObjectStoragePath(text)
         return p.fs, str(p.path)
@@ -1152,6 +1155,18 @@ def _exists(uri: Any) -> bool:
 def read_table_if_exists(uri: str | os.PathLike | Any) -> pa.Table | None:
     """The Parquet table at ``uri`` (any storage), or ``None`` when there is no file there yet."""
     return _read_table(uri) if _exists(uri) else None
+
+
+def read_bytes_if_exists(uri: str | os.PathLike | Any) -> bytes | None:
+    """The whole file at ``uri`` (any storage :func:`write_atomically` accepts), or ``None`` if absent."""
+    if not _exists(uri):
+        return None
+    fs, path = _resolve(uri)
+    if _is_local(fs):
+        with open(os.path.abspath(os.path.expanduser(path)), "rb") as f:
+            return f.read()
+    with fs.open(path, "rb") as f:
+        return f.read()
 
 
 def read_metadata_if_exists(uri: str | os.PathLike | Any) -> dict[bytes, bytes] | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pendulum
 from _common import OUTPUT_ROOT, POSE_VIDEO_ASSET_URI
-from airflow.sdk import DAG, Asset, task
+from airflow.providers.common.compat.sdk import DAG, Asset, task
 
 with DAG(
     dag_id="kakao_pose_asset_consumer",

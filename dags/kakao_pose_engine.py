@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pendulum
 from _common import ENGINE_CONN_ID, ENGINE_SAMPLES, OUTPUT_ROOT, POLL_INTERVAL, RUN_DIR
-from airflow.sdk import DAG
+from airflow.providers.common.compat.sdk import DAG
 
 from airflow_provider_kakaopose.operators.pose import KakaoPoseImageOperator, KakaoPoseVideoOperator
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pendulum
 from _common import IMAGES, OUTPUT_ROOT, RUN_DIR
-from airflow.sdk import DAG
+from airflow.providers.common.compat.sdk import DAG
 
 from airflow_provider_kakaopose.operators.pose import KakaoPoseImageOperator
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pendulum
 from _common import OUTPUT_ROOT, POLL_INTERVAL, RUN_DIR, VIDEOS
-from airflow.sdk import DAG
+from airflow.providers.common.compat.sdk import DAG
 
 from airflow_provider_kakaopose.operators.pose import KakaoPoseVideoOperator
 

@@ -21,6 +21,7 @@ from airflow_provider_kakaopose.exceptions import (
     KakaoPoseResponseError,
     KakaoPoseServerError,
 )
+from airflow_provider_kakaopose.get_provider_info import CONN_FIELDS
 from airflow_provider_kakaopose.hooks.pose import KakaoPoseAsyncHook, KakaoPoseHook
 from airflow_provider_kakaopose.validation import Limits
 
@@ -450,11 +451,64 @@ def test_provider_is_registered_with_airflow():
     pm = ProvidersManager()
     assert "airflow-provider-kakaopose" in pm.providers
     assert pm.providers["airflow-provider-kakaopose"].data["connection-types"][0]["connection-type"] == "kakao_pose"
-    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
+    try:  # Airflow 3.3: tasks look hooks up through the Task SDK's own providers manager
+        from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
 
-    hook_info = ProvidersManagerTaskRuntime().hooks["kakao_pose"]
+        hooks = ProvidersManagerTaskRuntime().hooks
+    except ImportError:
+        hooks = pm.hooks
+    hook_info = hooks["kakao_pose"]
     assert hook_info.hook_class_name == "airflow_provider_kakaopose.hooks.pose.KakaoPoseHook"
     assert hook_info.connection_id_attribute_name == "kakao_pose_conn_id"
+    assert hook_info.connection_testable
+
+
+EXTRAS = sorted(CONN_FIELDS)
+
+
+_FORM_PROBE = """
+import json, importlib.util
+wtforms = importlib.util.find_spec("wtforms") is not None  # before the UI code mocks it
+from airflow_provider_kakaopose._compat import AIRFLOW_V_3_0_PLUS
+if AIRFLOW_V_3_0_PLUS:
+    from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService
+    [meta] = [m.model_dump() for m in HookMetaService.hook_meta_data() if m.connection_type == "kakao_pose"]
+    extras = sorted(meta["extra_fields"] or {})
+    standard = meta["standard_fields"] or {}
+    password = (standard.get("password") or {}).get("title")
+    login_hidden = (standard.get("login") or {}).get("hidden")
+else:
+    from airflow.providers_manager import ProvidersManager
+    pm = ProvidersManager()
+    extras = sorted(k.removeprefix("extra__kakao_pose__") for k in pm.connection_form_widgets if "kakao" in k)
+    behaviour = pm.field_behaviours.get("kakao_pose") or {}
+    password = behaviour.get("relabeling", {}).get("password")
+    login_hidden = "login" in behaviour.get("hidden_fields", [])
+print(json.dumps({"extras": extras, "password": password, "login_hidden": login_hidden, "wtforms": wtforms}))
+"""
+
+
+def test_the_connection_form_on_this_airflow():
+    """What the UI's connection form shows for ``kakao_pose`` on the Airflow under test, asked the way the UI
+    asks, in a fresh process: the extras as their own fields, the password relabelled "REST API key", login
+    hidden (2.11: FAB's form; 3.x: the UI's hook metadata, from conn-fields on 3.2+ and from the hook's own
+    methods on 3.0/3.1)."""
+    import subprocess
+    import sys
+
+    from airflow_provider_kakaopose._compat import AIRFLOW_V_3_0_PLUS, AIRFLOW_V_3_1_PLUS
+
+    out = subprocess.run([sys.executable, "-c", _FORM_PROBE], capture_output=True, text=True, timeout=120)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    assert lines, out.stderr[-3000:]
+    form = json.loads(lines[-1])
+    if AIRFLOW_V_3_0_PLUS and not AIRFLOW_V_3_1_PLUS and not form["wtforms"]:
+        # Airflow 3.0's UI builds custom fields only through WTForms (the FAB provider): without it no
+        # provider gets them and the JSON "Extra" field stays (docs/installation.md, "What differs").
+        assert form == {"extras": [], "password": None, "login_hidden": None, "wtforms": False}
+        return
+    assert form["extras"] == EXTRAS
+    assert form["password"] == "REST API key" and form["login_hidden"] is True
 
 
 # --------------------------------------------------------------------------------------------- async
@@ -511,14 +565,24 @@ async def test_async_hook_honours_rate_limit(emulator, make_conn):
 
 
 async def test_async_connection_lookup_does_not_block_the_loop(emulator, make_conn, monkeypatch):
-    """The connection is fetched through Airflow's async API, never the blocking one."""
-    from airflow.sdk import BaseHook
+    """The connection is fetched without a blocking call on the event loop: Airflow's async API where it has
+    one that masks secrets asynchronously (3.3.2+), else the sync lookup in a worker thread (common-compat's
+    ``get_async_connection``)."""
+    from airflow_provider_kakaopose._compat import BaseHook
 
-    def forbidden(*args, **kwargs):
-        raise AssertionError("blocking get_connection called from the event loop")
+    loop_thread = threading.current_thread()
+    original = BaseHook.get_connection.__func__
+    callers: list[threading.Thread] = []
 
-    monkeypatch.setattr(BaseHook, "get_connection", classmethod(forbidden))
+    def guarded(cls, *args, **kwargs):
+        callers.append(threading.current_thread())
+        if threading.current_thread() is loop_thread:
+            raise AssertionError("blocking get_connection called on the event loop's thread")
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(BaseHook, "get_connection", classmethod(guarded))
     assert (await KakaoPoseAsyncHook(make_conn()).get_job("nope"))["status"] == "not found"
+    assert loop_thread not in callers
 
 
 def test_malformed_answer_carries_attempts_and_status(emulator, make_conn):

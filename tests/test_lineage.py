@@ -97,8 +97,11 @@ with PoseEmulator(api_key=os.environ["KEY"], seed=1, job_waiting_s=0.2, job_proc
     )
     initdb()
     sys.path.insert(0, os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+    sys.path.insert(0, os.environ["KAKAO_POSE_TESTS"])
     import kakao_pose_images, kakao_pose_video
+    from airflow_versions import prepare_dag_test
     for dag in (kakao_pose_images.dag, kakao_pose_video.dag):
+        prepare_dag_test(dag)
         assert dag.test().state == "success", dag.dag_id
 """
 
@@ -111,6 +114,7 @@ def test_openlineage_events_reach_a_real_transport(tmp_path):
     from conftest import API_KEY, DAGS
 
     events_file = tmp_path / "events.jsonl"
+    (tmp_path / "home").mkdir()  # Airflow 3.0 does not create AIRFLOW_HOME for its SQLite file
     env = {
         **os.environ,
         "AIRFLOW_HOME": str(tmp_path / "home"),
@@ -123,6 +127,7 @@ def test_openlineage_events_reach_a_real_transport(tmp_path):
         "KAKAO_POSE_POLL_INTERVAL": "0.2",
         "KAKAO_POSE_DEMO_VIDEOS": "https://example.com/walk.mp4?frames=5",
         "KEY": API_KEY,
+        "KAKAO_POSE_TESTS": os.path.dirname(__file__),
     }
     done = subprocess.run([sys.executable, "-c", OL_SCRIPT], env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]

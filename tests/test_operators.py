@@ -7,9 +7,9 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from airflow.sdk.exceptions import AirflowRescheduleException, AirflowSensorTimeout, TaskDeferred
 from conftest import image_bytes
 
+from airflow_provider_kakaopose._compat import AirflowRescheduleException, AirflowSensorTimeout, TaskDeferred
 from airflow_provider_kakaopose.exceptions import (
     KakaoPoseError,
     KakaoPoseInputError,
@@ -44,6 +44,12 @@ class FakeStore:
 
 
 class FakeTI:
+    """The task instance's identity and XCom, enough for the operators (and Airflow 2.11's reschedule mode,
+    which looks the first try's start up in the metadata DB by these ids)."""
+
+    dag_id, run_id, task_id, map_index = "test_dag", "test_run", "test_task", -1
+    max_tries, try_number = 0, 1
+
     def __init__(self) -> None:
         self.xcom: dict[str, Any] = {}
 
@@ -106,7 +112,7 @@ def test_sensor_poke_mode_times_out(emulator, make_conn):
         sensor.execute(context())
 
 
-def test_sensor_reschedule_mode_gives_the_slot_back(emulator, make_conn):
+def test_sensor_reschedule_mode_gives_the_slot_back(emulator, make_conn, airflow_db):
     conn_id = make_conn()
     job_id = KakaoPoseHook(conn_id).submit_video_job(video_url=VIDEO_URL)
     sensor = KakaoPoseJobSensor(
@@ -183,7 +189,7 @@ def run_trigger(trigger: KakaoPoseJobTrigger) -> dict:
 def sensor_outcome(mode: str, conn_id: str, job_id: str, **kwargs: Any) -> str:
     """Run a ``soft_fail=True`` sensor the way the task runner does in ``mode``; name the outcome: "success",
     "skipped" or the error's class name."""
-    from airflow.sdk.exceptions import AirflowSkipException
+    from airflow_provider_kakaopose._compat import AirflowSkipException
 
     def sensor() -> KakaoPoseJobSensor:
         return KakaoPoseJobSensor(
@@ -215,7 +221,7 @@ def sensor_outcome(mode: str, conn_id: str, job_id: str, **kwargs: Any) -> str:
 
 
 @pytest.mark.parametrize("mode", ["poke", "reschedule", "deferrable"])
-def test_soft_fail_skips_only_on_timeout_in_every_mode(emulator, make_conn, mode):
+def test_soft_fail_skips_only_on_timeout_in_every_mode(emulator, make_conn, mode, airflow_db):
     """``soft_fail`` means "skip if the job is not done in time" in all three modes: a failed or missing
     job, or a polling error, fails the task (deferrable mode used to skip all of them)."""
     conn_id = make_conn(max_retries=0)
@@ -238,7 +244,7 @@ def test_soft_fail_skips_only_on_timeout_in_every_mode(emulator, make_conn, mode
 
 def sensor_outcome_after_first_check(conn_id: str, job_id: str, emulator: Any) -> str:
     """A deferrable soft_fail sensor whose trigger's polling fails for good after it deferred."""
-    from airflow.sdk.exceptions import AirflowSkipException
+    from airflow_provider_kakaopose._compat import AirflowSkipException
 
     def sensor() -> KakaoPoseJobSensor:
         return KakaoPoseJobSensor(
@@ -409,7 +415,7 @@ def test_a_cleared_task_reuses_its_job_only_with_the_same_settings(emulator, mak
 
 @pytest.mark.parametrize("fault", ["slow", "504"])
 def test_a_submission_with_an_unknown_outcome_is_recorded_warned_and_counted(
-    emulator, make_conn, tmp_path, capsys, fault
+    emulator, make_conn, tmp_path, capsys, caplog, fault
 ):
     """A submission cut off after it may have reached the service (read timeout, a gateway's 504) fails the
     try without resending; the record beside the task's state makes the retry warn that a duplicate job may
@@ -429,7 +435,7 @@ def test_a_submission_with_an_unknown_outcome_is_recorded_warned_and_counted(
     summary = KakaoPoseVideoOperator(**op, poll_interval=0.1).execute(ctx)  # the retry
     assert summary["unknown_submissions"] == 1 and ctx["ti"].xcom["unknown_submissions"] == 1
     assert emulator.count(method="POST", path="/pose/job") == 2
-    logged = capsys.readouterr().out  # the task's log
+    logged = capsys.readouterr().out + caplog.text  # the task's log (structlog on Airflow 3, logging on 2)
     assert "1 earlier submission(s) of this task had an unknown outcome" in logged and "billed" in logged
 
 
@@ -447,6 +453,47 @@ def test_a_try_killed_mid_submission_is_counted_by_the_next_try(emulator, make_c
     assert summary["unknown_submissions"] == 1
     record = store.data[JOB_STATE_KEY]
     assert "before its answer was recorded" in record["last_unknown"] and record["pending"] is None
+
+
+def test_without_a_task_state_store_the_job_record_lives_beside_the_output(emulator, make_conn, tmp_path):
+    """Airflow < 3.3 has no task state store: the record goes to ``<stem>.job.json`` beside the table, written
+    before the deferral, so a retry re-attaches there too (one submission), and a record written by another
+    task instance is not taken for this one's."""
+    import json
+
+    conn_id = make_conn()
+    out = tmp_path / "o.parquet"
+
+    def attempt(ti: FakeTI | None = None) -> Any:
+        op = KakaoPoseVideoOperator(
+            task_id="v",
+            video=VIDEO_URL,
+            output_uri=str(out),
+            deferrable=True,
+            poll_interval=0.2,
+            kakao_pose_conn_id=conn_id,
+        )
+        ctx = {"ti": ti or FakeTI()}  # no "task_state_store"
+        try:
+            return op.execute(ctx)
+        except TaskDeferred as deferred:
+            return deferred.trigger
+
+    first = attempt()
+    record = json.loads((tmp_path / "o.job.json").read_text())
+    assert record["job"]["job_id"] == first.job_id and record["pending"] is None
+    assert record["run"] == json.dumps(["test_dag", "test_run", "test_task", -1])
+    second = attempt()  # the retry finds the job still running
+    assert second.job_id == first.job_id and second.end_time == first.end_time
+    assert emulator.count(method="POST", path="/pose/job") == 1
+    wait_done(conn_id, first.job_id)
+    summary = attempt()  # and after it finished: loads it without submitting or deferring
+    assert summary["job_id"] == first.job_id and out.exists()
+    assert emulator.count(method="POST", path="/pose/job") == 1
+    other = FakeTI()
+    other.run_id = "another_run"  # same output path, another run: not its job
+    assert attempt(other).job_id != first.job_id
+    assert emulator.count(method="POST", path="/pose/job") == 2
 
 
 def test_video_operator_waits_in_the_worker_when_not_deferrable(emulator, make_conn, tmp_path):
@@ -600,7 +647,7 @@ def test_job_to_parquet_operator(emulator, make_conn, tmp_path):
 
 
 def test_asset_output_is_declared_as_outlet(tmp_path):
-    from airflow.sdk import Asset
+    from airflow_provider_kakaopose._compat import Asset
 
     asset = Asset(f"file://{tmp_path}/pose.parquet")
     op = KakaoPoseJobToParquetOperator(task_id="l", job_id="j", output_uri=asset)

@@ -28,7 +28,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 import requests
-from conftest import API_KEY
+from conftest import API_KEY, allow_execute_in_this_thread
 from test_operators import FakeStore, context
 
 from airflow_provider_kakaopose.emulator import PoseEmulator
@@ -270,6 +270,7 @@ def test_soak_image_batch_accounts_for_every_input(emulator, soak_conn, logical,
 
 
 def _run(fn) -> tuple[str, Any]:
+    allow_execute_in_this_thread()
     try:
         return "ok", fn()
     except KakaoPoseError as err:

@@ -30,7 +30,7 @@ from airflow_provider_kakaopose.exceptions import (
     KakaoPoseResponseError,
     KakaoPoseServerError,
 )
-from airflow_provider_kakaopose.get_provider_info import CONN_FIELDS, DEFAULT_BASE_URL
+from airflow_provider_kakaopose.get_provider_info import CONN_FIELDS, CONN_TYPE, DEFAULT_BASE_URL
 from airflow_provider_kakaopose.validation import (
     DEFAULT_LIMITS,
     Limits,
@@ -74,15 +74,23 @@ class ConnSettings:
         return {"Authorization": f"KakaoAK {self.api_key}"}
 
     @classmethod
-    def from_connection(cls, conn: Any, log: logging.Logger | None = None) -> ConnSettings:
-        """Build settings from an Airflow Connection; bad values raise naming the field."""
+    def from_connection(
+        cls, conn: Any, log: logging.Logger | None = None, *, extra: Mapping[str, Any] | None = None
+    ) -> ConnSettings:
+        """Build settings from an Airflow Connection; bad values raise naming the field.
+
+        :param extra: the connection's extras when already read (an event loop reads them asynchronously);
+            default ``conn.extra_dejson``. Keys in the old ``extra__kakao_pose__<name>`` form are accepted.
+        """
         conn_id = getattr(conn, "conn_id", "?")
         api_key = (conn.password or "").strip()
         if not api_key:
             raise KakaoPoseAuthError(
                 f"Connection {conn_id!r} has no REST API key: put it in the connection's password field"
             )
-        extra = dict(conn.extra_dejson or {})
+        prefix = f"extra__{CONN_TYPE}__"
+        raw = dict(conn.extra_dejson or {}) if extra is None else dict(extra)
+        extra = {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in raw.items()}
         unknown = sorted(set(extra) - set(CONN_FIELDS) - {"scheme"})
         if unknown and log is not None:
             log.warning("Connection %r: ignoring unknown extra field(s) %s", conn_id, ", ".join(unknown))
@@ -472,11 +480,14 @@ def read_upload(file: str | os.PathLike | bytes | IO[bytes] | Any, kind: str) ->
     if isinstance(file, bytes | bytearray | memoryview):
         data, name = bytes(file), None
     elif hasattr(file, "read_bytes"):  # pathlib.Path, Airflow's ObjectStoragePath (local or remote)
-        if hasattr(file, "exists") and not file.exists():
-            raise KakaoPoseInputError(f"{kind} file {str(file)!r} does not exist")
-        if hasattr(file, "is_dir") and file.is_dir():
-            raise KakaoPoseInputError(f"{kind} file {str(file)!r} is a directory, not a file")
-        data, name = file.read_bytes(), getattr(file, "name", None)
+        try:
+            if hasattr(file, "exists") and not file.exists():
+                raise KakaoPoseInputError(f"{kind} file {str(file)!r} does not exist")
+            if hasattr(file, "is_dir") and file.is_dir():
+                raise KakaoPoseInputError(f"{kind} file {str(file)!r} is a directory, not a file")
+            data, name = file.read_bytes(), getattr(file, "name", None)
+        except (ValueError, ImportError) as err:  # no filesystem for the scheme, its package not installed
+            raise KakaoPoseInputError(f"Cannot read {kind} file {str(file)!r}: {err}") from None
     elif isinstance(file, str | os.PathLike):
         path = os.fspath(file)
         if not os.path.exists(path):

@@ -17,10 +17,10 @@ from typing import IO, Any
 
 import requests
 import urllib3
-from airflow.sdk import BaseHook
 from tenacity import AsyncRetrying, Retrying
 
 from airflow_provider_kakaopose import __version__
+from airflow_provider_kakaopose._compat import BaseHook
 from airflow_provider_kakaopose.exceptions import (
     KakaoPoseAuthError,
     KakaoPoseConnectionError,
@@ -31,8 +31,8 @@ from airflow_provider_kakaopose.exceptions import (
 from airflow_provider_kakaopose.get_provider_info import (
     CONN_FIELDS,
     CONN_TYPE,
-    DEFAULT_BASE_URL,
     DEFAULT_CONN_ID,
+    UI_FIELD_BEHAVIOUR,
 )
 from airflow_provider_kakaopose.hooks._client import (
     PROBE_JOB_ID,
@@ -91,46 +91,17 @@ class _KakaoPoseHookBase(BaseHook):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(kakao_pose_conn_id={self.kakao_pose_conn_id!r})"
 
-    def _settings_from(self, conn: Any) -> ConnSettings:
-        settings = ConnSettings.from_connection(conn, self.log)
+    def _settings_from(self, conn: Any, extra: dict[str, Any] | None = None) -> ConnSettings:
+        settings = ConnSettings.from_connection(conn, self.log, extra=extra)
         _mask(settings.api_key)
         return settings
-
-    @classmethod
-    def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """Relabel the standard connection form: password is the REST API key, host the base URL."""
-        return {
-            "hidden_fields": ["schema", "login", "port", "extra"],
-            "relabeling": {"password": "REST API key", "host": "API base URL"},
-            "placeholders": {"host": DEFAULT_BASE_URL, "password": "REST API key from Kakao Developers"},
-        }
-
-    @classmethod
-    def get_connection_form_widgets(cls) -> dict[str, Any]:
-        """Form fields for the connection's extras (Airflow 3 also reads them from provider info)."""
-        try:
-            from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
-            from flask_babel import lazy_gettext
-            from wtforms import BooleanField, StringField
-        except ImportError:  # Airflow 3's UI builds the form from provider info's conn-fields
-            return {}
-        widgets: dict[str, Any] = {}
-        for name, spec in CONN_FIELDS.items():
-            if "boolean" in spec["schema"]["type"]:
-                widgets[name] = BooleanField(lazy_gettext(spec["label"]), default=spec["schema"]["default"])
-            else:
-                widgets[name] = StringField(lazy_gettext(spec["label"]), widget=BS3TextFieldWidget())
-        return widgets
 
 
 def _mask(secret: str) -> None:
     """Register the key with Airflow's log masker (a no-op outside Airflow's logging)."""
-    try:
-        from airflow.sdk.log import mask_secret
+    from airflow_provider_kakaopose._compat import mask_secret
 
-        mask_secret(secret)
-    except Exception:
-        pass
+    mask_secret(secret)
 
 
 def _new_session() -> requests.Session:
@@ -152,6 +123,39 @@ class KakaoPoseHook(_KakaoPoseHookBase):
     and Kakao codes -1/-10, honouring ``Retry-After``; all calls of one hook share one client-side rate
     limiter when the connection sets ``rate_limit_per_second``. The hook is safe to use from several threads.
     """
+
+    # The connection form. Airflow 3.2+ builds it from provider info (conn-fields, ui-field-behaviour);
+    # 2.11, 3.0 and 3.1 call these two methods, and only when the registered hook class defines them itself
+    # (they look in its own __dict__), so they live here rather than on the shared base.
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """Relabel the standard connection form: password is the REST API key, host the base URL."""
+        return {key.replace("-", "_"): value for key, value in UI_FIELD_BEHAVIOUR.items()}
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """Form fields for the connection's extras (WTForms; Airflow 3.0/3.1 convert them for their UI)."""
+        try:
+            from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
+            from flask_babel import lazy_gettext
+            from wtforms import BooleanField, StringField
+        except ImportError:  # no FAB: Airflow 3.2+ builds the form from provider info's conn-fields
+            return {}
+        widgets: dict[str, Any] = {}
+        for name, spec in CONN_FIELDS.items():
+            label, description = lazy_gettext(spec["label"]), lazy_gettext(spec["description"])
+            default = spec["schema"]["default"]
+            if "boolean" in spec["schema"]["type"]:
+                widgets[name] = BooleanField(label, description=description, default=default)
+            else:
+                widgets[name] = StringField(
+                    label,
+                    description=description,
+                    default=None if default is None else str(default),
+                    widget=BS3TextFieldWidget(),
+                )
+        return widgets
 
     @property
     def settings(self) -> ConnSettings:
@@ -451,7 +455,10 @@ class KakaoPoseAsyncHook(_KakaoPoseHookBase):
         """The connection's parsed settings, looked up without blocking the event loop."""
         async with self._settings_lock:  # concurrent first calls must share one limiter
             if self._settings is None:
-                settings = self._settings_from(await self.aget_connection(self.kakao_pose_conn_id))
+                from airflow_provider_kakaopose._compat import get_async_connection, get_async_extra_dejson
+
+                conn = await get_async_connection(self.kakao_pose_conn_id, self)
+                settings = self._settings_from(conn, extra=await get_async_extra_dejson(conn))
                 self._rate_limiter = shared_rate_limiter(settings, self.kakao_pose_conn_id)
                 self._settings = settings
         return self._settings

@@ -18,15 +18,13 @@ from dataclasses import dataclass
 from datetime import UTC, timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator, BaseOperatorLink, conf
-
+from airflow_provider_kakaopose._compat import BaseOperator, BaseOperatorLink, conf
 from airflow_provider_kakaopose.exceptions import KakaoPoseAuthError, KakaoPoseError, KakaoPoseInputError
 from airflow_provider_kakaopose.get_provider_info import DEFAULT_CONN_ID
 from airflow_provider_kakaopose.sensors.pose import raise_for_event, raise_for_job
 
 if TYPE_CHECKING:
-    from airflow.sdk import Context
-
+    from airflow_provider_kakaopose._compat import Context
     from airflow_provider_kakaopose.hooks.pose import KakaoPoseHook
 
 #: Key under which a video operator keeps its job id in the task state store, so a retry re-attaches.
@@ -58,9 +56,12 @@ def open_input(item: Any) -> tuple[str, dict[str, Any]]:
     if _is_url(item):
         return item, {"url": item}
     if isinstance(item, str) and "://" in item:
-        from airflow.sdk import ObjectStoragePath
+        from airflow_provider_kakaopose._compat import ObjectStoragePath
 
-        return item, {"file": ObjectStoragePath(item)}
+        try:
+            return item, {"file": ObjectStoragePath(item)}
+        except Exception as err:  # e.g. no filesystem for the scheme (the error class varies by version)
+            raise KakaoPoseInputError(f"Cannot read input {item!r}: {err}") from None
     if isinstance(item, str | os.PathLike) or hasattr(item, "read_bytes"):
         return str(item), {"file": item}
     raise KakaoPoseInputError(f"Cannot read input {item!r}: give an http(s) URL, a path or a storage URI")
@@ -98,7 +99,7 @@ class KakaoPoseJobLink(BaseOperatorLink):
     name = "Pose job result"
 
     def get_link(self, operator: BaseOperator, *, ti_key: Any) -> str:
-        from airflow.sdk.execution_time.xcom import XCom
+        from airflow_provider_kakaopose._compat import XCom
 
         url = XCom.get_value(ti_key=ti_key, key="job_url")
         if url:
@@ -573,6 +574,9 @@ class KakaoPoseVideoOperator(_JobLoader, BaseOperator):
         """What a stored job must match to be reused: the video and every setting sent with it."""
         return {"video": self._source(), "smoothing": self.smoothing, "callback_url": self.callback_url}
 
+    def _records(self, context: Context) -> JobRecordStore:
+        return JobRecordStore(context, self.log, output_uri=output_uri_of(self.output_uri))
+
     def _reattach(self, context: Context, hook: KakaoPoseHook, record: dict[str, Any]) -> dict | None:
         """The job a previous try submitted for the same video and settings, if it can still succeed."""
         job = record.get("job")
@@ -592,10 +596,9 @@ class KakaoPoseVideoOperator(_JobLoader, BaseOperator):
         self.log.warning("Job %s from an earlier try is %s; submitting again", job["job_id"], status)
         return None
 
-    def _submit(self, context: Context, hook: KakaoPoseHook, record: dict[str, Any]) -> dict:
+    def _submit(self, store: JobRecordStore, hook: KakaoPoseHook, record: dict[str, Any]) -> dict:
         """Submit the video. The record says "a submission is under way" before the request is sent, so a
         try cut off mid-request (a killed worker) leaves a trace the next try counts and warns about."""
-        store = JobRecordStore(context, self.log)
         source, kwargs = open_input(self.video)
         unknown = _settle_pending(record, self.log)
         if unknown:
@@ -636,8 +639,9 @@ class KakaoPoseVideoOperator(_JobLoader, BaseOperator):
             return self._execute(context, hook)
 
     def _execute(self, context: Context, hook: KakaoPoseHook) -> Any:
-        record = JobRecordStore(context, self.log).load()
-        job = self._reattach(context, hook, record) or self._submit(context, hook, record)
+        store = self._records(context)
+        record = store.load()
+        job = self._reattach(context, hook, record) or self._submit(store, hook, record)
         job_id = job["job_id"]
         self.lineage_inputs = [self._source()]
         ti = context["ti"]
@@ -647,6 +651,7 @@ class KakaoPoseVideoOperator(_JobLoader, BaseOperator):
         if unknown:
             ti.xcom_push(key="unknown_submissions", value=unknown)
         if not self.wait_for_completion:
+            store.done()
             return job_id
         deadline = float(job.get("deadline") or time.time() + self.timeout)
         body = hook.get_job_status(job_id)
@@ -673,11 +678,12 @@ class KakaoPoseVideoOperator(_JobLoader, BaseOperator):
             if body["status"] != status:
                 status = body["status"]
                 self.log.info("Pose job %s is now %s", job_id, status)
-        return self._load(job_id, unknown)
+        return self._load(job_id, store, unknown)
 
-    def _load(self, job_id: str, unknown_submissions: int) -> Any:
+    def _load(self, job_id: str, store: JobRecordStore, unknown_submissions: int) -> Any:
         summary = self.load_job(job_id, output_uri_of(self.output_uri), self._source())
         summary["unknown_submissions"] = unknown_submissions
+        store.done()
         return summary
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
@@ -685,8 +691,8 @@ class KakaoPoseVideoOperator(_JobLoader, BaseOperator):
         if event.get("status") == "timeout":
             raise KakaoPoseError(event.get("message") or "Pose job timed out")
         job_id = raise_for_event(event)
-        record = JobRecordStore(context, self.log).load()
-        return self._load(job_id, int(record.get("unknown_submissions") or 0))
+        store = self._records(context)
+        return self._load(job_id, store, int(store.load().get("unknown_submissions") or 0))
 
 
 #: Settings a job record from before they were stored is taken to have had.
@@ -716,28 +722,102 @@ def _settle_pending(record: dict[str, Any], log: Any) -> int:
 class JobRecordStore:
     """Where a video task keeps, across its tries, the job it submitted and the submissions it is unsure of.
 
-    Airflow 3.3's task state store (``context["task_state_store"]``), one key per task instance. The record
-    is ``{"job": {"job_id", "video", "smoothing", "callback_url", "deadline"} | None, "pending": {...} | None,
-    "unknown_submissions": int, "last_unknown": str | None}``.
+    The record is ``{"job": {"job_id", "video", "smoothing", "callback_url", "deadline"} | None,
+    "pending": {...} | None, "unknown_submissions": int, "last_unknown": str | None}``, kept
+
+    - on Airflow 3.3+: in the task state store (``context["task_state_store"]``, key ``kakao_pose_job``, 7 days);
+    - on older Airflow, for a task that writes a table: in a JSON file beside it (``<stem>.job.json``), written
+      atomically through the same storage as the table, stamped with the task instance that wrote it;
+    - on older Airflow, for a task without output (``wait_for_completion=False``, ``output_uri=None``): in an
+      Airflow Variable named after the task instance, deleted when the task succeeds.
+
+    It is written before the submission is sent and again once the job id is known, before any deferral.
     """
 
-    def __init__(self, context: Context, log: Any) -> None:
-        self._store = context.get("task_state_store")
+    def __init__(self, context: Context, log: Any, *, output_uri: str | None = None) -> None:
         self.log = log
+        self._state = context.get("task_state_store")
+        self._run = _run_identity(context)
+        self._file = default_job_record_uri(output_uri) if self._state is None and output_uri else None
+        self._variable = _variable_key(self._run) if self._state is None and not output_uri else None
+
+    @property
+    def where(self) -> str:
+        """Where the record lives, for log lines."""
+        if self._state is not None:
+            return "the task state store"
+        return f"the file {self._file}" if self._file else f"the Airflow Variable {self._variable}"
 
     def load(self) -> dict[str, Any]:
-        saved = self._store.get(JOB_STATE_KEY) if self._store is not None else None
+        saved = self._read()
         if not isinstance(saved, dict):
             return {"job": None, "pending": None, "unknown_submissions": 0, "last_unknown": None}
-        if "job_id" in saved:  # a record written before 0.x: the job alone
+        if "job_id" in saved:  # a record written before the settings were stored: the job alone
             return {"job": saved, "pending": None, "unknown_submissions": 0, "last_unknown": None}
-        return dict(saved)
+        return {k: v for k, v in saved.items() if k != "run"}
+
+    def _read(self) -> Any:
+        if self._state is not None:
+            return self._state.get(JOB_STATE_KEY)
+        if self._file:
+            from airflow_provider_kakaopose.tables import read_bytes_if_exists
+
+            raw = read_bytes_if_exists(self._file)
+            saved = json.loads(raw) if raw else None
+            if isinstance(saved, dict) and saved.get("run") != self._run:
+                self.log.info("%s was written by another task instance: not this task's job", self._file)
+                return None
+            return saved
+        from airflow_provider_kakaopose._compat import Variable
+
+        raw = Variable.get(self._variable, None)
+        return json.loads(raw) if raw else None
 
     def save(self, record: dict[str, Any]) -> None:
-        if self._store is None:
-            self.log.warning("No task state store: a retry of this task would submit the video again")
+        if self._state is not None:
+            self._state.set(JOB_STATE_KEY, record, retention=JOB_RETENTION)
             return
-        self._store.set(JOB_STATE_KEY, record, retention=JOB_RETENTION)
+        data = json.dumps({**record, "run": self._run}, sort_keys=True)
+        if self._file:
+            from airflow_provider_kakaopose.tables import write_atomically
+
+            def write(sink: Any) -> None:
+                if isinstance(sink, str):
+                    with open(sink, "w") as f:
+                        f.write(data)
+                else:
+                    sink.write(data.encode())
+
+            write_atomically(self._file, write)
+            return
+        from airflow_provider_kakaopose._compat import Variable
+
+        Variable.set(self._variable, data, description="kakao-pose video task's job record (deleted on success)")
+
+    def done(self) -> None:
+        """The task succeeded: a Variable record is no longer needed (a file record stays beside its table)."""
+        if self._variable:
+            from airflow_provider_kakaopose._compat import Variable
+
+            try:
+                Variable.delete(self._variable)
+            except Exception as err:  # the task's work is done; a stale record only costs a re-attach
+                self.log.warning("Could not delete the Variable %s: %s", self._variable, err)
+
+
+def default_job_record_uri(output_uri: str) -> str:
+    """``…/keypoints.parquet`` → ``…/keypoints.job.json``: the job record beside the table (Airflow < 3.3)."""
+    stem = output_uri[: -len(".parquet")] if output_uri.endswith(".parquet") else output_uri
+    return f"{stem}.job.json"
+
+
+def _variable_key(run: str) -> str:
+    """A Variable name for one task instance (readable prefix, the run id hashed: keys hold 250 chars)."""
+    import hashlib
+
+    dag_id, run_id, task_id, map_index = json.loads(run)
+    digest = hashlib.sha256(str(run_id).encode()).hexdigest()[:16]
+    return f"kakao_pose_job__{dag_id}__{task_id}__{map_index}__{digest}"[:250]
 
 
 class KakaoPoseJobToParquetOperator(_JobLoader, BaseOperator):
@@ -786,9 +866,7 @@ class KakaoPoseJobToParquetOperator(_JobLoader, BaseOperator):
 
 def _add_asset_outlet(op: BaseOperator, output: Any) -> None:
     """An ``Asset`` given as output is also declared as the task's outlet (downstream DAGs can use it)."""
-    try:
-        from airflow.sdk import Asset
-    except ImportError:  # pragma: no cover
-        return
+    from airflow_provider_kakaopose._compat import Asset  # Dataset on Airflow 2
+
     if isinstance(output, Asset) and output not in op.outlets:
         op.outlets = [*op.outlets, output]

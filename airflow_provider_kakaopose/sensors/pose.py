@@ -7,9 +7,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseSensorOperator, conf
-from airflow.sdk.exceptions import AirflowSensorTimeout, AirflowSkipException
-
+from airflow_provider_kakaopose._compat import AirflowSensorTimeout, AirflowSkipException, BaseSensorOperator, conf
 from airflow_provider_kakaopose.exceptions import (
     KakaoPoseError,
     KakaoPoseJobFailedError,
@@ -18,8 +16,7 @@ from airflow_provider_kakaopose.exceptions import (
 from airflow_provider_kakaopose.get_provider_info import DEFAULT_CONN_ID
 
 if TYPE_CHECKING:
-    from airflow.sdk import Context
-
+    from airflow_provider_kakaopose._compat import Context
     from airflow_provider_kakaopose.hooks.pose import KakaoPoseHook
 
 
@@ -151,4 +148,8 @@ class KakaoPoseJobSensor(BaseSensorOperator):
             cause = skip.__cause__
             if self.soft_fail and isinstance(cause, KakaoPoseError):
                 raise cause from None
+            raise
+        except AirflowSensorTimeout as timeout:  # Airflow 3.0 turns a deferral timeout into this past soft_fail
+            if self.soft_fail:
+                raise AirflowSkipException(f"Skipping due to soft_fail: {timeout}") from timeout
             raise

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 import pendulum
-from airflow.sdk import DAG
+from airflow.providers.common.compat.sdk import DAG
 
 from airflow_provider_kakaopose.operators.pose import KakaoPoseVideoOperator
 
