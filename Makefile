@@ -9,7 +9,10 @@ ENGINE_BIN   := $(ENGINE_VENV)/bin
 ENGINE_STAMP := $(ENGINE_VENV)/.installed
 ENGINE_PORT  ?= 8766
 
-.PHONY: install test lint demo emulator constraints clean engine-install engine demo-engine engine-constraints
+.PHONY: install test lint demo emulator constraints clean engine-install engine demo-engine engine-constraints test-matrix
+
+# Airflow versions of `make test-matrix` (latest patch of each supported minor; see docs/installation.md).
+MATRIX_VERSIONS ?= 2.11.2 3.0.6 3.1.8 3.2.2 3.3.2
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +46,11 @@ lint: install
 test: lint engine-install
 	KAKAO_POSE_REQUIRE_ENGINE=1 $(BIN)/python -m pytest --durations=12
 
+# The Airflow-facing tests on every supported Airflow minor, one pinned environment each (.venv-matrix/),
+# and a table of version x result. `make test-matrix MATRIX_VERSIONS="2.11.2 3.0.6"` for some.
+test-matrix:
+	$(PYTHON) scripts/matrix.py --versions $(MATRIX_VERSIONS)
+
 emulator: install
 	$(BIN)/python -m airflow_provider_kakaopose.emulator --port 8765
 
@@ -54,7 +62,7 @@ engine-constraints: engine-install
 	$(ENGINE_BIN)/python -m pip freeze --exclude-editable | grep -v '^airflow-provider-kakaopose' > constraints-engine.txt
 
 clean:
-	rm -rf $(VENV) $(ENGINE_VENV) .airflow .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(ENGINE_VENV) .venv-matrix .airflow .pytest_cache .ruff_cache
 
 demo: install
 	$(BIN)/python scripts/demo.py

@@ -4,6 +4,17 @@ Every component (api-server, scheduler, dag-processor, triggerer, the Pose API e
 process, started in its own session so that it and all its children can be killed at once. Output goes to
 log files under the deployment's directory (never to pipes, which could fill up and block a component).
 The metadata DB is a private SQLite file that the test can read directly.
+
+The same deployment runs on Airflow 3.x and 2.11; what differs is kept in the small ``_v2``/``_v3`` helpers:
+
+- 3.x: the api-server (REST API ``/api/v2``, execution API for the task supervisors, JWT), LocalExecutor,
+  SimpleAuthManager with everyone admin.
+- 2.11: the webserver (Flask, REST API ``/api/v1``; tasks talk to the DB directly, no JWT), the
+  SequentialExecutor (Airflow 2's LocalExecutor refuses SQLite; the sequential one still runs each task as its
+  own ``airflow tasks run`` process, and deferred tasks still go to the triggerer), no dag-processor process
+  (2.11 refuses a standalone one on SQLite: the scheduler parses the DAGs in a child process of its own), and
+  REST calls without a login through FAB's public role made admin (``AUTH_ROLE_PUBLIC`` in the private
+  ``webserver_config.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from airflow_provider_kakaopose._compat import AIRFLOW_V_3_0_PLUS
 
 #: Log lines printed per component when a test fails.
 TAIL_LINES = 60
@@ -80,48 +93,77 @@ class Deployment:
         from cryptography.fernet import Fernet
 
         env = self.base_env()
-
         env.update(
             {
+                # Components start `airflow` subcommands by name (2.x's executors: `airflow tasks run ...`).
+                "PATH": os.pathsep.join([str(self.bin), env.get("PATH", os.defpath)]),
                 "AIRFLOW_HOME": str(self.home),
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.db}",
-                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
                 "AIRFLOW__CORE__PARALLELISM": "2",
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
                 "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
-                # Secrets every component must share: Fernet (connections, trigger kwargs), JWT (the
-                # execution API tokens the scheduler hands out and the api-server checks), session secret.
+                # Fernet encrypts connections and (on 2.x) trigger kwargs: every component needs the same key.
                 "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
-                "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
-                "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
-                # Where the api-server listens, and where task supervisors find the execution API.
-                "AIRFLOW__API__HOST": "127.0.0.1",
-                "AIRFLOW__API__PORT": str(self.api_port),
-                "AIRFLOW__API__WORKERS": "1",
-                "AIRFLOW__API__BASE_URL": self.api_url,
-                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api_url}/execution/",
-                # REST calls without a login (SimpleAuthManager makes everyone admin).
-                "AIRFLOW__CORE__AUTH_MANAGER": (
-                    "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
-                ),
-                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-                # Fast loops: the DAG folder is listed at once and the scheduler reacts within a second.
-                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-                "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+                # The scheduler reacts within a second.
                 "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
                 "AIRFLOW__SCHEDULER__JOB_HEARTBEAT_SEC": "1",
                 "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.5",
                 # A killed triggerer stops heartbeating; its triggers go to another triggerer once its
-                # last heartbeat is older than the threshold (30 s by default).
+                # last heartbeat is older than the threshold (30 s by default; keep it above the heartbeat).
                 "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
                 "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "5",
                 "AIRFLOW__LOGGING__COLORED_CONSOLE_LOG": "False",
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        env.update(self._v3_env() if AIRFLOW_V_3_0_PLUS else self._v2_env())
         env.update(extra)
         self.env = env
         return env
+
+    def _v3_env(self) -> dict[str, str]:
+        return {
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            # Secrets every component must share: JWT (the execution API tokens the scheduler hands out and the
+            # api-server checks), session secret.
+            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
+            "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
+            # Where the api-server listens, and where task supervisors find the execution API.
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(self.api_port),
+            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__API__BASE_URL": self.api_url,
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api_url}/execution/",
+            # REST calls without a login (SimpleAuthManager makes everyone admin).
+            "AIRFLOW__CORE__AUTH_MANAGER": (
+                "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+            ),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+            # The DAG folder is listed at once, then every 5 s.
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+        }
+
+    def _v2_env(self) -> dict[str, str]:
+        # REST calls without a login: FAB's anonymous user gets the public role, made Admin here (the 2.x
+        # counterpart of SimpleAuthManager's all-admins); the webserver reads this file at start.
+        (self.home / "webserver_config.py").write_text('AUTH_ROLE_PUBLIC = "Admin"\n')
+        runtime = self.root / "run"
+        runtime.mkdir(mode=0o700)
+        return {
+            # gunicorn (the webserver's HTTP server) puts its control socket in $XDG_RUNTIME_DIR, else in
+            # ~/.gunicorn/: keep it in the deployment.
+            "XDG_RUNTIME_DIR": str(runtime),
+            # Airflow 2's LocalExecutor refuses SQLite ("cannot use SQLite with the LocalExecutor").
+            "AIRFLOW__CORE__EXECUTOR": "SequentialExecutor",
+            "AIRFLOW__WEBSERVER__SECRET_KEY": secrets.token_urlsafe(32),
+            "AIRFLOW__WEBSERVER__BASE_URL": self.api_url,
+            "AIRFLOW__WEBSERVER__WORKERS": "1",
+            "AIRFLOW__WEBSERVER__CONFIG_FILE": str(self.home / "webserver_config.py"),
+            # The scheduler's own DAG parsing: the folder is listed at once, then every 5 s.
+            "AIRFLOW__SCHEDULER__DAG_DIR_LIST_INTERVAL": "5",
+            "AIRFLOW__SCHEDULER__PARSING_PROCESSES": "1",
+        }
 
     # -- processes -----------------------------------------------------------------------------------------
 
@@ -147,6 +189,27 @@ class Deployment:
 
     def airflow(self, name: str, *args: str) -> subprocess.Popen:
         return self.start(name, [str(self.bin / "airflow"), *args])
+
+    def start_api_server(self) -> subprocess.Popen:
+        """The REST API on :attr:`api_port`: the api-server on 3.x, the webserver on 2.x."""
+        if AIRFLOW_V_3_0_PLUS:
+            return self.airflow("api-server", "api-server", "--host", "127.0.0.1", "--port", str(self.api_port))
+        return self.airflow(
+            "api-server", "webserver", "--hostname", "127.0.0.1", "--port", str(self.api_port), "--workers", "1"
+        )
+
+    def start_dag_processor(self) -> subprocess.Popen | None:
+        """The DAG parser as its own process on 3.x. None on 2.x: there the standalone ``airflow dag-processor``
+        is optional and refuses SQLite ("Standalone DagProcessor is not supported when using sqlite"), so the
+        scheduler parses the DAGs itself, in a child process (its DagFileProcessorManager)."""
+        if AIRFLOW_V_3_0_PLUS:
+            return self.airflow("dag-processor", "dag-processor")
+        return None
+
+    @property
+    def api_prefix(self) -> str:
+        """Where the stable REST API lives: ``/api/v2`` on 3.x, ``/api/v1`` on 2.x (same paths below it)."""
+        return "/api/v2" if AIRFLOW_V_3_0_PLUS else "/api/v1"
 
     def run(self, name: str, *args: str, timeout: float = 180) -> None:
         """Run an ``airflow`` command to completion (output to ``logs/<name>.log``); raise if it fails."""
@@ -216,9 +279,10 @@ class Deployment:
             con.close()
 
     def api(self, method: str, path: str, body: Any = None, timeout: float = 30) -> tuple[int, Any]:
-        """Call the api-server's REST API (``/api/v2/...``); returns ``(status, parsed JSON or None)``."""
+        """Call the REST API: ``path`` below :attr:`api_prefix` (``/dags/...``); returns ``(status, parsed JSON or
+        None)``."""
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.api_url + path, data=data, method=method)
+        req = urllib.request.Request(self.api_url + self.api_prefix + path, data=data, method=method)
         req.add_header("Content-Type", "application/json")
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
