@@ -5,7 +5,8 @@ process, started in its own session so that it and all its children can be kille
 log files under the deployment's directory (never to pipes, which could fill up and block a component).
 The metadata DB is a private SQLite file that the test can read directly.
 
-The same deployment runs on Airflow 3.x and 2.11; what differs is kept in the small ``_v2``/``_v3`` helpers:
+The same deployment runs on Airflow 3.x and 2.11; what differs is kept in small helpers (``_v3_env`` /
+``_v2_env``, ``start_api_server``, ``start_dag_processor``, ``api_prefix``):
 
 - 3.x: the api-server (REST API ``/api/v2``, execution API for the task supervisors, JWT), LocalExecutor,
   SimpleAuthManager with everyone admin.
@@ -149,7 +150,7 @@ class Deployment:
         # counterpart of SimpleAuthManager's all-admins); the webserver reads this file at start.
         (self.home / "webserver_config.py").write_text('AUTH_ROLE_PUBLIC = "Admin"\n')
         runtime = self.root / "run"
-        runtime.mkdir(mode=0o700)
+        runtime.mkdir(mode=0o700, exist_ok=True)
         return {
             # gunicorn (the webserver's HTTP server) puts its control socket in $XDG_RUNTIME_DIR, else in
             # ~/.gunicorn/: keep it in the deployment.
@@ -238,9 +239,10 @@ class Deployment:
 
     def stop_all(self, grace: float = 10.0) -> None:
         """SIGTERM every component still running, all at once, then SIGKILL whatever is left after ``grace``
-        (always safe to call)."""
+        (``grace=0``: SIGKILL at once; always safe to call)."""
         procs, self.procs = list(self.procs.values()), {}
-        trees = [(proc, _signal_tree(proc, signal.SIGTERM)) for proc in procs]
+        sig = signal.SIGTERM if grace > 0 else signal.SIGKILL
+        trees = [(proc, _signal_tree(proc, sig)) for proc in procs]
         deadline = time.monotonic() + grace
         for proc, descendants in trees:
             _reap(proc, descendants, max(deadline - time.monotonic(), 0.1))
@@ -341,14 +343,33 @@ def _reap(proc: subprocess.Popen, descendants: list[psutil.Process], grace: floa
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
-    _, alive = psutil.wait_procs(descendants, timeout=max(deadline - time.monotonic(), 0.1))
+    alive = _wait_gone(descendants, max(deadline - time.monotonic(), 0.1))
     for child in alive:
         with contextlib.suppress(psutil.Error):
             child.kill()
-    psutil.wait_procs(alive, timeout=5)
+    _wait_gone(alive, 5)
     # Anything still in the group (e.g. a grandchild the group leader never reported) goes too.
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait up to ``timeout`` for ``procs`` (not our children) to end; returns those still running.
+
+    A process that has exited but not been reaped yet counts as ended: an orphan's parent is then PID 1, which
+    here reaps only now and then (``psutil.wait_procs`` would wait for that, seconds after the process ended).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = []
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(p)
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        procs = alive
+        time.sleep(0.05)
 
 
 def emulator_url(log: str) -> str | None:
