@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,7 +79,7 @@ class Result:
 
 
 def run(cmd: list[str], log: Path, env: dict[str, str] | None = None, timeout: float | None = None) -> int:
-    """Run ``cmd`` with its output appended to ``log``; return its exit code."""
+    """Run ``cmd`` with its output appended to ``log`` (pip's and pytest's own); return its exit code."""
     with log.open("a") as out:
         out.write(f"\n$ {' '.join(cmd)}\n")
         out.flush()
@@ -109,6 +110,18 @@ def install(version: str, log: Path) -> None:
         if run(cmd, log):
             raise RuntimeError(f"install step failed: {' '.join(cmd)} (see {log})")
     stamp.write_text(stamp_text)
+
+
+def timed_install(version: str) -> tuple[float, str | None]:
+    """Install ``version``'s environment (its log starts afresh); ``(seconds, error or None)``."""
+    log = ENVS / f"airflow-{version}.log"
+    log.write_text("")
+    start = time.monotonic()
+    try:
+        install(version, log)
+    except (RuntimeError, subprocess.TimeoutExpired, OSError) as err:
+        return time.monotonic() - start, str(err)
+    return time.monotonic() - start, None
 
 
 def freeze(version: str) -> None:
@@ -199,42 +212,34 @@ def main() -> int:
         return 0
     ENVS.mkdir(exist_ok=True)
     results = []
-    for version in args.versions:
-        result = Result(version)
-        log = ENVS / f"airflow-{version}.log"
-        junit = ENVS / f"airflow-{version}.junit.xml"
-        log.write_text("")
-        junit.unlink(missing_ok=True)
-        print(f"== Airflow {version}: installing (log: {log.relative_to(ROOT)})", flush=True)
-        start = time.monotonic()
-        try:
-            install(version, log)
-        except (RuntimeError, subprocess.TimeoutExpired) as err:
-            result.error = str(err)
-        result.install_s = time.monotonic() - start
-        if result.error is None:
-            print(f"== Airflow {version}: testing", flush=True)
-            start = time.monotonic()
-            deployment = args.deployment == "all" or (args.deployment == "oldest" and version == OLDEST)
-            try:
-                test(version, log, junit, deployment)
-            except subprocess.TimeoutExpired:
-                result.error = "tests timed out"
-            result.test_s = time.monotonic() - start
-            if junit.exists():
-                read_junit(junit, result)
-            elif result.error is None:
-                result.error = f"pytest wrote no report (see {log})"
-        results.append(result)
-        status = "ok" if result.ok else "FAILED"
-        print(f"== Airflow {version}: {status} {json.dumps(result.counts)}", flush=True)
-        for name in result.failed_tests:
-            print(f"   failed: {name}")
-        if result.error:
-            print(f"   error: {result.error}")
-            print("".join(log.read_text().splitlines(keepends=True)[-40:]))
-        elif not result.ok:
-            print("".join(log.read_text().splitlines(keepends=True)[-60:]))
+    # Installing is mostly downloading, testing mostly CPU: the next version installs while one is tested.
+    with ThreadPoolExecutor(max_workers=1) as installer:
+        installs = {version: installer.submit(timed_install, version) for version in args.versions}
+        for version in args.versions:
+            result = Result(version)
+            log, junit = ENVS / f"airflow-{version}.log", ENVS / f"airflow-{version}.junit.xml"
+            junit.unlink(missing_ok=True)
+            print(f"== Airflow {version}: installing (log: {log.relative_to(ROOT)})", flush=True)
+            result.install_s, result.error = installs[version].result()
+            if result.error is None:
+                print(f"== Airflow {version}: testing", flush=True)
+                start = time.monotonic()
+                deployment = args.deployment == "all" or (args.deployment == "oldest" and version == OLDEST)
+                try:
+                    test(version, log, junit, deployment)
+                except subprocess.TimeoutExpired:
+                    result.error = "tests timed out"
+                result.test_s = time.monotonic() - start
+                if junit.exists():
+                    read_junit(junit, result)
+                elif result.error is None:
+                    result.error = f"pytest wrote no report (see {log})"
+            results.append(result)
+            print(f"== Airflow {version}: {'ok' if result.ok else 'FAILED'} {json.dumps(result.counts)}", flush=True)
+            for name in result.failed_tests:
+                print(f"   failed: {name}")
+            if not result.ok:
+                print("".join(log.read_text().splitlines(keepends=True)[-60:]))
     print("\nAirflow version matrix (the Airflow-facing tests; the whole suite runs on the newest in make test)")
     print(table(results))
     skipped = [(r.version, s) for r in results for s in r.skipped]
