@@ -97,6 +97,26 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "extra-links": ["airflow_provider_kakaopose.operators.pose.KakaoPoseJobLink"],
+        "config": {
+            "kakao_pose": {
+                "description": "Settings of the Kakao Brain Pose provider for the whole deployment.\n",
+                "options": {
+                    "rate_limit_store": {
+                        "description": (
+                            "Redis URL of the store that makes each connection's rate_limit_per_second hold for "
+                            "the sum of all processes (every worker thread, every triggerer) instead of per "
+                            "process. Set it on every component (e.g. AIRFLOW__KAKAO_POSE__RATE_LIMIT_STORE). "
+                            "Needs airflow-provider-kakaopose[redis]. Empty: each process paces itself alone. "
+                            "If the store is unreachable, processes pace themselves alone and log one warning.\n"
+                        ),
+                        "version_added": "0.2.0",
+                        "type": "string",
+                        "example": "redis://127.0.0.1:6379/1",
+                        "default": "",
+                    }
+                },
+            }
+        },
         "connection-types": [
             {
                 "connection-type": CONN_TYPE,

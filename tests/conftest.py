@@ -142,3 +142,18 @@ def allow_execute_in_this_thread() -> None:
     sentinel = getattr(ExecutorSafeguard, "_sentinel", None)
     if sentinel is not None and not hasattr(sentinel, "callers"):
         sentinel.callers = {}
+
+
+def redis_server_binary() -> str:
+    """``redis-server``, installed from Debian's packages when the machine has none (as ``make cluster`` does)."""
+    import shutil
+    import subprocess
+
+    path = shutil.which("redis-server")
+    if path is None:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], check=True, env=env, capture_output=True)
+        path = shutil.which("redis-server")
+    assert path, "redis-server could not be installed"
+    return path

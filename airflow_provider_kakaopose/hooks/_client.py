@@ -31,6 +31,7 @@ from airflow_provider_kakaopose.exceptions import (
     KakaoPoseServerError,
 )
 from airflow_provider_kakaopose.get_provider_info import CONN_FIELDS, CONN_TYPE, DEFAULT_BASE_URL
+from airflow_provider_kakaopose.hooks._shared_quota import SharedQuota
 from airflow_provider_kakaopose.validation import (
     DEFAULT_LIMITS,
     Limits,
@@ -302,6 +303,15 @@ def _is_retryable(err: BaseException) -> bool:
     return isinstance(err, KakaoPoseError) and err.retryable
 
 
+def new_rate_limiter(settings: ConnSettings) -> RateLimiter:
+    """The limiter for a connection: its ``rate_limit_per_second``, shared by the deployment when a store is
+    configured (``[kakao_pose] rate_limit_store``)."""
+    from airflow_provider_kakaopose.hooks._shared_quota import shared_quota
+
+    rate = settings.rate_limit_per_second
+    return RateLimiter(rate, shared=shared_quota(settings.base_url, settings.api_key, rate))
+
+
 def retry_kwargs(settings: ConnSettings, log: logging.Logger, what: str) -> dict[str, Any]:
     """Keyword arguments for tenacity's ``Retrying`` *and* ``AsyncRetrying``: one policy for both hooks.
 
@@ -354,6 +364,10 @@ class RateLimiter:
        A caller that is not allowed waits only the time the claim names and claims again — it keeps its
        place, so a loop that lags or busy threads slow the pace down a little, never starve a caller.
 
+    With a ``shared`` quota (``[kakao_pose] rate_limit_store``, see :mod:`._shared_quota`), a request that may
+    go by this process's pace then also takes a slot of the deployment's quota in Redis, so the rate holds for
+    all processes together; when the store is unreachable it goes on with the local pace only.
+
     It is also adaptive (AIMD-like): a quota answer from the service (:meth:`on_quota`) sets the spacing to
     what 80 % of the pace of the last second's sends would need (at most once per second, however many
     requests in flight hit the quota at once); every success (:meth:`on_success`) relaxes it by 2 %, back
@@ -364,8 +378,10 @@ class RateLimiter:
     first_penalty = 0.1
     max_penalty = 5.0
 
-    def __init__(self, rate_per_second: float | None) -> None:
+    def __init__(self, rate_per_second: float | None, *, shared: SharedQuota | None = None) -> None:
         self.rate = rate_per_second or None
+        #: The deployment-wide quota this limiter also takes slots of (None: this process paces alone).
+        self.shared = shared
         self.interval = 1.0 / rate_per_second if rate_per_second else 0.0
         self.penalty = 0.0
         self._next = 0.0  # the next free slot to book
@@ -416,7 +432,9 @@ class RateLimiter:
                 time.sleep(delay)
             delay = self.claim()
             if not delay:
-                return
+                break
+        if self.shared is not None:
+            self.shared.acquire()  # False: the store is unreachable, the local pace holds alone
 
     async def acquire_async(self) -> None:
         """Wait, without blocking the event loop, until the caller may send (async hook, triggers)."""
@@ -428,7 +446,9 @@ class RateLimiter:
                 await asyncio.sleep(delay)
             delay = self.claim()
             if not delay:
-                return
+                break
+        if self.shared is not None:
+            await self.shared.acquire_async()
 
     def sent_times(self) -> list[float]:
         """``time.monotonic()`` of the last 4,096 sends this limiter allowed (for tests and benchmarks)."""

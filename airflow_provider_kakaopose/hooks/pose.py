@@ -48,6 +48,7 @@ from airflow_provider_kakaopose.hooks._client import (
     check_response,
     check_video_input,
     job_path,
+    new_rate_limiter,
     one_of,
     outcome_unknown,
     parse_json,
@@ -174,7 +175,7 @@ class KakaoPoseHook(_KakaoPoseHookBase):
             settings = self.settings
             with self._lock:
                 if self._rate_limiter is None:
-                    self._rate_limiter = RateLimiter(settings.rate_limit_per_second)
+                    self._rate_limiter = new_rate_limiter(settings)
                 limiter = self._rate_limiter
         return limiter
 
@@ -428,7 +429,7 @@ def shared_rate_limiter(settings: ConnSettings, conn_id: str) -> RateLimiter:
     with _LIMITERS_LOCK:
         limiter = _LIMITERS.get(key)
         if limiter is None:
-            limiter = _LIMITERS[key] = RateLimiter(settings.rate_limit_per_second)
+            limiter = _LIMITERS[key] = new_rate_limiter(settings)
         return limiter
 
 
