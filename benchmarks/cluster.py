@@ -202,6 +202,7 @@ class AdmissionTrace:
         import redis
 
         self.times: list[float] = []
+        self._closed = False
         self._client = redis.Redis(host="127.0.0.1", port=port, db=db, encoding_errors="replace")
         self._monitor = self._client.monitor()
         self._monitor.__enter__()
@@ -209,28 +210,32 @@ class AdmissionTrace:
         self._thread.start()
 
     def _listen(self) -> None:
-        # The broker's commands share the stream: some carry bytes that are not UTF-8 (hence "replace").
-        while True:
+        # The broker's commands share the stream: some carry bytes that are not UTF-8 (hence "replace"), and a
+        # line redis-py cannot parse is skipped. Once closed (or the server gone) every read fails: stop then,
+        # never spin.
+        failures = 0
+        while not self._closed:
             try:
                 cmd = self._monitor.next_command()
-            except (ConnectionError, OSError, redis_errors()):
-                return  # the cluster went down
-            except Exception:  # one line redis-py cannot parse: skip it
+            except Exception:
+                failures += 1
+                if self._closed or failures >= 20:
+                    return
+                time.sleep(0.01)
                 continue
+            failures = 0
             parts = cmd.get("command", "").split()
             if parts and parts[0].upper() == "ZADD" and len(parts) > 2 and parts[1].startswith("kakaopose:quota:"):
                 with contextlib.suppress(ValueError):
                     self.times.append(int(parts[2].strip('"')) / 1_000_000)
 
     def close(self) -> None:
+        self._closed = True
         with contextlib.suppress(Exception):
             self._monitor.connection.disconnect()
-
-
-def redis_errors() -> type[BaseException]:
-    import redis
-
-    return redis.ConnectionError
+        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            raise RuntimeError("the admission trace's thread did not stop")
 
 
 def _recorded(url: str) -> list[dict]:
