@@ -8,6 +8,7 @@ service's answer from a table.
 The package is split by concern; everything public is importable from here:
 
 * :mod:`.schema`: the columns, the ``kakaopose:*`` metadata, the errors table, building rows;
+* :mod:`.body`: :class:`BodySpool`, a job body spooled to a temporary file (never whole in memory);
 * :mod:`.scanner`: the fast path, a vectorised structural scan of raw JSON and pyarrow's JSON reader;
 * :mod:`.fallback`: the Python path (``json`` and a loop per person) for parsed answers and odd bodies;
 * :mod:`.flatten`: :func:`keypoints_table` and :func:`keypoints_reader`, which choose between them;
@@ -20,6 +21,7 @@ Importing this package is cheap: pyarrow, pandas, numpy and fsspec are imported 
 from __future__ import annotations
 
 from airflow_provider_kakaopose.coco import KEYPOINT_NAMES, SKELETON, expand_frame_runs, frame_runs
+from airflow_provider_kakaopose.tables.body import BodySpool
 from airflow_provider_kakaopose.tables.flatten import Result, keypoints_reader, keypoints_table
 from airflow_provider_kakaopose.tables.rebuild import to_coco
 from airflow_provider_kakaopose.tables.schema import (
@@ -45,6 +47,7 @@ __all__ = [
     "KEYPOINT_NAMES",
     "ROW_GROUP_SIZE",
     "SKELETON",
+    "BodySpool",
     "Result",
     "errors_schema",
     "errors_table",

@@ -145,7 +145,10 @@ def _python_image(result: list, source: str | None) -> tuple[_Meta, Iterator[pa.
     return meta, _python_batches(meta, [(None, 0, result)])
 
 
-def _slow(data: bytes, source: str | None) -> tuple[_Meta, Iterator[pa.RecordBatch]]:
+def _slow(data: Any, source: str | None) -> tuple[_Meta, Iterator[pa.RecordBatch]]:
+    """Parse a raw body (``bytes``, or a file body read whole: this path needs it in memory) with ``json``."""
+    if not isinstance(data, bytes):
+        data = data.whole()
     try:
         parsed = json.loads(data)
     except (ValueError, RecursionError) as e:

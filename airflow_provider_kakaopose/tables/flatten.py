@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any
@@ -9,6 +10,7 @@ from typing import IO, TYPE_CHECKING, Any
 from airflow_provider_kakaopose.exceptions import (
     KakaoPoseError,
 )
+from airflow_provider_kakaopose.tables.body import BodySpool, FileBody, spool_chunks
 from airflow_provider_kakaopose.tables.fallback import (
     _python_image,
     _python_video,
@@ -28,31 +30,50 @@ from airflow_provider_kakaopose.tables.schema import (
 if TYPE_CHECKING:
     import pyarrow as pa
 
-Result = list | dict | bytes | bytearray | memoryview | str | IO[bytes]
+Result = list | dict | bytes | bytearray | memoryview | str | IO[bytes] | BodySpool | Iterator[bytes]
 
 
 # --------------------------------------------------------------------------------------------- public: flatten
 
 
-def _as_input(result: Result) -> Any:
+def _as_input(result: Result) -> tuple[Any, Any]:
+    """``(data, prescan)``: a parsed answer, raw ``bytes``, or a :class:`FileBody` over a file (never read
+    whole: seekable binary files are read in pieces, other streams and iterables of chunks are spooled to a
+    temporary file first); ``prescan`` is a spool's scan of the annotations, if it has one."""
     if isinstance(result, (list, dict, bytes)):
-        return result
+        return result, None
     if isinstance(result, (bytearray, memoryview)):
-        return bytes(result)
+        return bytes(result), None
     if isinstance(result, str):
-        return result.encode("utf-8")
+        return result.encode("utf-8"), None
+    if isinstance(result, BodySpool):
+        return result.body()
+    if isinstance(result, io.TextIOBase):
+        return result.read().encode("utf-8"), None
     read = getattr(result, "read", None)
     if callable(read):
-        data = read()
-        return data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        if _seekable(result):
+            if isinstance(result.read(0), str):  # a text stream of another kind
+                return result.read().encode("utf-8"), None
+            return FileBody(result), None
+        return spool_chunks(result).body()
+    if hasattr(result, "__iter__") and hasattr(result, "__next__"):  # an iterator of byte chunks
+        return spool_chunks(result).body()
     raise KakaoPoseError(
-        "result must be a parsed answer (list or dict), raw JSON bytes or a binary file object, "
-        f"got {type(result).__name__}"
+        "result must be a parsed answer (list or dict), raw JSON bytes, a binary file object or an iterator "
+        f"of byte chunks, got {type(result).__name__}"
     )
 
 
+def _seekable(f: Any) -> bool:
+    try:
+        return bool(f.seekable()) and callable(getattr(f, "seek", None)) and callable(getattr(f, "tell", None))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 def _batches(result: Result, source: str | None) -> tuple[_Meta, Iterator[pa.RecordBatch]]:
-    data = _as_input(result)
+    data, prescan = _as_input(result)
     if source is not None and not isinstance(source, str):
         source = os.fspath(source) if isinstance(source, os.PathLike) else str(source)
     if isinstance(data, list):
@@ -62,7 +83,7 @@ def _batches(result: Result, source: str | None) -> tuple[_Meta, Iterator[pa.Rec
     head = data[:64].lstrip(b"\xef\xbb\xbf" + _WS)
     if head[:1] == b"{":
         try:
-            meta, batches = _fast_video(data, source)
+            meta, batches = _fast_video(data, source, prescan)
         except _Fallback:
             pass
         else:
@@ -71,7 +92,7 @@ def _batches(result: Result, source: str | None) -> tuple[_Meta, Iterator[pa.Rec
 
 
 def _guarded(
-    batches: Iterator[pa.RecordBatch], data: bytes, source: str | None, fast_meta: _Meta | None = None
+    batches: Iterator[pa.RecordBatch], data: Any, source: str | None, fast_meta: _Meta | None = None
 ) -> Iterator[pa.RecordBatch]:
     """Run the fast path; if it gives up half-way, replay the slow path's rows (or its precise error)."""
     done = 0

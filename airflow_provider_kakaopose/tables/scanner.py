@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_kakaopose._jsonmarks import BACKSLASH, LBRACE, LBRACKET, MARKS, QUOTE, WS
 from airflow_provider_kakaopose.coco import frame_runs
 from airflow_provider_kakaopose.exceptions import (
     KakaoPoseResponseError,
@@ -39,17 +40,20 @@ class _Fallback(Exception):
     """The fast path cannot prove it reads this body right: use the json module instead."""
 
 
-_WS = b" \t\r\n"
+_WS = WS
+COMMA = 0x2C
+#: A raw body: bytes in memory, or a file read in pieces (``body.FileBody``: len, indexing, slicing, piece).
+Body = Any
 
 
-def _skip_ws(body: bytes, pos: int) -> int:
+def _skip_ws(body: Body, pos: int) -> int:
     n = len(body)
     while pos < n and body[pos] in _WS:
         pos += 1
     return pos
 
 
-def _decode_value(body: bytes, pos: int) -> tuple[Any, int]:
+def _decode_value(body: Body, pos: int) -> tuple[Any, int]:
     """Parse one JSON value at byte ``pos`` with the json module; return it and the byte just after it."""
     decoder = json.JSONDecoder()
     window = 1 << 12
@@ -74,72 +78,227 @@ def _decode_value(body: bytes, pos: int) -> tuple[Any, int]:
         return value, pos + len(text[:end].encode("utf-8"))
 
 
-def _structural_table() -> bytes:
-    table = bytearray(256)
-    for c in b'{}[]"':
-        table[c] = 1
-    return bytes(table)
+class _ArrayScan:
+    """The element boundaries of a JSON array of objects, found chunk by chunk as the bytes go by.
 
-
-_STRUCTURAL = _structural_table()
-
-
-def _scan_array(body: bytes, start: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Element boundaries of the JSON array whose ``[`` is at ``start``.
-
-    Returns (starts, ends, close): byte positions of each top-level element's opening and closing bracket,
-    and of the array's ``]``. Vectorised over the positions of ``{}[]"`` only; strings are tracked by quote
-    parity, so a backslash anywhere in the array (an escape) makes the caller fall back.
+    Fed the bytes after the array's ``[`` (at ``open_``) in order, in chunks of any size (a slice of a body in
+    memory, a block of a spooled file, a chunk as it arrives from the socket). Vectorised over the positions of
+    ``" \\ { } [ ]`` only: strings are tracked by quote parity, nesting by a cumulative sum, so a backslash (an
+    escape) anywhere in the array, an element that is not an object, or anything but one comma and whitespace
+    between elements raises :class:`_Fallback`. Keeps three int64 per element (start, end, separating comma).
     """
-    import numpy as np
 
-    starts: list[np.ndarray] = []
-    ends: list[np.ndarray] = []
-    depth = 0
-    in_string = 0
-    pos = start + 1
-    n = len(body)
-    view = memoryview(body)
-    while pos < n:
-        chunk = view[pos : pos + _SCAN_CHUNK]
-        marks = np.frombuffer(bytes(chunk).translate(_STRUCTURAL), np.bool_)
-        idx = np.flatnonzero(marks)
-        chars = np.frombuffer(chunk, np.uint8)[idx]
-        is_quote = chars == 34
-        parity = (np.cumsum(is_quote, dtype=np.int64) + in_string) & 1
-        if len(parity):
-            in_string = int(parity[-1])
-        outside = (parity == 0) & ~is_quote
-        chars = chars[outside]
-        idx = idx[outside] + pos
-        step = np.where((chars == 123) | (chars == 91), 1, -1).astype(np.int64)
-        level = np.cumsum(step) + depth
-        opened = idx[(step == 1) & (level == 1)]
-        closed = idx[(step == -1) & (level == 0)]
+    def __init__(self, open_: int) -> None:
+        self.open = open_
+        self.pos = open_ + 1  # absolute position of the next byte to be fed
+        self.close: int | None = None  # position of the array's "]" once seen
+        self._depth = 0
+        self._in_string = 0
+        self._starts: list[np.ndarray] = []
+        self._ends: list[np.ndarray] = []
+        self._commas: list[np.ndarray] = []
+        self._count = 0  # elements opened so far
+        # The bytes after the last closed element (or after "[") not yet checked, when a chunk ended between
+        # elements: the separator then spans chunks.
+        self._gap = bytearray()
+        self._gap_start = self.pos
+
+    def feed(self, chunk: bytes | bytearray | memoryview) -> bool:
+        """Scan the next chunk; ``True`` once the array's ``]`` was seen (later bytes are ignored)."""
+        import numpy as np
+
+        if self.close is not None:
+            return True
+        data = chunk if isinstance(chunk, bytes | bytearray) else bytes(chunk)
+        if not data:
+            return False
+        base = self.pos
+        self.pos += len(data)
+        arr = np.frombuffer(data, np.uint8)
+        idx = np.flatnonzero(np.frombuffer(data.translate(MARKS), np.bool_))
+        chars = arr[idx]
+        is_quote = chars == QUOTE
+        parity = (np.cumsum(is_quote, dtype=np.int64) + self._in_string) & 1
+        backslashes = idx[chars == BACKSLASH]
+        outside = (parity == 0) & ~is_quote & (chars != BACKSLASH)
+        brackets = chars[outside]
+        where = idx[outside]
+        step = np.where((brackets == LBRACE) | (brackets == LBRACKET), 1, -1).astype(np.int64)
+        level = np.cumsum(step) + self._depth
         below = np.flatnonzero(level < 0)
-        if len(below):
-            close = int(idx[below[0]])
-            starts.append(opened[opened < close])
-            ends.append(closed[closed < close])
-            return np.concatenate(starts), np.concatenate(ends), close
-        starts.append(opened)
-        ends.append(closed)
+        close = int(where[below[0]]) if len(below) else None
+        if len(backslashes) and (close is None or backslashes[0] < close):
+            raise _Fallback("a backslash (escape) inside the annotations")
+        if close is not None:
+            cut = int(below[0])
+            step, level, where, brackets = step[:cut], level[:cut], where[:cut], brackets[:cut]
+        opening = (step == 1) & (level == 1)
+        starts = where[opening]
+        ends = where[(step == -1) & (level == 0)]
+        if (brackets[opening] != LBRACE).any():
+            raise _Fallback("an annotation that is not an object")
+        commas = self._separators(data, arr, starts, ends, close)
+        self._count += len(starts)
         if len(level):
-            depth = int(level[-1])
+            self._depth = int(level[-1])
+        if len(parity):
+            self._in_string = int(parity[-1])
+        self._starts.append(starts + base)
+        self._ends.append(ends + base)
+        self._commas.append(commas + base)
+        if close is not None:
+            self.close = base + close
+            return True
+        # Between elements at the end of the chunk: keep what follows the last one for the next chunk.
+        if self._depth == 0:
+            tail = int(ends[-1]) + 1 if len(ends) else (0 if not len(starts) else len(data))
+            if len(ends) or len(starts):
+                self._gap = bytearray(data[tail:])
+                self._gap_start = base + tail
+            else:
+                self._gap += data
+            if len(self._gap) > 1 << 20:
+                raise _Fallback("more than 1 MB between two annotations")
+        return False
+
+    def _separators(
+        self, data: bytes | bytearray, arr: np.ndarray, starts: np.ndarray, ends: np.ndarray, close: int | None
+    ) -> np.ndarray:
+        """Check what is between the elements of a chunk; return the comma before each start (chunk positions,
+        -1 for the array's first element). Between the last element and the ``]`` only whitespace may be."""
+        import numpy as np
+
+        commas = np.full(len(starts), -1, dtype=np.int64)
+        prev = np.searchsorted(ends, starts) - 1  # the end before each start in this chunk, -1: none
+        if len(starts) and prev[0] < 0:  # the first start's separator began in an earlier chunk (or at "[")
+            between = bytes(self._gap) + data[: int(starts[0])]
+            if self._count == 0:
+                if between.strip(WS):
+                    raise _Fallback("something before the first annotation")
+            else:
+                if between.strip(WS) != b",":
+                    raise _Fallback("not one comma between two annotations")
+                commas[0] = self._gap_start + between.index(b",") - (self.pos - len(data))
+        inner = np.flatnonzero(prev >= 0)
+        if len(inner):
+            after = ends[prev[inner]] + 1
+            nxt = starts[inner]
+            gap = nxt - after
+            # Common formattings: the comma right after the element, then only whitespace up to the next one.
+            ok = arr[np.minimum(after, len(arr) - 1)] == COMMA
+            for k in range(1, int(gap.max(initial=1))):
+                pending = ok & (gap > k)
+                if not pending.any():
+                    break
+                c = arr[np.where(pending, after + k, 0)]
+                ok &= ~pending | (c == 0x20) | (c == 0x0A) | (c == 0x0D) | (c == 0x09)
+            found = after.copy()
+            for i in np.flatnonzero(~ok):  # e.g. whitespace before the comma: check those one by one
+                a, b = int(after[i]), int(nxt[i])
+                between = bytes(data[a:b])
+                if between.strip(WS) != b",":
+                    raise _Fallback("not one comma between two annotations")
+                found[i] = a + between.index(b",")
+            commas[inner] = found
+        if close is not None:  # only whitespace after the last element
+            if len(ends) and (not len(starts) or ends[-1] > starts[-1]):
+                rest = data[int(ends[-1]) + 1 : close]
+            elif not len(starts):
+                rest = bytes(self._gap) + data[:close]
+            else:  # pragma: no cover - an element opened and not closed before "]" is below level 0
+                raise _Fallback("unbalanced annotations")
+            if rest.strip(WS):
+                raise _Fallback("something after the last annotation")
+        return commas
+
+    def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(starts, ends, commas)``: each element's first and last byte, and the comma before each element
+        after the first (``len(starts) - 1`` of them). :class:`_Fallback` if the array is not closed."""
+        import numpy as np
+
+        if self.close is None:
+            raise _Fallback("unterminated annotations array")
+        starts = np.concatenate(self._starts) if self._starts else np.empty(0, np.int64)
+        ends = np.concatenate(self._ends) if self._ends else np.empty(0, np.int64)
+        commas = np.concatenate(self._commas) if self._commas else np.empty(0, np.int64)
+        if len(starts) != len(ends):  # pragma: no cover - the close is only found at level 0
+            raise _Fallback("unbalanced annotations")
+        return starts, ends, commas[1:]
+
+
+def _scan_array(body: Body, open_: int) -> _ArrayScan:
+    """Scan the array whose ``[`` is at ``open_`` in pieces of ``_SCAN_CHUNK`` bytes."""
+    scan = _ArrayScan(open_)
+    pos, n = open_ + 1, len(body)
+    while pos < n:
+        if scan.feed(body[pos : pos + _SCAN_CHUNK]):
+            return scan
         pos += _SCAN_CHUNK
     raise _Fallback("unterminated annotations array")
 
 
-def _fast_video(body: bytes, source: str | None) -> tuple[_Meta, Iterator[pa.RecordBatch]]:
-    """Read a video job answer from raw bytes; raises :class:`_Fallback` if unsure."""
-    import numpy as np
+#: The usual start of a job body: the annotations first (the service's order). A spool can then scan them
+#: while they arrive.
+_LEADING_ANNOTATIONS = re.compile(rb'[ \t\r\n]*\{[ \t\r\n]*"annotations"[ \t\r\n]*:[ \t\r\n]*\[')
 
+
+class _Prescan:
+    """Scans a body's annotations while the body is written chunk by chunk (when they come first)."""
+
+    HEAD = 256
+
+    def __init__(self) -> None:
+        self.scan: _ArrayScan | None = None
+        self._head: bytearray | None = bytearray()  # the first bytes, until the layout is known
+        self.failed = False
+
+    def feed(self, chunk: bytes | bytearray | memoryview) -> None:
+        if self.failed:
+            return
+        if self._head is not None:
+            self._head += chunk
+            if len(self._head) < self.HEAD:
+                return
+            self._start()
+            return
+        if self.scan is not None and self.scan.close is None:
+            try:
+                self.scan.feed(chunk)
+            except _Fallback:
+                self.failed, self.scan = True, None
+
+    def _start(self) -> None:
+        head, self._head = self._head, None
+        m = _LEADING_ANNOTATIONS.match(head or b"")
+        if m is None:
+            self.failed = True
+            return
+        self.scan = _ArrayScan(m.end() - 1)
+        try:
+            self.scan.feed(bytes(head[m.end() :]))
+        except _Fallback:
+            self.failed, self.scan = True, None
+
+    def finish(self) -> _ArrayScan | None:
+        """The scan of the annotations, if they came first and the scan could read them."""
+        if self._head is not None:
+            self._start()
+        return None if self.failed or self.scan is None or self.scan.close is None else self.scan
+
+
+def _fast_video(
+    body: Body, source: str | None, prescan: _ArrayScan | None = None
+) -> tuple[_Meta, Iterator[pa.RecordBatch]]:
+    """Read a video job answer from raw bytes (in memory or a :class:`FileBody`); :class:`_Fallback` if unsure.
+
+    ``prescan``: the annotations' scan done while the body was spooled (used if it is that array's).
+    """
     pos = _skip_ws(body, 0)
     if pos >= len(body) or body[pos] != 0x7B:  # {
         raise _Fallback
     pos = _skip_ws(body, pos + 1)
     top: dict[str, Any] = {}
-    array: tuple[np.ndarray, np.ndarray, int, int] | None = None
+    array: _ArrayScan | None = None
     if body[pos : pos + 1] != b"}":
         while True:
             key, pos = _decode_value(body, pos)
@@ -150,12 +309,9 @@ def _fast_video(body: bytes, source: str | None) -> tuple[_Meta, Iterator[pa.Rec
                 raise _Fallback
             pos = _skip_ws(body, pos + 1)
             if key == "annotations" and body[pos : pos + 1] == b"[":
-                s, e, close = _scan_array(body, pos)
-                if body.find(b"\\", pos, close) != -1:
-                    raise _Fallback  # escapes would break the quote-parity scan
-                array = (s, e, pos, close)
+                array = prescan if prescan is not None and prescan.open == pos else _scan_array(body, pos)
                 top[key] = None
-                pos = close + 1
+                pos = array.close + 1  # type: ignore[operator]
             else:
                 top[key], pos = _decode_value(body, pos)
             pos = _skip_ws(body, pos)
@@ -172,10 +328,7 @@ def _fast_video(body: bytes, source: str | None) -> tuple[_Meta, Iterator[pa.Rec
             raise _Fallback  # not an array: let the slow path name the problem
         _video_meta(top, source, 0)  # raises: status, missing fields
         raise _Fallback  # pragma: no cover - _video_meta raised
-    starts, ends, open_, close = array
-    if len(starts) != len(ends) or not np.all(np.frombuffer(body, np.uint8)[starts] == 0x7B):
-        raise _Fallback
-    commas = _separators(body, starts, ends, open_, close)
+    starts, ends, commas = array.result()
     meta = _video_meta(top, source, len(starts))
     expected = _frame_nums(body, starts, ends)
     if expected is not None:
@@ -186,7 +339,7 @@ def _fast_video(body: bytes, source: str | None) -> tuple[_Meta, Iterator[pa.Rec
 _FRAME_NUM = re.compile(rb'\{[ \t\r\n]*"frame_num"[ \t\r\n]*:[ \t\r\n]*(-?[0-9]{1,18})[ \t\r\n]*[,}]')
 
 
-def _frame_nums(body: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarray | None:
+def _frame_nums(body: Body, starts: np.ndarray, ends: np.ndarray) -> np.ndarray | None:
     """The annotations' frame numbers, read before any row (they go in the schema metadata), or ``None``
     when they are ``0 … n-1``.
 
@@ -209,8 +362,14 @@ def _frame_nums(body: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarray
     if type(last.get("frame_num")) is int and last["frame_num"] == n - 1:
         return None
     nums = []
+    window, w0 = (body, 0) if isinstance(body, bytes) else (b"", 0)
     for s in starts.tolist():
-        m = _FRAME_NUM.match(body, s)
+        if s + 256 > w0 + len(window) and w0 + len(window) < len(body):  # a file body: the next block
+            window, w0 = body[s : s + _SCAN_CHUNK], s
+        m = _FRAME_NUM.match(window, s - w0)
+        if m is None and w0 + len(window) < len(body):  # a long run of whitespace may reach past the block
+            window, w0 = body[s : s + _SCAN_CHUNK], s
+            m = _FRAME_NUM.match(window, 0)
         if m is None:
             raise _Fallback  # another key first, a float, a huge number...: the slow path decides
         nums.append(int(m.group(1)))
@@ -265,7 +424,7 @@ def _annotation_schema() -> pa.Schema:
 
 def _fast_batches(
     meta: _Meta,
-    body: bytes,
+    body: Body,
     starts: np.ndarray,
     ends: np.ndarray,
     commas: np.ndarray,
@@ -283,7 +442,7 @@ def _fast_batches(
     parse_options = pj.ParseOptions(
         explicit_schema=_annotation_schema(), unexpected_field_behavior="ignore", newlines_in_values=False
     )
-    view = memoryview(body)
+    view = memoryview(body) if isinstance(body, bytes) else None
     # The system allocator gives the parsed pieces back to the OS; mimalloc would keep their pages resident.
     pool = pa.system_memory_pool()
     state: dict[str, Any] = {"last": -1, "expected": expected}
@@ -293,9 +452,9 @@ def _fast_batches(
         j = max(i + 1, int(np.searchsorted(ends, limit, side="left")))
         j = min(j, n)
         s0, e1 = int(starts[i]), int(ends[j - 1]) + 1
-        piece = bytearray(view[s0:e1])
+        piece = bytearray(view[s0:e1]) if view is not None else body.piece(s0, e1)  # type: ignore[union-attr]
         arr = np.frombuffer(piece, np.uint8)
-        if body.find(b"\n", s0, e1) != -1 or body.find(b"\r", s0, e1) != -1:
+        if piece.find(b"\n") != -1 or piece.find(b"\r") != -1:
             arr[(arr == 10) | (arr == 13)] = 32  # newlines are whitespace outside strings (no raw ones inside)
         arr[commas[i : j - 1] - s0] = 10
         del arr
