@@ -17,7 +17,7 @@ MATRIX_VERSIONS ?= 2.11.2 3.0.6 3.1.8 3.2.2 3.3.2
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,redis,cluster]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -70,3 +70,15 @@ demo: install
 # The demo against the local engine: real poses on real photos and a synthetic video.
 demo-engine: install engine-install
 	$(BIN)/python scripts/demo.py --engine
+
+# A local, production-like deployment on loopback (scripts/cluster.py; `python scripts/cluster.py --help`):
+# PostgreSQL, Redis, api-server, scheduler, dag-processor, 2 Celery workers, 2 triggerers and the emulator.
+# `make cluster CLUSTER_ARGS="--workers 3 --emulator-args '--latency 0.3'"`, `make cluster-down CLUSTER_ARGS=--wipe`.
+CLUSTER_ARGS ?=
+.PHONY: cluster cluster-down
+
+cluster: install
+	$(BIN)/python scripts/cluster.py up $(CLUSTER_ARGS)
+
+cluster-down:
+	$(BIN)/python scripts/cluster.py down $(CLUSTER_ARGS)

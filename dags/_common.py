@@ -34,8 +34,9 @@ VIDEOS = [
 #: Seconds between job status checks (the emulator finishes jobs in a couple of seconds).
 POLL_INTERVAL = float(os.environ.get("KAKAO_POSE_POLL_INTERVAL", "2"))
 
-#: Deterministic per run: a rerun of the same logical date replaces its output.
-RUN_DIR = "{{ dag.dag_id }}/{{ ds_nodash }}"
+#: Deterministic per run: a rerun of the same logical date replaces its output. A run without a logical date
+#: (Airflow 3: `airflow dags trigger` without --logical-date) uses the day it was due (run_after).
+RUN_DIR = "{{ dag.dag_id }}/{{ ds_nodash if ds_nodash is defined else dag_run.run_after | ds_nodash }}"
 
 #: Asset updated by the video example each time it lands a table; downstream DAGs can be scheduled on it.
 POSE_VIDEO_ASSET_URI = (

@@ -162,6 +162,8 @@ class RecordedRequest:
     status: int | None = None
     fault: str | None = None
     time: float = 0.0
+    #: The request arrived over the per-second quota (and was refused with the quota answer).
+    over_quota: bool = False
 
 
 @dataclass
@@ -526,6 +528,7 @@ class PoseEmulator:
                 fault = None
             response = self._fault_response(fault, request.path, cfg) if fault else None
             if response is None and over_quota:
+                rec.over_quota = True
                 response = self._quota_response(cfg.quota_mode, cfg)
             if response is None and not rec.auth_ok:
                 response = _error(401, -401, "this access token does not exist")
