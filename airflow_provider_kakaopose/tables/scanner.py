@@ -362,13 +362,14 @@ def _frame_nums(body: Body, starts: np.ndarray, ends: np.ndarray) -> np.ndarray 
     if type(last.get("frame_num")) is int and last["frame_num"] == n - 1:
         return None
     nums = []
+    block = max(_SCAN_CHUNK, 1 << 16)  # holds a whole leading "frame_num" however small the scan's chunks
     window, w0 = (body, 0) if isinstance(body, bytes) else (b"", 0)
     for s in starts.tolist():
         if s + 256 > w0 + len(window) and w0 + len(window) < len(body):  # a file body: the next block
-            window, w0 = body[s : s + _SCAN_CHUNK], s
+            window, w0 = body[s : s + block], s
         m = _FRAME_NUM.match(window, s - w0)
         if m is None and w0 + len(window) < len(body):  # a long run of whitespace may reach past the block
-            window, w0 = body[s : s + _SCAN_CHUNK], s
+            window, w0 = body[s : s + block], s
             m = _FRAME_NUM.match(window, 0)
         if m is None:
             raise _Fallback  # another key first, a float, a huge number...: the slow path decides
