@@ -25,8 +25,18 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 _DICT_COLUMNS = ("source", "job_id", "keypoint")
+#: Record batches queued between the producer (parsing, tracking) and the Parquet writer thread.
+_QUEUED_BATCHES = 4
 # Filesystems (fsspec protocols) whose rename is atomic: write a temporary name, then move it.
 _RENAMING_PROTOCOLS = frozenset({"file", "local", "sftp", "ssh", "hdfs", "webhdfs", "arrow_hdfs", "smb"})
+# Object stores whose fsspec files, opened with ``autocommit=False``, upload while written and publish only on
+# ``commit()`` (``discard()`` throws the upload away): S3 multipart uploads (s3fs: parts go up as the buffer fills,
+# CompleteMultipartUpload on commit, AbortMultipartUpload on discard) and GCS resumable uploads (gcsfs). Not
+# fsspec's memory store: outside a transaction its files are visible from the moment they are opened.
+_STAGING_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs"})
+#: Bytes buffered before a part goes up to an object store (S3 needs at least 5 MiB per part but the last,
+#: and at most 10,000 parts: 16 MiB parts allow files up to 156 GiB).
+UPLOAD_PART_SIZE = 16 << 20
 
 # --------------------------------------------------------------------------------------------- storage
 
@@ -84,43 +94,48 @@ def _write_to(sink: Any, data: pa.Table | pa.RecordBatchReader, row_group_size: 
             writer.write_table(data, row_group_size=row_group_size)
             return data.num_rows
         # Parse (this thread) and encode/compress (a writer thread) overlap; both release the GIL in Arrow.
-        # The queue holds at most two row groups, so memory stays bounded.
-        groups: queue.Queue[pa.Table | None] = queue.Queue(maxsize=2)
+        # The writer thread gathers the batches of one row group and writes it; the queue between the two
+        # holds a few batches, so memory stays at about one row group whatever the length.
+        batches: queue.Queue[pa.RecordBatch | None] = queue.Queue(maxsize=_QUEUED_BATCHES)
         failure: list[BaseException] = []
+        written = [0]
 
         def write_groups() -> None:
+            pending: list[pa.RecordBatch] = []
+            n = 0
             try:
-                while (group := groups.get()) is not None:
-                    writer.write_table(group, row_group_size=row_group_size)
+                while (batch := batches.get()) is not None:
+                    pending.append(batch)
+                    n += batch.num_rows
+                    while n >= row_group_size:
+                        table = pa.Table.from_batches(pending, schema=schema)
+                        writer.write_table(table.slice(0, row_group_size), row_group_size=row_group_size)
+                        rest = table.slice(row_group_size)
+                        del table
+                        pending, n = rest.to_batches(), rest.num_rows
+                        written[0] += row_group_size
+                if n:
+                    writer.write_table(pa.Table.from_batches(pending, schema=schema), row_group_size=row_group_size)
+                    written[0] += n
             except BaseException as err:  # reported to the producer below
                 failure.append(err)
-                while groups.get() is not None:  # drain so the producer never blocks
+                while batches.get() is not None:  # drain so the producer never blocks
                     pass
 
         thread = threading.Thread(target=write_groups, name="kakaopose-parquet-writer", daemon=True)
         thread.start()
         try:
-            pending: list[pa.RecordBatch] = []
-            n = 0
             for batch in data:
                 if failure:
                     break
-                pending.append(batch)
-                n += batch.num_rows
-                while n >= row_group_size:
-                    table = pa.Table.from_batches(pending, schema=schema)
-                    groups.put(table.slice(0, row_group_size))
-                    rest = table.slice(row_group_size)
-                    pending, n = rest.to_batches(), rest.num_rows
-                    rows += row_group_size
-            if n and not failure:
-                groups.put(pa.Table.from_batches(pending, schema=schema))
-                rows += n
+                if batch.num_rows:
+                    batches.put(batch)
         finally:
-            groups.put(None)
+            batches.put(None)
             thread.join()
         if failure:
             raise failure[0]
+        rows = written[0]
     return rows
 
 
@@ -142,8 +157,10 @@ def write_parquet(
     :return: the number of rows written.
 
     A reader sees the old file or the whole new one, never a part: local files and renaming stores are
-    written under a temporary name in the same directory, then moved; object stores (s3, gs, memory, …),
-    which have no atomic rename, get the whole file in a single put.
+    written under a temporary name in the same directory, then moved; S3 and GCS get a multipart (resumable)
+    upload that goes up part by part while the file is written and is completed only once it is whole (a
+    failure aborts it: nothing appears at the key); other object stores get the whole file in a single put.
+    See :func:`write_atomically`.
     """
     return write_atomically(uri, lambda sink: _write_to(sink, table, row_group_size, compression))
 
@@ -151,10 +168,18 @@ def write_parquet(
 def write_atomically(uri: str | os.PathLike | Any, write: Callable[[Any], T]) -> T:
     """Run ``write(sink)`` so that readers of ``uri`` see the old file or the whole new one, never a part.
 
-    ``sink`` is a temporary local path (local files: then fsync, ``os.replace``), a binary file open on a
-    temporary name (stores that can rename: then ``mv``), or an in-memory buffer sent in one put (object
-    stores: s3, gs, memory, …). Missing folders are created. Returns what ``write`` returns. Shared by the
-    Parquet tables and the pictures.
+    ``sink`` is one of
+
+    * a temporary local path (local files): then fsync and ``os.replace``;
+    * a binary file open on a temporary name (stores that can rename: sftp, hdfs, smb, …): then ``mv``;
+    * a binary file open on the final key without autocommit (S3 through s3fs, GCS through gcsfs): the bytes
+      go up in parts of :data:`UPLOAD_PART_SIZE` while ``write`` runs, so memory
+      holds about one part, and the upload is completed (S3: ``CompleteMultipartUpload``) only after ``write``
+      returned; if ``write`` raises, the upload is discarded (S3: ``AbortMultipartUpload``) and nothing
+      appears at the key (an old object there stays as it was);
+    * an in-memory buffer sent in one put (other object stores, e.g. Azure, memory).
+
+    Missing folders are created. Returns what ``write`` returns. Shared by the Parquet tables and the pictures.
     """
 
     fs, path = _resolve(uri)
@@ -192,9 +217,32 @@ def write_atomically(uri: str | os.PathLike | Any, write: Callable[[Any], T]) ->
                     fs.rm(tmp)
             raise
         return result
+    if _protocols(fs) & _STAGING_PROTOCOLS:
+        return _write_staged(fs, path, write)
     buffer = io.BytesIO()
     result = write(buffer)
     fs.pipe_file(path, buffer.getvalue())
+    return result
+
+
+def _write_staged(fs: Any, path: str, write: Callable[[Any], T]) -> T:
+    """Upload while ``write`` writes; publish at ``path`` only once it returned (see :func:`write_atomically`).
+
+    The file is opened with ``autocommit=False``: its ``close()`` uploads the last part but publishes nothing,
+    ``commit()`` publishes, ``discard()`` aborts. (Leaving a ``with fs.open(...)`` block on an exception would
+    *close* the file, which with autocommit completes the upload: a half-written file at the key.)
+    """
+    f = fs.open(path, "wb", block_size=UPLOAD_PART_SIZE, autocommit=False)
+    try:
+        result = write(f)
+        f.close()
+        f.commit()
+    except BaseException:
+        with contextlib.suppress(Exception):  # best effort: the error that matters is the one raised
+            f.discard()
+        with contextlib.suppress(Exception):
+            f.closed = True  # discarded: a later close() (the file's __del__) must not flush or upload
+        raise
     return result
 
 
