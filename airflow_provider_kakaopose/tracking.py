@@ -897,7 +897,7 @@ def assign_tracks(
 
 #: Rows the streaming tracker gathers before it links them (then its work per chunk is that of the whole-table
 #: tracker on a table of this size; its memory, these rows and their features).
-STREAM_CHUNK_ROWS = 1 << 19
+STREAM_CHUNK_ROWS = 1 << 18
 #: Frames of a video's last linked chunk kept whole for the next one: links between consecutive frames and the
 #: velocities (3 links back) never reach further.
 _CONTEXT_FRAMES = VELOCITY_STEPS + 1

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 # Bytes of the raw body parsed per piece on the fast path (bounds the memory of the intermediate copies).
-_PIECE_BYTES = 16 << 20
+_PIECE_BYTES = 8 << 20
 _SCAN_CHUNK = 16 << 20
 
 # --------------------------------------------------------------------------------------------- raw JSON fast path
