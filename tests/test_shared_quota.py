@@ -137,6 +137,42 @@ def test_threads_and_event_loops_in_several_processes_share_one_quota(redis_url)
     assert span <= 1.5 * len(times) / RATE  # and was used: not much slower than 20/s
 
 
+def test_callers_are_served_in_order_with_one_call_each(redis_url):
+    """Each caller reserves its slot with one call and sleeps until it: no caller asks again and again (a herd
+    of waiters would load Redis and the workers' CPUs), and the order of asking is the order of sending."""
+    import threading
+
+    quota = keeping_the_whole_log(SharedQuota(redis_url, fresh_key(), RATE))
+    calls = 0
+    script = quota._sync_script()
+
+    def counting(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        return script(*args, **kwargs)
+
+    quota._script = counting
+    waits: list[float] = []
+    lock = threading.Lock()
+
+    def run() -> None:
+        wait = quota.wait_time()
+        with lock:
+            waits.append(wait)
+        time.sleep(wait)
+
+    threads = [threading.Thread(target=run) for _ in range(30)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == 30
+    log = admitted(redis_url, quota.key)
+    assert len(log) == 30
+    assert busiest_window(log) <= RATE and bunched(log, 1 / RATE) == 0
+    assert max(waits) >= (30 - RATE) / RATE * 0.9  # the later callers were given later slots, not refused
+
+
 async def test_waiting_on_the_store_never_blocks_the_loop(redis_url):
     quota = SharedQuota(redis_url, fresh_key(), RATE)
     gaps: list[float] = []

@@ -3,8 +3,9 @@
 The Pose API's quota belongs to the app key, but each process paces itself alone: two workers with eight
 threads and two triggerers would together send several times ``rate_limit_per_second``. With
 ``[kakao_pose] rate_limit_store = redis://host:port/db`` (environment: ``AIRFLOW__KAKAO_POSE__RATE_LIMIT_STORE``)
-set on every component, each request also takes a slot in a sliding-window log in Redis: one sorted set per
-app key, checked and appended by one Lua script, so processes never race. Two rates hold there for all
+set on every component, each request also reserves a send time in a log in Redis: one sorted set per
+app key, in which one Lua script reserves each request's send time (the earliest that keeps every rate), so
+processes never race and callers are served in order, each with one call. Two rates hold there for all
 processes together, the same as the local limiter's: at most ``ceil(rate)`` requests in any one-second window
 (plus a small margin for the jitter between being admitted and arriving at the API), and no more than two
 within one spacing ``1/rate``.
@@ -40,7 +41,7 @@ CONFIG_SECTION, CONFIG_KEY = "kakao_pose", "rate_limit_store"
 #: Seconds before a process that lost the store tries it again.
 RETRY_AFTER_S = 30.0
 #: Added to the one-second window: requests arrive a little later than they are sent, and not all equally.
-WINDOW_MARGIN_MS = 25
+WINDOW_MARGIN_MS = 150
 #: Seconds to connect to / answer from the store before it counts as unreachable.
 STORE_TIMEOUT_S = 0.5
 
@@ -74,28 +75,29 @@ def bucket_key(base_url: str, api_key: str) -> str:
     return f"kakaopose:quota:{digest}"
 
 
-#: KEYS[1]: the log, a sorted set of admitted requests scored by Redis's clock (µs). ARGV: a member nonce, how
-#: long to keep entries (µs, at least the longest window), then (limit, window µs) per rate. Admits and returns
-#: 0, or returns the µs until the entry that blocks leaves its window. The key expires when idle.
+#: KEYS[1]: the log, a sorted set of reserved send times scored by Redis's clock (µs). ARGV: a member nonce, how
+#: long to keep entries (µs, at least the longest window), then (limit, window µs) per rate. Reserves the
+#: earliest time at which every rate still holds and returns the µs until it (0: send now). Slots are handed
+#: out in order, so the log stays sorted and the ``limit``-th newest entry alone decides each rate; callers
+#: sleep until their slot instead of asking again (first come, first served, one call per request). The key
+#: expires when idle.
 ACQUIRE_SCRIPT = """
 local function int(x) return string.format('%.0f', x) end  -- exact: Lua's tostring keeps 14 digits
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local wait, longest = 0, tonumber(ARGV[2])
+local slot, longest = now, tonumber(ARGV[2])
+local last = redis.call('ZREVRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if last[2] and tonumber(last[2]) > slot then slot = tonumber(last[2]) end
 for i = 3, #ARGV, 2 do
   local limit, window = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
   if window > longest then longest = window end
-  if redis.call('ZCOUNT', KEYS[1], '(' .. int(now - window), '+inf') >= limit then
-    local blocking = redis.call('ZREVRANGE', KEYS[1], limit - 1, limit - 1, 'WITHSCORES')
-    local w = tonumber(blocking[2]) + window - now
-    if w > wait then wait = w end
-  end
+  local blocking = redis.call('ZREVRANGE', KEYS[1], limit - 1, limit - 1, 'WITHSCORES')
+  if blocking[2] and tonumber(blocking[2]) + window > slot then slot = tonumber(blocking[2]) + window end
 end
-if wait > 0 then return int(wait) end
-redis.call('ZADD', KEYS[1], int(now), int(now) .. ':' .. ARGV[1])
+redis.call('ZADD', KEYS[1], int(slot), int(slot) .. ':' .. ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', int(now - longest))
-redis.call('PEXPIRE', KEYS[1], int(math.floor(longest / 1000) + 1000))
-return 0
+redis.call('PEXPIRE', KEYS[1], int(math.floor((slot - now + longest) / 1000) + 1000))
+return int(slot - now)
 """
 
 
@@ -164,8 +166,8 @@ class SharedQuota:
             return self._script
 
     def wait_time(self) -> float | None:
-        """Take a slot now (returns 0.0), or the seconds until one may be free; ``None`` if the store is
-        unreachable (the caller goes on with local pacing only)."""
+        """Reserve the deployment's next free slot and return the seconds until it (0.0: send now); ``None``
+        if the store is unreachable (the caller goes on with local pacing only)."""
         if not self.available:
             return None
         try:
@@ -176,14 +178,13 @@ class SharedQuota:
         return wait_us / 1_000_000
 
     def acquire(self) -> bool:
-        """Block the calling thread until it holds a slot; False if the store is unreachable."""
-        while True:
-            wait = self.wait_time()
-            if wait is None:
-                return False
-            if not wait:
-                return True
+        """Block the calling thread until its reserved slot; False if the store is unreachable."""
+        wait = self.wait_time()
+        if wait is None:
+            return False
+        if wait > 0:
             time.sleep(wait)
+        return True
 
     # ------------------------------------------------------------------------------------------ async
 
@@ -210,14 +211,13 @@ class SharedQuota:
         return wait_us / 1_000_000
 
     async def acquire_async(self) -> bool:
-        """Wait on the loop until the caller holds a slot; False if the store is unreachable."""
-        while True:
-            wait = await self.wait_time_async()
-            if wait is None:
-                return False
-            if not wait:
-                return True
+        """Wait on the loop until the caller's reserved slot; False if the store is unreachable."""
+        wait = await self.wait_time_async()
+        if wait is None:
+            return False
+        if wait > 0:
             await asyncio.sleep(wait)
+        return True
 
 
 _QUOTAS: dict[tuple[str, str, float], SharedQuota] = {}

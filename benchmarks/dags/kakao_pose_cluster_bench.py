@@ -30,8 +30,15 @@ with DAG(
     max_active_tasks=256,
     tags=["kakao-pose", "benchmark"],
 ) as dag:
+    # Submitting takes a worker slot for a moment, then the wait is deferred: let submissions go before the
+    # image batches (which hold their slots for minutes), so every job's processing starts early.
     KakaoPoseVideoOperator.partial(
-        task_id="videos", deferrable=True, poll_interval=CONFIG["poll_interval"], timeout=3600, **RETRIES
+        task_id="videos",
+        deferrable=True,
+        poll_interval=CONFIG["poll_interval"],
+        timeout=3600,
+        priority_weight=10,
+        **RETRIES,
     ).expand_kwargs(
         [
             {
