@@ -238,7 +238,7 @@ def _load(data: Any) -> _Poses:
     if isinstance(data, _Poses):
         return data
     if isinstance(data, (str, bytes, os.PathLike)) or (hasattr(data, "fs") and hasattr(data, "path")):
-        from airflow_provider_kakaopose.tables import _read_table
+        from airflow_provider_kakaopose.tables.storage import _read_table
 
         data = _read_table(data)
     cols: dict[str, Any] = {}
@@ -308,7 +308,7 @@ def _as_image(value: Any) -> Image.Image:
     if isinstance(value, (str, os.PathLike)):
         text = os.fspath(value)
         if len(urlsplit(text).scheme) > 1:
-            from airflow_provider_kakaopose.tables import _is_local, _resolve
+            from airflow_provider_kakaopose.tables.storage import _is_local, _resolve
 
             fs, path = _resolve(text)
             if not _is_local(fs):

@@ -17,6 +17,7 @@ Importing this module is cheap: numpy, scipy and pyarrow are imported inside the
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -25,12 +26,13 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
     from concurrent.futures import Executor
 
     import numpy as np
     import pyarrow as pa
 
-__all__ = ["DEFAULT_MAX_DISTANCE", "TRACK_COLUMN", "assign_tracks"]
+__all__ = ["DEFAULT_MAX_DISTANCE", "STREAM_CHUNK_ROWS", "TRACK_COLUMN", "assign_tracks", "assign_tracks_reader"]
 
 #: Name of the column :func:`assign_tracks` adds (right after ``person_idx``).
 TRACK_COLUMN = "track_id"
@@ -701,6 +703,107 @@ def _next_gap(p: _People, ends: np.ndarray, starts: np.ndarray, gap: int) -> int
     return int((s_frames[pos[ok]] - e_frames[ok]).min()) - 1
 
 
+class _Links:
+    """The links of detections, pass by pass, and what a later chunk needs of them (see :class:`_Context`).
+
+    ``pred1``/``succ1``: pass 1 (frame to frame, no motion); ``v1x``/``v1y``: the velocities from it;
+    ``pred2``/``succ2``: pass 2 (frame to frame with those velocities); ``vcx``/``vcy``: the velocities of
+    pass 2's track ends (the cascade predicts with them); ``pred``/``succ``: pass 2 plus the gap cascade.
+    Links are detection indices, -1 for none, -2 for images; a context's links to detections it no longer
+    holds are -1 (predecessors: never followed that far back) or ``_GONE`` (successors: "linked").
+    """
+
+    __slots__ = ("pred", "pred1", "pred2", "succ", "succ1", "succ2", "v1x", "v1y", "vcx", "vcy")
+
+    def __init__(self, **arrays: np.ndarray) -> None:
+        for name in self.__slots__:
+            setattr(self, name, arrays[name])
+
+    @classmethod
+    def empty(cls) -> _Links:
+        import numpy as np
+
+        i, f = np.zeros(0, np.int64), np.zeros(0, np.float32)
+        return cls(**{n: (f if n[0] == "v" else i) for n in cls.__slots__})
+
+    def take(self, keep: np.ndarray, n: int) -> _Links:
+        """The links of detections ``keep`` (ascending) of ``n``, renumbered (links outside ``keep``: see above)."""
+        import numpy as np
+
+        new = np.full(n + 1, -1, dtype=np.int64)
+        new[keep] = np.arange(len(keep))
+        out = {}
+        for name in self.__slots__:
+            a = getattr(self, name)[keep]
+            at = new[np.where((a >= 0) & (a < n), a, n)] if name[0] in "ps" else None  # new index, -1 if gone
+            if name[0] == "p":  # predecessors: renumbered, -1 when gone
+                a = np.where(a >= 0, at, a)
+            elif name[0] == "s":  # successors: only "linked or not" matters later
+                a = np.where(a >= 0, np.where(at >= 0, at, _GONE), a)
+            out[name] = a
+        return _Links(**out)
+
+
+#: A successor link to a detection a context no longer holds ("linked": such an end is not a candidate).
+_GONE = 1 << 62
+
+
+def _link(
+    p: _People,
+    ctx: _Links,
+    max_gap: int,
+    min_iou: float,
+    max_distance: float,
+    pool: Executor | None = None,
+) -> _Links:
+    """Link the detections of ``p`` whose frames are new; the first ``len(ctx.pred)`` detections are a
+    context of earlier frames linked by earlier calls (their links in ``ctx``). With an empty context this is
+    the whole-table tracker; with one it makes exactly the links the whole-table tracker makes for these
+    frames, as every problem it solves has a new frame as its later side and those are solved in the same
+    order as the whole-table tracker solves them (see docs/tracking.md, "Streaming")."""
+    import numpy as np
+
+    n = p.n
+    c = len(ctx.pred)
+    video = np.flatnonzero(p.is_video)
+    new_video = video[video >= c]
+    init = np.where(p.is_video[c:], -1, -2).astype(np.int64)
+    opts: dict[str, Any] = {"min_iou": min_iou, "max_distance": max_distance, "pool": pool}
+    zeros = np.zeros(n - c, dtype=np.float32)
+    # 1. consecutive frames, without motion, for the velocities.
+    pred1, succ1 = np.concatenate((ctx.pred1, init)), np.concatenate((ctx.succ1, init))
+    cands = (np.flatnonzero(succ1 == -1), new_video)
+    _link_pass(p, pred1, succ1, 0, velocity=None, use_keypoints=True, candidates=cands, **opts)
+    v1x, v1y = np.concatenate((ctx.v1x, zeros)), np.concatenate((ctx.v1y, zeros))
+    v1x[new_video], v1y[new_video] = _velocity(p, pred1, new_video)
+    # 2. again, predicting with them.
+    pred2, succ2 = np.concatenate((ctx.pred2, init)), np.concatenate((ctx.succ2, init))
+    cands = (np.flatnonzero(succ2 == -1), new_video)
+    _link_pass(p, pred2, succ2, 0, velocity=(v1x, v1y), use_keypoints=True, candidates=cands, **opts)
+    # 3. the cascade over gaps: people missing for 1, 2, ... max_gap frames, most recent first, predicted
+    #    with the velocity at the end of their frame-to-frame track. Gaps at which no unlinked track end has
+    #    an unlinked start to reach are skipped (their pass would link nothing), and the cascade stops when
+    #    no such gap is left: a huge max_gap ("never drop an id") costs no more than the video's frame span.
+    pred = pred2.copy()
+    succ = np.concatenate((np.where(succ2[:c] >= 0, succ2[:c], ctx.succ), succ2[c:]))
+    vcx, vcy = np.concatenate((ctx.vcx, zeros)), np.concatenate((ctx.vcy, zeros))
+    new_ends = new_video[succ2[new_video] == -1]
+    vcx[new_ends], vcy[new_ends] = _velocity(p, pred2, new_ends)
+    max_gap = min(max_gap, p.max_gap)
+    if max_gap:
+        ends = video[succ[video] == -1]  # only track ends are linked across gaps
+        starts = new_video[pred[new_video] == -1]
+        gap = _next_gap(p, ends, starts, 1)
+        while gap is not None and gap <= max_gap:
+            cands = (ends, starts)
+            _link_pass(p, pred, succ, gap, velocity=(vcx, vcy), use_keypoints=False, candidates=cands, **opts)
+            ends, starts = ends[succ[ends] == -1], starts[pred[starts] == -1]  # the still unlinked
+            gap = _next_gap(p, ends, starts, gap + 1)
+    return _Links(
+        pred=pred, pred1=pred1, pred2=pred2, succ=succ, succ1=succ1, succ2=succ2, v1x=v1x, v1y=v1y, vcx=vcx, vcy=vcy
+    )
+
+
 def _track_ids(
     p: _People, max_gap: int, min_iou: float, max_distance: float, pool: Executor | None = None
 ) -> np.ndarray:
@@ -709,33 +812,7 @@ def _track_ids(
 
     n = p.n
     video = np.flatnonzero(p.is_video)
-    pred = np.where(p.is_video, -1, -2).astype(np.int64)
-    succ = pred.copy()
-    opts: dict[str, Any] = {"min_iou": min_iou, "max_distance": max_distance, "pool": pool}
-    # 1. consecutive frames, without motion, for the velocities; 2. again, predicting with them.
-    vx = np.zeros(n, dtype=np.float32)
-    vy = np.zeros(n, dtype=np.float32)
-    for moving in (False, True):
-        if moving:
-            vx[video], vy[video] = _velocity(p, pred, video)
-            pred[video] = -1
-            succ[video] = -1
-        _link_pass(p, pred, succ, 0, velocity=(vx, vy) if moving else None, use_keypoints=True, **opts)
-    # 3. the cascade over gaps: people missing for 1, 2, ... max_gap frames, most recent first, predicted
-    #    with the velocity at the end of their frame-to-frame track. Gaps at which no unlinked track end has
-    #    an unlinked start to reach are skipped (their pass would link nothing), and the cascade stops when
-    #    no such gap is left: a huge max_gap ("never drop an id") costs no more than the video's frame span.
-    max_gap = min(max_gap, p.max_gap)
-    if max_gap:
-        ends = video[succ[video] == -1]  # only track ends are linked across gaps
-        vx[ends], vy[ends] = _velocity(p, pred, ends)
-        starts = np.flatnonzero(pred == -1)
-        gap = _next_gap(p, ends, starts, 1)
-        while gap is not None and gap <= max_gap:
-            cands = (ends, starts)
-            _link_pass(p, pred, succ, gap, velocity=(vx, vy), use_keypoints=False, candidates=cands, **opts)
-            ends, starts = ends[succ[ends] == -1], starts[pred[starts] == -1]  # the still unlinked
-            gap = _next_gap(p, ends, starts, gap + 1)
+    pred = _link(p, _Links.empty(), max_gap, min_iou, max_distance, pool).pred
     # Tracks are the chains of links: find each detection's first detection by pointer jumping.
     all_dets = np.arange(n)
     root = np.where(pred < 0, all_dets, pred)
@@ -790,20 +867,8 @@ def assign_tracks(
     import numpy as np
     import pyarrow as pa
 
-    if int(max_gap) != max_gap or max_gap < 0:
-        raise ValueError(f"max_gap must be a non-negative integer, got {max_gap!r}")
-    if not 0 <= min_iou <= 1:
-        raise ValueError(f"min_iou must be between 0 and 1, got {min_iou!r}")
-    distance = DEFAULT_MAX_DISTANCE if max_distance is None else float(max_distance)
-    if not distance > 0:
-        raise ValueError(f"max_distance must be positive, got {max_distance!r}")
-    missing = [
-        c
-        for c in ("source", "job_id", "frame_num", "time_s", "person_idx", "keypoint_id", "x", "y", *_BOX)
-        if c not in table.column_names
-    ]
-    if missing:
-        raise ValueError(f"not a keypoints table: no column(s) {', '.join(missing)}")
+    max_gap, min_iou, distance = _params(max_gap, min_iou, max_distance)
+    _check_columns(table.column_names)
     metadata = dict(table.schema.metadata or {})
     if TRACK_COLUMN in table.column_names:
         table = table.drop_columns([TRACK_COLUMN])
@@ -826,3 +891,241 @@ def assign_tracks(
     params = {"max_gap": int(max_gap), "min_iou": float(min_iou), "max_distance": distance, "method": "cascade"}
     metadata[_TRACKING_KEY] = json.dumps(params).encode()
     return table.replace_schema_metadata(metadata)
+
+
+# --------------------------------------------------------------------------------------------- streaming
+
+#: Rows the streaming tracker gathers before it links them (then its work per chunk is that of the whole-table
+#: tracker on a table of this size; its memory, these rows and their features).
+STREAM_CHUNK_ROWS = 1 << 18
+#: Frames of a video's last linked chunk kept whole for the next one: links between consecutive frames and the
+#: velocities (3 links back) never reach further.
+_CONTEXT_FRAMES = VELOCITY_STEPS + 1
+
+
+def _params(max_gap: int, min_iou: float, max_distance: float | None) -> tuple[int, float, float]:
+    if int(max_gap) != max_gap or max_gap < 0:
+        raise ValueError(f"max_gap must be a non-negative integer, got {max_gap!r}")
+    if not 0 <= min_iou <= 1:
+        raise ValueError(f"min_iou must be between 0 and 1, got {min_iou!r}")
+    distance = DEFAULT_MAX_DISTANCE if max_distance is None else float(max_distance)
+    if not distance > 0:
+        raise ValueError(f"max_distance must be positive, got {max_distance!r}")
+    return int(max_gap), float(min_iou), distance
+
+
+def _check_columns(names: list[str]) -> None:
+    needed = ("source", "job_id", "frame_num", "time_s", "person_idx", "keypoint_id", "x", "y", *_BOX)
+    missing = [c for c in needed if c not in names]
+    if missing:
+        raise ValueError(f"not a keypoints table: no column(s) {', '.join(missing)}")
+
+
+def _tracked_schema(schema: pa.Schema, params: dict[str, Any]) -> pa.Schema:
+    import pyarrow as pa
+
+    metadata = dict(schema.metadata or {})
+    metadata[_TRACKING_KEY] = json.dumps(params).encode()
+    if TRACK_COLUMN in schema.names:
+        schema = schema.remove(schema.get_field_index(TRACK_COLUMN))
+    at = schema.get_field_index("person_idx") + 1
+    return schema.insert(at, pa.field(TRACK_COLUMN, pa.int32())).with_metadata(metadata)
+
+
+class _StreamTracker:
+    """The state of :func:`assign_tracks_reader` between chunks: the rows of the detections a later frame can
+    still be linked to (the last frames, and the unlinked track ends of the last ``max_gap`` frames), their
+    links and ids, and the rows waiting to be linked."""
+
+    def __init__(self, schema: pa.Schema, max_gap: int, min_iou: float, distance: float, chunk_rows: int) -> None:
+        self.max_gap, self.min_iou, self.distance = max_gap, min_iou, distance
+        self.chunk_rows = max(int(chunk_rows), 1)
+        self.in_schema = schema.remove(schema.get_field_index(TRACK_COLUMN)) if TRACK_COLUMN in schema.names else schema
+        params = {"max_gap": max_gap, "min_iou": min_iou, "max_distance": distance, "method": "cascade"}
+        self.out_schema = _tracked_schema(schema, params)
+        self.pending: list[pa.RecordBatch] = []
+        self.pending_rows = 0
+        self.group: Any = None
+        self.seen: set[Any] = set()
+        self.known: dict[Any, int] = {}
+        self.pool: ThreadPoolExecutor | None = None
+        if min(2, os.cpu_count() or 1) > 1 and self.chunk_rows >= _THREADED_ROWS:
+            self.pool = ThreadPoolExecutor(2)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.ctx_table: pa.Table | None = None
+        self.ctx = _Links.empty()
+        self.ctx_ids = _np().zeros(0, dtype=_np().int64)
+        self.next_id = 0
+        self.last_frame: int | None = None
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None
+
+    def push(self, batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
+        if TRACK_COLUMN in batch.schema.names:
+            batch = batch.drop_columns([TRACK_COLUMN])
+        for key, part in self._group_runs(batch):
+            if key != self.group:
+                yield from self._link_pending(final=True)
+                if key in self.seen:
+                    raise ValueError(
+                        "assign_tracks_reader needs each video's rows together (a video's rows came back after "
+                        "another's); use assign_tracks on the whole table"
+                    )
+                self.seen.add(key)
+                self.group = key
+                self._reset()
+            self.pending.append(part)
+            self.pending_rows += part.num_rows
+        if self.pending_rows >= self.chunk_rows:
+            yield from self._link_pending(final=False)
+
+    def finish(self) -> Iterator[pa.RecordBatch]:
+        yield from self._link_pending(final=True)
+
+    def _group_runs(self, batch: pa.RecordBatch) -> list[tuple[Any, pa.RecordBatch]]:
+        """The batch cut where its video (``source``, ``job_id``) changes, with each part's key."""
+        import numpy as np
+        import pyarrow as pa
+
+        n = batch.num_rows
+        if not n:
+            return []
+        codes = []
+        for name in ("source", "job_id"):
+            col = batch.column(name)
+            codes.append(_codes(pa.chunked_array([col], type=col.type), self.known).astype(np.int64))
+        key = codes[0] * (1 << 31) + codes[1]
+        cuts = np.flatnonzero(key[1:] != key[:-1]) + 1
+        bounds = [0, *cuts.tolist(), n]
+        return [(int(key[a]), batch.slice(a, b - a)) for a, b in itertools.pairwise(bounds)]
+
+    def _link_pending(self, *, final: bool) -> Iterator[pa.RecordBatch]:
+        import numpy as np
+        import pyarrow as pa
+
+        if not self.pending_rows:
+            return
+        table = pa.Table.from_batches(self.pending, schema=self.in_schema)
+        frames = np.asarray(table.column("frame_num").to_numpy(), dtype=np.int64)
+        if (np.diff(frames) < 0).any() or (self.last_frame is not None and frames[0] <= self.last_frame):
+            raise ValueError(
+                "assign_tracks_reader needs each video's rows in frame order (as keypoints_reader gives them); "
+                "use assign_tracks on the whole table"
+            )
+        # The last frame may go on in the next batch: it waits, unless this is the video's end.
+        cut = len(frames) if final else int(np.searchsorted(frames, frames[-1], side="left"))
+        if cut == 0:
+            return
+        chunk, rest = table.slice(0, cut), table.slice(cut)
+        self.pending, self.pending_rows = rest.to_batches(), rest.num_rows
+        self.last_frame = int(frames[cut - 1])
+        yield from self._link_chunk(chunk).to_batches()
+
+    def _link_chunk(self, chunk: pa.Table) -> pa.Table:
+        import numpy as np
+        import pyarrow as pa
+
+        c = len(self.ctx.pred)
+        combined = chunk if self.ctx_table is None else pa.concat_tables([self.ctx_table, chunk])
+        p = _People(combined, self.max_gap, self.pool)
+        if not p.canonical or p.seg_to_det is not None:
+            raise ValueError(
+                "assign_tracks_reader needs keypoints_reader's layout (17 rows per person, in person_idx order "
+                "within a frame); use assign_tracks on the whole table"
+            )
+        links = _link(p, self.ctx, self.max_gap, self.min_iou, self.distance, self.pool)
+        n = p.n
+        # Ids: a new detection takes its predecessor's id; a new track start the next id (first appearance).
+        every = np.arange(n)
+        root = np.where((links.pred < 0) | (every < c), every, links.pred)
+        while True:
+            nxt = root[root]
+            if np.array_equal(nxt, root):
+                break
+            root = nxt
+        ids = np.full(n, -1, dtype=np.int64)
+        ids[:c] = self.ctx_ids
+        starts = np.flatnonzero((every >= c) & (links.pred == -1))
+        ids[starts] = self.next_id + np.arange(len(starts))
+        self.next_id += len(starts)
+        new = every[c:]
+        ids[new] = np.where(p.is_video[new], ids[root[new]], -1)
+        # What the next chunk needs: the last frames whole, and the unlinked ends it may still link to.
+        last = int(p.frame.max()) if n else 0
+        keep = np.flatnonzero(
+            p.is_video
+            & ((p.frame >= last - (_CONTEXT_FRAMES - 1)) | ((links.succ == -1) & (p.frame >= last - self.max_gap)))
+        )
+        rows = (keep[:, None] * _N_KP + np.arange(_N_KP)).ravel()
+        self.ctx_table = combined.take(pa.array(rows, type=pa.int64()))
+        self.ctx = links.take(keep, n)
+        self.ctx_ids = ids[keep]
+        per_det = ids[c:]
+        values = np.broadcast_to(per_det.astype(np.int32)[:, None], (len(per_det), _N_KP)).reshape(-1)
+        null = per_det < 0
+        mask = np.repeat(null, _N_KP) if null.any() else None
+        column = pa.array(values, type=pa.int32(), mask=mask)
+        at = chunk.column_names.index("person_idx") + 1
+        out = chunk.add_column(at, pa.field(TRACK_COLUMN, pa.int32()), column)
+        return out.replace_schema_metadata(self.out_schema.metadata)
+
+
+def _np() -> Any:
+    import numpy as np
+
+    return np
+
+
+def assign_tracks_reader(
+    data: pa.RecordBatchReader | pa.Table | Iterable[pa.RecordBatch],
+    *,
+    max_gap: int = 10,
+    min_iou: float = 0.1,
+    max_distance: float | None = None,
+    chunk_rows: int = STREAM_CHUNK_ROWS,
+) -> pa.RecordBatchReader:
+    """:func:`assign_tracks` on a stream: the same ``track_id``s, batch by batch, without the whole table.
+
+    :param data: a :func:`~airflow_provider_kakaopose.tables.keypoints_reader` (or any record batches in its
+        layout: each video's rows together and in frame order, 17 rows per person in ``person_idx`` order),
+        a table, or an iterable of record batches (its first batch gives the schema).
+    :param max_gap, min_iou, max_distance: as for :func:`assign_tracks`.
+    :param chunk_rows: rows gathered before they are linked (memory: a few hundred bytes per person-frame of
+        a chunk, plus the rows themselves).
+    :return: a reader of the input's rows with ``track_id`` (same schema and metadata as
+        :func:`assign_tracks`). A frame's ids are final once the frame is complete (the next frame's first row
+        arrived, or the stream ended), so rows come out at most one chunk behind the input; memory does not
+        grow with the video's length. Raises ``ValueError`` while iterating when the input is not in that
+        layout.
+    """
+    import pyarrow as pa
+
+    gap, iou, distance = _params(max_gap, min_iou, max_distance)
+    if isinstance(data, pa.Table):
+        schema, batches = data.schema, iter(data.to_batches())
+    elif isinstance(data, pa.RecordBatchReader):
+        schema, batches = data.schema, iter(data)
+    else:
+        batches = iter(data)
+        first = next(batches, None)
+        if first is None:
+            raise ValueError("assign_tracks_reader needs a schema: give a reader or a table for an empty stream")
+        schema = first.schema
+        batches = itertools.chain([first], batches)
+    _check_columns(schema.names)
+    tracker = _StreamTracker(schema, gap, iou, distance, chunk_rows)
+
+    def run() -> Iterator[pa.RecordBatch]:
+        try:
+            for batch in batches:
+                yield from tracker.push(batch)
+            yield from tracker.finish()
+        finally:
+            tracker.close()
+
+    return pa.RecordBatchReader.from_batches(tracker.out_schema, run())

@@ -12,6 +12,22 @@ reports its peak RSS (``ru_maxrss``, imports included). The parent prints both a
 
     .venv/bin/python benchmarks/flatten.py                  # full run (108,000 frames)
     .venv/bin/python benchmarks/flatten.py --frames 10800   # quick run (6 minutes of video)
+
+``--operator`` measures the default operator path instead, as a DAG runs it: an emulator in its own process
+makes a finished job of each length (default 1 h and 3 h, 3 persons), and in a fresh child process each
+
+* ``operator``: ``KakaoPoseJobToParquetOperator(...).execute(context)`` with ``track_people=True`` (the
+  default): the body downloaded into a spool, flattened, tracked and written as the operator does;
+* ``whole-table``: what the operator did before streaming: ``get_job_bytes`` (the whole body), the whole
+  table, ``assign_tracks`` on it, then the Parquet write;
+* ``baseline`` (first length only): the naive path above, on the same body saved to a file;
+
+reports its wall time and its *working memory*: the peak RSS during the work (the kernel's peak mark reset
+after the imports) minus the RSS after the imports. Goals: operator working memory <= 1x the JSON size on the
+first length and <= 1.25x the first length's on the others; operator >= 8x faster than the baseline.
+
+    .venv/bin/python benchmarks/flatten.py --operator                        # 1 h and 3 h (minutes, GBs)
+    .venv/bin/python benchmarks/flatten.py --operator --lengths 10800,32400  # quick
 """
 
 from __future__ import annotations
@@ -132,6 +148,180 @@ def run_project(src: str, dst: str, whole_table: bool = False) -> int:
     return write_parquet(keypoints_reader(raw, source="video.mp4"), dst)
 
 
+# --------------------------------------------------------------------------------------------- operator path
+
+BENCH_KEY = "flatten-benchmark-key"
+CONN_ID = "kakao_pose_flatten_bench"
+
+
+def _rss_now() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _reset_peak_rss() -> None:
+    """Reset the kernel's peak-RSS mark of this process (Linux: ``5`` into ``/proc/self/clear_refs``)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _peak_rss() -> int:
+    """Peak RSS since the last reset (``VmHWM``)."""
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+
+
+class _TI:
+    """The little of a task instance the operator touches outside Airflow (its XComs)."""
+
+    dag_id, run_id, task_id, map_index = "bench", "bench-run", "load", -1
+
+    def xcom_push(self, key: str, value: object) -> None:
+        pass
+
+
+def operator_child(kind: str, base: str, job_id: str, src: str, dst: str) -> None:
+    """One measured run of the operator path (``operator`` / ``whole-table``) or the baseline, in this process."""
+    import gc
+
+    import numpy  # noqa: F401  - imports are not part of the measured work
+    import pandas  # noqa: F401
+    import pyarrow.parquet
+
+    if kind != "baseline":
+        conn = {"conn_type": "kakao_pose", "host": base, "password": BENCH_KEY, "extra": {"read_timeout": 600}}
+        os.environ[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = json.dumps(conn)
+        import pyarrow.compute
+        import pyarrow.json  # noqa: F401
+        import scipy.optimize  # noqa: F401
+
+        from airflow_provider_kakaopose.hooks.pose import KakaoPoseHook
+        from airflow_provider_kakaopose.operators.pose import KakaoPoseJobToParquetOperator
+        from airflow_provider_kakaopose.tables import keypoints_reader, write_parquet
+        from airflow_provider_kakaopose.tracking import assign_tracks
+
+        with KakaoPoseHook(CONN_ID) as hook:  # the connection looked up, the session's modules imported
+            hook.get_job_status("00000000-0000-0000-0000-000000000000")
+    gc.collect()
+    rss0 = _rss_now()
+    _reset_peak_rss()
+    start = time.perf_counter()
+    if kind == "baseline":
+        rows = run_baseline(src, dst)
+    elif kind == "operator":
+        op = KakaoPoseJobToParquetOperator(task_id="load", job_id=job_id, output_uri=dst, kakao_pose_conn_id=CONN_ID)
+        rows = op.execute({"ti": _TI()})["rows"]
+    else:  # whole-table: the operator's load before streaming (whole body, whole table, then tracking)
+        with KakaoPoseHook(CONN_ID) as hook:
+            raw = hook.get_job_bytes(job_id)
+        table = keypoints_reader(raw, source=None).read_all()
+        del raw
+        table = assign_tracks(table)
+        rows = write_parquet(table.to_reader(), dst)
+        del table
+    wall = time.perf_counter() - start
+    peak = _peak_rss()
+    out = {"kind": kind, "rows": rows, "wall_s": wall, "rss_after_imports": rss0, "peak_rss": peak}
+    print(json.dumps({**out, "working": peak - rss0, "bytes": os.path.getsize(dst)}))
+
+
+def _operator_measure(kind: str, base: str, job_id: str, src: str, dst: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--operator-child", kind, base, job_id, src, dst],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    if out.returncode or not lines:
+        raise SystemExit(f"{kind} failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
+    return json.loads(lines[-1])
+
+
+def _finished_job(base: str, frames: int, persons: int, path: str) -> tuple[str, int, float]:
+    """Submit a job of ``frames`` x ``persons`` to the emulator, wait for it, save its body to ``path``."""
+    import requests
+
+    headers = {"Authorization": f"KakaoAK {BENCH_KEY}"}
+    url = f"https://example.com/bench.mp4?frames={frames}&persons={persons}&waiting_s=0&processing_s=0"
+    t = time.perf_counter()
+    job_id = requests.post(f"{base}/pose/job", data={"video_url": url}, headers=headers, timeout=60).json()["job_id"]
+    while True:
+        with requests.get(f"{base}/pose/job/{job_id}", headers=headers, timeout=600, stream=True) as resp:
+            head = resp.raw.read(4096)
+            if b'"status": "success"' in head or b'"annotations"' in head:
+                with open(path, "wb") as f:
+                    f.write(head)
+                    for chunk in resp.iter_content(1 << 20):
+                        f.write(chunk)
+                break
+        time.sleep(0.5)
+    return job_id, os.path.getsize(path), time.perf_counter() - t
+
+
+def operator_main(args: argparse.Namespace) -> None:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _emulator import start_emulator
+
+    lengths = [int(v) for v in args.lengths.split(",")]
+    server, base = start_emulator(BENCH_KEY, "--port", "0")
+    results: list[tuple[int, int, dict]] = []
+    try:
+        with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+            for n, frames in enumerate(lengths):
+                src = os.path.join(tmp, f"job-{frames}.json")
+                job_id, size, took = _finished_job(base, frames, args.persons, src)
+                what = f"{frames:,} frames x {args.persons} persons, {size / 1e6:.1f} MB of JSON"
+                print(f"job: {what} (ready in {took:.1f} s)")
+                kinds = ["operator", "whole-table"]
+                if n == 0 and not args.skip_baseline:
+                    kinds.insert(0, "baseline")
+                for kind in kinds:
+                    r = _operator_measure(kind, base, job_id, src, os.path.join(tmp, f"{kind}-{frames}.parquet"))
+                    results.append((frames, size, r))
+                    print(f"  {kind:<12} {r['wall_s']:7.2f} s  working {r['working'] / 1e6:7.0f} MB", flush=True)
+                os.remove(src)
+    finally:
+        server.stop()
+    print()
+    print(
+        f"{'frames':>8} {'JSON MB':>8} {'path':<12} {'rows':>11} {'wall s':>7} {'working MB':>11} {'working/JSON':>13}"
+    )
+    for frames, size, r in results:
+        print(
+            f"{frames:>8,} {size / 1e6:>8.1f} {r['kind']:<12} {r['rows']:>11,} {r['wall_s']:>7.2f} "
+            f"{r['working'] / 1e6:>11.0f} {r['working'] / size:>13.2f}"
+        )
+    by = {(f, r["kind"]): (size, r) for f, size, r in results}
+    first = lengths[0]
+    size0, op0 = by[(first, "operator")]
+    print()
+    ok = True
+    ratio = op0["working"] / size0
+    ok &= ratio <= 1.0
+    verdict = "PASS" if ratio <= 1.0 else "FAIL"
+    print(f"[{verdict}] operator, {first:,} frames: working memory {ratio:.2f}x the JSON (<= 1x)")
+    for frames in lengths[1:]:
+        growth = by[(frames, "operator")][1]["working"] / op0["working"]
+        ok &= growth <= 1.25
+        print(
+            f"[{'PASS' if growth <= 1.25 else 'FAIL'}] operator, {frames:,} frames: working memory {growth:.2f}x "
+            f"the {first:,}-frame run's (<= 1.25x)"
+        )
+    if (first, "baseline") in by:
+        base_wall = by[(first, "baseline")][1]["wall_s"]
+        for kind in ("operator", "whole-table"):
+            speed = base_wall / by[(first, kind)][1]["wall_s"]
+            if kind == "operator":
+                ok &= speed >= 8
+            print(
+                f"[{'PASS' if speed >= 8 else 'FAIL'}] {kind}, {first:,} frames: {speed:.1f}x faster than the baseline "
+                f"({base_wall:.1f} s){' (>= 8x)' if kind == 'operator' else ''}"
+            )
+    print("ALL GOALS MET" if ok else "SOME GOALS MISSED")
+
+
 def child(kind: str, src: str, dst: str) -> None:
     import numpy  # noqa: F401  - imports are not part of the timed work
     import pandas  # noqa: F401
@@ -167,10 +357,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", help="where to put the JSON and Parquet files (default: a temp dir)")
     parser.add_argument("--skip-baseline", action="store_true", help="only run the project's path")
+    parser.add_argument("--operator", action="store_true", help="measure the operator path (see above)")
+    parser.add_argument("--lengths", default="108000,324000", help="--operator: frames of each job (1 h, 3 h)")
+    parser.add_argument("--operator-child", nargs=5, help=argparse.SUPPRESS)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--src", help=argparse.SUPPRESS)
     parser.add_argument("--dst", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.operator_child:
+        operator_child(*args.operator_child)
+        return
+    if args.operator:
+        operator_main(args)
+        return
     if args.child:
         child(args.child, args.src, args.dst)
         return

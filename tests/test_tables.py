@@ -32,12 +32,16 @@ from airflow_provider_kakaopose.tables import (
     COLUMNS,
     KEYPOINT_NAMES,
     SKELETON,
+    flatten,
     keypoints_reader,
     keypoints_table,
     read_keypoints,
+    scanner,
+    storage,
     to_coco,
     write_parquet,
 )
+from airflow_provider_kakaopose.tables.schema import _read_metadata
 
 SAMPLES = Path(__file__).parent / "data" / "samples"  # the service guide's sample bodies
 if not SAMPLES.exists():  # pragma: no cover - the repo's own copy, if the shared folder is absent
@@ -55,7 +59,7 @@ def fast_only(monkeypatch):
     def no_slow(*a, **k):
         raise AssertionError("fell back to the slow path")
 
-    monkeypatch.setattr(tables, "_slow", no_slow)
+    monkeypatch.setattr(flatten, "_slow", no_slow)
 
 
 def person(seed: int = 0, undetected: tuple[int, ...] = ()) -> dict:
@@ -261,7 +265,7 @@ def test_to_coco_accepts_unsorted_tables_and_dataframes():
     shuffled = t.take(np.random.default_rng(0).permutation(t.num_rows))
     approx_equal(to_coco(shuffled), r)
     df = t.to_pandas()
-    df.attrs["kakaopose"] = tables._read_metadata(t.schema.metadata)
+    df.attrs["kakaopose"] = _read_metadata(t.schema.metadata)
     approx_equal(to_coco(df), r)
     with pytest.raises(KakaoPoseError, match="keypoints 1..17"):
         to_coco(t.slice(0, 17 * 2).take(list(range(17)) * 2))
@@ -507,15 +511,15 @@ def test_reader_streams_the_same_rows(tmp_path):
 
 
 def test_small_pieces_cover_everything(monkeypatch, fast_only):
-    monkeypatch.setattr(tables, "_PIECE_BYTES", 2000)
-    monkeypatch.setattr(tables, "_SCAN_CHUNK", 777)
+    monkeypatch.setattr(scanner, "_PIECE_BYTES", 2000)
+    monkeypatch.setattr(scanner, "_SCAN_CHUNK", 777)
     r = video([[person(i)] * (i % 3) for i in range(40)])
     t = keypoints_table(json.dumps(r, indent=1).encode())
     approx_equal(to_coco(t), r)
 
 
 def test_fallback_half_way_replays_the_rest(monkeypatch):
-    monkeypatch.setattr(tables, "_PIECE_BYTES", 3000)
+    monkeypatch.setattr(scanner, "_PIECE_BYTES", 3000)
     r = video([[person(i)] for i in range(20)])
     text = json.dumps(r)
     # a duplicated key deep in the body: valid JSON (last wins) that pyarrow refuses -> fallback mid-stream
@@ -810,7 +814,7 @@ def test_memory_uri_and_object_storage_path(table):
 
 
 def _failing_writer(monkeypatch):
-    real = tables._write_to
+    real = storage._write_to
 
     def half_then_fail(sink, data, row_group_size, compression):
         if isinstance(sink, str):
@@ -819,7 +823,7 @@ def _failing_writer(monkeypatch):
             sink.write(b"PAR1 half a file")
         raise OSError("disk on fire")
 
-    monkeypatch.setattr(tables, "_write_to", half_then_fail)
+    monkeypatch.setattr(storage, "_write_to", half_then_fail)
     return real
 
 

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from airflow_provider_kakaopose.tables import keypoints_table
-from airflow_provider_kakaopose.tracking import assign_tracks
+from airflow_provider_kakaopose.tracking import assign_tracks, assign_tracks_reader
 
 # A standing person, keypoint offsets from the centre in units of the person's height (x right, y down).
 POSE = np.array(
@@ -476,3 +476,139 @@ def test_threads_give_the_same_tracks(monkeypatch):
     for t, expected in zip(tables, inline, strict=True):
         assert assign_tracks(t).column("track_id").equals(expected)
     assert len(used) == len(tables) and all(p._max_workers == 2 for p in used)
+
+
+# --------------------------------------------------------------------------------------------- streaming
+
+
+def streamed(table: pa.Table, chunk_rows: int, batch_rows: int | None = None, **kwargs) -> pa.Table:
+    """``assign_tracks_reader`` over the table cut into batches of ``batch_rows`` (default: chunk_rows)."""
+    batches = table.to_batches(max_chunksize=batch_rows or chunk_rows) if table.num_rows else []
+    reader = pa.RecordBatchReader.from_batches(table.schema, iter(batches))
+    return assign_tracks_reader(reader, chunk_rows=chunk_rows, **kwargs).read_all()
+
+
+def scenes() -> list[tuple[str, pa.Table, dict]]:
+    """Every scene of the accuracy tests above, with the parameters they use."""
+    frames = 100
+    out = []
+    paths = {0: line((300, 400), (5, 0), 120), 1: line((900, 400), (-5, 0), 120)}
+    out.append(("crossing", video(paths, {0: 220, 1: 220}, seed=1)[0], {}))
+    paths = {0: line((200, 250), (6, 2), 150), 1: line((1100, 520), (-5, -1.5), 150)}
+    out.append(("diagonal", video(paths, {0: 260, 1: 180}, seed=2)[0], {}))
+    a = line((200, 360), (4, 0), frames)
+    a[40:47] = np.nan
+    out.append(("missing 7", video({0: a, 1: line((900, 300), (-2, 1), frames)}, {0: 200, 1: 200}, seed=3)[0], {}))
+    a = np.vstack([line((150, 360), (-4, 0), 40), line((150 - 4 * 38, 360), (4, 0), 40)])
+    a[30:38] = np.nan
+    out.append(("comes back", video({0: a, 1: line((800, 360), (0, 0), 80)}, {0: 200, 1: 200}, seed=4)[0], {}))
+    a = line((200, 360), (3, 0), frames)
+    a[40:60] = np.nan
+    away = video({0: a, 1: line((1000, 300), (-1, 0), frames)}, {0: 200, 1: 200}, seed=5)[0]
+    out += [("away 20", away, {"max_gap": 10}), ("away 20, max_gap 25", away, {"max_gap": 25})]
+    out.append(("crowd", crowd()[0], {}))
+    answer = video({0: line((200, 300), (3, 0), 60), 1: line((800, 400), (-3, 0), 60)}, {0: 200, 1: 200}, seed=7)[0]
+    for f in (10, 11, 30):
+        answer["annotations"][f]["objects"] = []
+    out.append(("empty frames", answer, {}))
+    tables = [(name, keypoints_table(answer), kw) for name, answer, kw in out]
+    tables += [(f"contested {i}", t, {}) for i, t in enumerate(contested_tables())]
+    tables.append(("contested, max_gap 10**9", contested_tables()[2], {"max_gap": 10**9}))
+    return tables
+
+
+@pytest.mark.parametrize("chunk_rows", [17, 17 * 7, 1000, 10**7])
+def test_streaming_tracker_gives_the_whole_table_ids_on_every_scene(chunk_rows):
+    for name, table, kwargs in scenes():
+        whole = assign_tracks(table, **kwargs)
+        for batch_rows in (None, 17 * 3 + 5):  # batches cut inside a person, and inside a frame
+            out = streamed(table, chunk_rows, batch_rows, **kwargs)
+            assert out.schema == whole.schema, name
+            assert out.column("track_id").equals(whole.column("track_id")), (name, chunk_rows, batch_rows)
+            assert out.equals(whole), name
+
+
+@given(
+    st.integers(1, 40),
+    st.integers(0, 6),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 14),
+    st.sampled_from([17, 34, 100, 17 * 20, 10**6]),
+    st.booleans(),
+)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_streaming_tracker_on_random_videos(frames, max_people, seed, max_gap, chunk_rows, smooth):
+    """Random videos (people anywhere, or moving smoothly with gaps and skipped frame numbers): streamed ids
+    equal the whole-table ones for any chunking."""
+    rng = np.random.default_rng(seed)
+    annotations = []
+    start = rng.uniform(100, 1100, (max_people, 2))
+    vel = rng.normal(0, 6, (max_people, 2))
+    frame_num = -1
+    for _ in range(frames):
+        frame_num += 1 + int(rng.random() < 0.15) * int(rng.integers(1, 4))  # some frame numbers skipped
+        objects = []
+        for i in range(max_people):
+            if rng.random() < 0.2:
+                continue  # this person is missing here
+            if smooth:
+                centre = start[i] + vel[i] * frame_num + rng.normal(0, 2, 2)
+                kp = np.column_stack([centre[0] + 200 * POSE[:, 0], centre[1] + 200 * POSE[:, 1], np.ones(17)])
+            else:
+                kp = np.column_stack([rng.uniform(0, 1280, 17), rng.uniform(0, 720, 17), rng.uniform(0, 1, 17)])
+            kp[rng.random(17) < 0.1] = 0.0
+            box = [float(v) for v in (kp[:, 0].min(), kp[:, 1].min(), np.ptp(kp[:, 0]) + 1, np.ptp(kp[:, 1]) + 1)]
+            objects.append({"area": 1.0, "bbox": box, "category_id": 1, "keypoints": kp.ravel().tolist(), "score": 1})
+        rng.shuffle(objects)
+        annotations.append({"frame_num": frame_num, "objects": objects})
+    answer = {
+        "annotations": annotations,
+        "categories": [],
+        "info": {},
+        "job_id": "j",
+        "status": "success",
+        "video": {"fps": 30, "frames": frame_num + 1, "height": 720, "width": 1280},
+    }
+    table = keypoints_table(answer)
+    whole = assign_tracks(table, max_gap=max_gap)
+    out = streamed(table, chunk_rows, max_gap=max_gap)
+    assert out.column("track_id").equals(whole.column("track_id"))
+
+
+def test_streaming_tracker_several_videos_and_images():
+    a = keypoints_table(small_answer("job-a", seed=1))
+    b = keypoints_table(small_answer("job-b", seed=2))
+    img = keypoints_table([json.loads(json.dumps(small_answer()["annotations"][0]["objects"][0]))], source="i.jpg")
+    table = pa.concat_tables([a, b, img.cast(a.schema)])
+    whole = assign_tracks(table)
+    for chunk_rows in (17, 100, 10**6):
+        assert streamed(table, chunk_rows).column("track_id").equals(whole.column("track_id"))
+    # a video whose rows come back after another's, or frames out of order: refused
+    with pytest.raises(ValueError, match="together"):
+        streamed(pa.concat_tables([a.slice(0, 170), b, a.slice(170)]), 10**6)
+    with pytest.raises(ValueError, match="frame order"):
+        streamed(pa.concat_tables([a.slice(170), a.slice(0, 170)]), 17)
+
+
+def test_streaming_tracker_memory_does_not_grow_with_the_video():
+    """What it keeps between chunks is the last frames and the open track ends, whatever the length."""
+    from airflow_provider_kakaopose import tracking
+
+    kept = []
+    real = tracking._StreamTracker._link_chunk
+
+    def spy(self, chunk):
+        out = real(self, chunk)
+        kept.append(self.ctx_table.num_rows)
+        return out
+
+    for frames in (200, 2000):
+        kept.clear()
+        paths = {i: line((100 + 300 * i, 300), (0.5, 0), frames) for i in range(3)}
+        table = keypoints_table(video(paths, {i: 200 for i in range(3)}, seed=8)[0])
+        tracking._StreamTracker._link_chunk = spy
+        try:
+            streamed(table, 17 * 3 * 20)
+        finally:
+            tracking._StreamTracker._link_chunk = real
+        assert max(kept) <= 17 * 3 * (tracking._CONTEXT_FRAMES + 11)

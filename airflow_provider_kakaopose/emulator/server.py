@@ -48,7 +48,8 @@ log = logging.getLogger(__name__)
 #: Faults a request can be given at random (``fault_kinds``) or by script (``script_faults``).
 RANDOM_FAULT_KINDS = ("500", "503", "drop", "slow", "malformed", "error-1")
 #: "502" and "504" answer like a gateway in front of the service: an HTML page, no JSON.
-SCRIPT_FAULT_KINDS = (*RANDOM_FAULT_KINDS, "quota", "429", "401", "502", "504")
+#: "cut" sends the normal answer's headers (its full Content-Length) and half its body, then closes the connection.
+SCRIPT_FAULT_KINDS = (*RANDOM_FAULT_KINDS, "quota", "429", "401", "502", "504", "cut")
 QUOTA_MODES = ("kakao", "429")
 #: Pixel size the emulator assumes for an ``image_url`` (it never fetches the URL).
 URL_IMAGE_SIZE = (1280, 720)
@@ -536,6 +537,10 @@ class PoseEmulator:
                 response = _error(400, -2, bad)
             if response is None:
                 response = await self._route(request, form, cfg)
+            if fault == "cut" and isinstance(response, web.Response) and response.body:
+                await self._cut(request, response)
+                rec.status = response.status
+                raise asyncio.CancelledError()
         except _Drop:
             rec.status = None
             if request.transport is not None:
@@ -543,6 +548,18 @@ class PoseEmulator:
             raise asyncio.CancelledError() from None
         rec.status = response.status
         return response
+
+    @staticmethod
+    async def _cut(request: web.Request, response: web.Response) -> None:
+        """Send ``response``'s status, headers (its full length) and the first half of its body, then close the
+        connection (after those bytes went out: not an abort, which would discard them)."""
+        body = bytes(response.body)  # type: ignore[arg-type]
+        stream = web.StreamResponse(status=response.status, headers={"Content-Type": response.content_type})
+        stream.content_length = len(body)
+        await stream.prepare(request)
+        await stream.write(body[: len(body) // 2])
+        if request.transport is not None:
+            request.transport.close()
 
     def _fault_response(self, fault: str, path: str, cfg: EmulatorConfig) -> web.Response | None:
         retry = {"Retry-After": _fmt_seconds(cfg.retry_after)} if cfg.retry_after is not None else None

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from airflow_provider_kakaopose._jsonmarks import BACKSLASH, LBRACE, MARKS, QUOTE, WS
 from airflow_provider_kakaopose.exceptions import KakaoPoseResponseError
 
 #: Most bytes of top-level text (keys and scalar values) a job body may have; a real one has ~100.
@@ -25,16 +26,9 @@ MAX_TOP_BYTES = 1 << 20
 EARLY_STATUSES = frozenset({"waiting", "processing", "success"})
 
 
-def _marks_table() -> bytes:
-    table = bytearray(256)
-    for c in b'"\\{}[]':
-        table[c] = 1
-    return bytes(table)
-
-
-_MARKS = _marks_table()
-_WS = b" \t\r\n"
-_QUOTE, _BACKSLASH, _LBRACE = 0x22, 0x5C, 0x7B
+_MARKS = MARKS  # the structural bytes, shared with the tables' scanner
+_WS = WS
+_QUOTE, _BACKSLASH, _LBRACE = QUOTE, BACKSLASH, LBRACE
 _OPENERS = frozenset(b"{[")
 
 

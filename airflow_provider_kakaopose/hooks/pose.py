@@ -220,6 +220,7 @@ class KakaoPoseHook(_KakaoPoseHookBase):
         parse: Callable[[bytes], Any] = bytes,
         resend_if_unsure: bool = True,
         status_only: bool = False,
+        sink: IO[bytes] | None = None,
     ) -> Any:
         """Send one logical request (with retries) and return ``parse(body)`` of the 2xx answer.
 
@@ -229,6 +230,9 @@ class KakaoPoseHook(_KakaoPoseHookBase):
         that could create a second job. Such errors have ``outcome_unknown`` set.
         ``status_only=True`` streams a 2xx body through a :class:`JobStatusReader` instead of holding it,
         stops reading once the status is known, and returns the top-level fields.
+        ``sink``: a 2xx body is written into this binary file chunk by chunk (never held whole) and the byte
+        count is returned; each attempt first empties it (``seek(0)``, ``truncate()``), so a download cut off
+        mid-body starts over cleanly on the retry.
         """
         s = settings or self.settings
         url = s.base_url + path
@@ -248,9 +252,11 @@ class KakaoPoseHook(_KakaoPoseHookBase):
                     files=files,
                     headers=s.auth_header,
                     timeout=(s.connect_timeout, s.read_timeout),
-                    stream=status_only,
+                    stream=status_only or sink is not None,
                 )
-                if status_only and 200 <= resp.status_code < 300:
+                if sink is not None and 200 <= resp.status_code < 300:
+                    body = _download(resp, sink, attempts)
+                elif status_only and 200 <= resp.status_code < 300:
                     reader = JobStatusReader(f"{method} {path}")
                     for chunk in resp.iter_content(STATUS_CHUNK):
                         if reader.feed(chunk):
@@ -273,7 +279,7 @@ class KakaoPoseHook(_KakaoPoseHookBase):
                 err.status_code = resp.status_code if resp is not None else None
                 raise _with_attempts(err, attempts) from None
             finally:
-                if status_only and resp is not None:
+                if (status_only or sink is not None) and resp is not None:
                     resp.close()  # a body left unread closes the connection instead of draining it
             try:
                 checked = check_response(method, path, resp.status_code, resp.headers, body)
@@ -364,8 +370,24 @@ class KakaoPoseHook(_KakaoPoseHookBase):
         return self._request("GET", path, parse=lambda top: check_job(top, "GET", path), status_only=True)
 
     def get_job_bytes(self, job_id: str) -> bytes:
-        """The job's body as raw JSON bytes, unparsed: the fast path for large results (see the tables)."""
+        """The job's body as raw JSON bytes, unparsed: the fast path for large results (see the tables).
+
+        The whole body is held in memory; for large results use :meth:`download_job` into a
+        :class:`~airflow_provider_kakaopose.tables.BodySpool` instead.
+        """
         return self._request("GET", job_path(job_id))
+
+    def download_job(self, job_id: str, sink: IO[bytes]) -> int:
+        """Write the job's body into ``sink`` as it arrives, chunk by chunk; return its size in bytes.
+
+        ``sink`` is a seekable binary file opened for writing, or a
+        :class:`~airflow_provider_kakaopose.tables.BodySpool` (a temporary file that also pre-scans the
+        result for the tables). The body is never held whole in memory. Each attempt empties the sink first,
+        so a download cut off mid-body is retried from the start like any transport error (a non-seekable
+        sink cannot be emptied: its download is not retried once bytes were written). Non-2xx answers raise
+        as for :meth:`get_job_bytes`.
+        """
+        return self._request("GET", job_path(job_id), parse=lambda size: size, sink=sink)
 
     def test_connection(self) -> tuple[bool, str]:
         """Check host and key by looking up a job id that cannot exist: no analysis quota is spent."""
@@ -555,6 +577,25 @@ class KakaoPoseAsyncHook(_KakaoPoseHookBase):
         """
         path = job_path(job_id)
         return await self._request("GET", path, parse=lambda top: check_job(top, "GET", path), status_only=True)
+
+
+#: Bytes read from the socket at a time when a body is downloaded into a sink.
+DOWNLOAD_CHUNK = 1 << 20
+
+
+def _download(resp: requests.Response, sink: IO[bytes], attempt: int) -> int:
+    """Write a 2xx body into ``sink`` chunk by chunk (emptied first); return the bytes written."""
+    try:
+        sink.seek(0)
+        sink.truncate()
+    except (AttributeError, OSError, ValueError) as err:
+        if attempt > 1:
+            raise KakaoPoseError(f"cannot retry the download into {sink!r}: it cannot be emptied ({err})") from None
+    size = 0
+    for chunk in resp.iter_content(DOWNLOAD_CHUNK):
+        sink.write(chunk)
+        size += len(chunk)
+    return size
 
 
 def _may_have_arrived(err: BaseException) -> bool:

@@ -440,32 +440,31 @@ class _JobLoader(_PoseLineage):
     def load_job(self, job_id: str, output_uri: str | None, source: str | None) -> dict[str, Any]:
         """Fetch the job's raw JSON and write its table (with ``track_id`` and pictures when asked).
 
-        Without tracking and pictures the raw JSON is streamed into Parquet row group by row group; tracking
-        needs every frame at once, so it builds the whole table first (see docs/tracking.md for memory).
+        The body is downloaded chunk by chunk into a temporary file (:class:`~..tables.BodySpool`, never whole in
+        memory), flattened piece by piece, tracked in a bounded window (:func:`~..tracking.assign_tracks_reader`)
+        and written row group by row group: memory does not grow with the video's length (docs/tracking.md).
+        Pictures are drawn from the written file afterwards (that reads the whole table).
         """
         from airflow_provider_kakaopose.hooks.pose import KakaoPoseHook
 
         if output_uri is None:
             return {"job_id": job_id, "status": "success", "output_uri": None}
-        from airflow_provider_kakaopose.tables import keypoints_reader, write_parquet
+        from airflow_provider_kakaopose.tables import BodySpool, keypoints_reader, write_parquet
 
         if source is not None:
             self.lineage_inputs = [source]
         self.lineage_outputs = [(output_uri, "keypoints")]
-        with KakaoPoseHook(self.kakao_pose_conn_id) as hook:
-            raw = hook.get_job_bytes(job_id)
-        reader = keypoints_reader(raw, source=source)  # raises for failed / not found bodies too
-        table = None
-        if self.track_people or self.pictures:
-            from airflow_provider_kakaopose.tracking import assign_tracks
-
-            table = reader.read_all()
-            del raw
+        with BodySpool() as spool:
+            with KakaoPoseHook(self.kakao_pose_conn_id) as hook:
+                size = hook.download_job(job_id, spool)
+            self.log.info("Downloaded job %s: %d bytes", job_id, size)
+            reader = keypoints_reader(spool, source=source)  # raises for failed / not found bodies too
             if self.track_people:
-                table = assign_tracks(table)
-            reader = table.to_reader()
-        counter = _Counter(reader)
-        rows = write_parquet(counter.reader(), output_uri)
+                from airflow_provider_kakaopose.tracking import assign_tracks_reader
+
+                reader = assign_tracks_reader(reader)
+            counter = _Counter(reader)
+            rows = write_parquet(counter.reader(), output_uri)
         summary: dict[str, Any] = {
             "output_uri": output_uri,
             "job_id": job_id,
@@ -473,25 +472,25 @@ class _JobLoader(_PoseLineage):
             "persons": counter.persons,
             "rows": rows,
         }
-        if self.track_people and table is not None:
-            tracks = table["track_id"].unique().drop_null()
-            summary["tracks"] = len(tracks)
-        if self.pictures and table is not None:
+        if self.track_people:
+            summary["tracks"] = counter.tracks
+        if self.pictures and rows:
             from airflow_provider_kakaopose.render import write_pictures
 
-            summary["pictures"] = write_pictures(table, output_uri)
+            summary["pictures"] = write_pictures(output_uri, output_uri)
         self.log.info("Wrote %s", summary)
         return summary
 
 
 class _Counter:
-    """Pass a keypoints stream through while counting person detections; reads the frame count."""
+    """Pass a keypoints stream through while counting person detections and tracks; reads the frame count."""
 
     def __init__(self, reader: Any) -> None:
         import json
 
         self._source = reader
         self.persons = 0
+        self.tracks = 0  # distinct track ids (numbered 0 … n-1 from the first appearance)
         meta = reader.schema.metadata or {}
         try:
             self.frames: int | None = int(json.loads(meta[b"kakaopose:video"])["frames"])
@@ -503,8 +502,13 @@ class _Counter:
         import pyarrow.compute as pc
 
         def batches():
+            tracked = "track_id" in self._source.schema.names
             for batch in self._source:
                 self.persons += int(pc.sum(pc.equal(batch["keypoint_id"], 1)).as_py() or 0)
+                if tracked and batch.num_rows:
+                    top = pc.max(batch["track_id"]).as_py()
+                    if top is not None:
+                        self.tracks = max(self.tracks, top + 1)
                 yield batch
 
         return pa.RecordBatchReader.from_batches(self._source.schema, batches())

@@ -1,0 +1,191 @@
+"""Raw job bodies that are not held in memory: a spooled or seekable file read in pieces.
+
+A finished job's body can be gigabytes of JSON. :class:`BodySpool` is a writable sink for it: the hook
+(:meth:`~airflow_provider_kakaopose.hooks.pose.KakaoPoseHook.download_job`) writes the body into it chunk by
+chunk as it arrives from the socket; the spool keeps the bytes in an anonymous temporary file (never in
+memory) and scans the ``annotations`` while they go by, so that the tables' fast path
+(:mod:`.scanner`) only has to read the file once more, in pieces, to parse them. :class:`FileBody` is the
+random-access view the scanner reads any seekable binary file through (``os.pread``, never a memory map,
+whose touched pages would count as the process's memory).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from collections.abc import Iterable
+from typing import IO, Any
+
+__all__ = ["BodySpool", "FileBody", "spool_chunks"]
+
+#: Bytes kept of the last small read (the scanner walks the top level byte by byte).
+_WINDOW = 1 << 16
+
+
+class FileBody:
+    """A read-only, ``bytes``-like view of a seekable binary file from its current position to its end:
+    ``len()``, ``body[i]`` (an int), ``body[a:b]`` (bytes), :meth:`piece` (a writable bytearray)."""
+
+    def __init__(self, file: IO[bytes], *, keep: Any = None) -> None:
+        self.file = file
+        self._keep = keep  # an owner to keep alive as long as this view (a spool's temporary file)
+        try:
+            self._fd: int | None = file.fileno()
+            file.flush()  # type: ignore[union-attr]
+        except (AttributeError, OSError, io.UnsupportedOperation):
+            self._fd = None
+        self._base = file.tell()
+        end = file.seek(0, os.SEEK_END)
+        file.seek(self._base)
+        self._size = end - self._base
+        self._win_start = 0
+        self._win = b""
+
+    def __len__(self) -> int:
+        return self._size
+
+    def _read(self, start: int, stop: int) -> bytes:
+        n = stop - start
+        if n <= 0:
+            return b""
+        if self._fd is not None:
+            out = os.pread(self._fd, n, self._base + start)
+            if len(out) == n:
+                return out
+            return out + self._read(start + len(out), stop) if out else out
+        self.file.seek(self._base + start)
+        return self.file.read(n)
+
+    def __getitem__(self, key: int | slice) -> Any:
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self._size)
+            if step != 1:
+                raise ValueError("FileBody slices have no step")
+            if stop - start <= 64:  # the scanner's small reads at the top level: from a cached window
+                if not (self._win_start <= start and stop <= self._win_start + len(self._win)):
+                    self._win_start, self._win = start, self._read(start, min(start + _WINDOW, self._size))
+                return self._win[start - self._win_start : stop - self._win_start]
+            return self._read(start, stop)
+        if key < 0:
+            key += self._size
+        if not 0 <= key < self._size:
+            raise IndexError("FileBody index out of range")
+        return self[key : key + 1][0]
+
+    def piece(self, start: int, stop: int) -> bytearray:
+        """Bytes ``start:stop`` read straight into a new writable buffer."""
+        buf = bytearray(max(stop - start, 0))
+        view = memoryview(buf)
+        done = 0
+        while done < len(buf):
+            if self._fd is not None:
+                got = os.preadv(self._fd, [view[done:]], self._base + start + done)
+            else:
+                self.file.seek(self._base + start + done)
+                got = self.file.readinto(view[done:])  # type: ignore[attr-defined]
+            if not got:
+                raise OSError(f"the body file ended at byte {start + done} of {self._size}")
+            done += got
+        return buf
+
+    def whole(self) -> bytes:
+        """All of it in memory (the Python fallback path needs the body whole)."""
+        return self._read(0, self._size)
+
+
+class BodySpool(io.RawIOBase):
+    """A writable binary sink that keeps a raw job body in an anonymous temporary file, never in memory.
+
+    Write the body into it chunk by chunk (``KakaoPoseHook.download_job(job_id, spool)`` does), then pass the
+    spool to :func:`~airflow_provider_kakaopose.tables.keypoints_reader` or ``keypoints_table``. While the
+    body goes by, the spool scans its ``annotations`` array (when it comes first, as the service sends it),
+    so flattening only reads the file once more, in pieces. ``seek(0)`` + ``truncate()`` empty it (a retried
+    download starts over). Closing it (or leaving a ``with`` block) deletes the file.
+
+    :param dir: where the temporary file goes (default: ``tempfile``'s default, ``$TMPDIR``); it needs the
+        body's size in free space.
+    """
+
+    def __init__(self, dir: str | os.PathLike | None = None) -> None:
+        super().__init__()
+        from airflow_provider_kakaopose.tables.scanner import _Prescan
+
+        self._prescan_type = _Prescan
+        # unlinked at once: nothing is left behind, whatever happens to the process
+        self._file = tempfile.TemporaryFile(dir=dir)  # noqa: SIM115 - closed by close()
+        self._prescan = _Prescan()
+        self._size = 0
+
+    # -- io.RawIOBase
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def write(self, chunk: Any) -> int:  # type: ignore[override]
+        data = bytes(chunk) if isinstance(chunk, memoryview) else chunk
+        self._file.write(data)
+        self._prescan.feed(data)
+        self._size += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._size
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        """Only rewinding (``seek(0)``, which empties the spool: a download starting over) or staying put."""
+        target = {os.SEEK_SET: offset, os.SEEK_CUR: self._size + offset, os.SEEK_END: self._size + offset}[whence]
+        if target == 0:
+            self.truncate(0)
+        elif target != self._size:
+            raise io.UnsupportedOperation("a BodySpool can only be rewound to 0 (which empties it) or appended to")
+        return target
+
+    def truncate(self, size: int | None = None) -> int:
+        """Empty the spool (``truncate()`` after ``seek(0)``, or ``truncate(0)``)."""
+        if size is None or size == 0:
+            self._file.seek(0)
+            self._file.truncate(0)
+            self._prescan = self._prescan_type()
+            self._size = 0
+            return 0
+        if size == self._size:
+            return size
+        raise io.UnsupportedOperation("a BodySpool can only be emptied")
+
+    def close(self) -> None:
+        if not self.closed:
+            self._file.close()
+        super().close()
+
+    @property
+    def size(self) -> int:
+        """Bytes written so far."""
+        return self._size
+
+    def body(self) -> tuple[FileBody, Any]:
+        """The spooled body (a :class:`FileBody`) and the scan of its annotations (or ``None``)."""
+        self._file.flush()
+        self._file.seek(0)
+        return FileBody(self._file, keep=self), self._prescan.finish()
+
+
+def spool_chunks(chunks: Iterable[bytes] | IO[bytes], dir: str | os.PathLike | None = None) -> BodySpool:
+    """A :class:`BodySpool` filled from an iterable of byte chunks or a (non-seekable) binary stream."""
+    spool = BodySpool(dir)
+    try:
+        if hasattr(chunks, "read"):
+            while chunk := chunks.read(1 << 20):  # type: ignore[union-attr]
+                spool.write(chunk)
+        else:
+            for chunk in chunks:
+                spool.write(chunk)
+    except BaseException:
+        spool.close()
+        raise
+    return spool

@@ -1,0 +1,562 @@
+"""The fast path: a raw video job body flattened by a vectorised structural scan and pyarrow's JSON reader.
+
+See docs/tables.md, "How the fast path works".
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_kakaopose._jsonmarks import BACKSLASH, LBRACE, LBRACKET, MARKS, QUOTE, WS
+from airflow_provider_kakaopose.coco import frame_runs
+from airflow_provider_kakaopose.exceptions import (
+    KakaoPoseResponseError,
+)
+from airflow_provider_kakaopose.tables.schema import (
+    _N_KP,
+    _bad,
+    _build_batch,
+    _in_f32,
+    _Meta,
+    _video_meta,
+    _where,
+)
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
+
+# Bytes of the raw body parsed per piece on the fast path (bounds the memory of the intermediate copies).
+_PIECE_BYTES = 8 << 20
+_SCAN_CHUNK = 16 << 20
+
+# --------------------------------------------------------------------------------------------- raw JSON fast path
+
+
+class _Fallback(Exception):
+    """The fast path cannot prove it reads this body right: use the json module instead."""
+
+
+_WS = WS
+COMMA = 0x2C
+#: A raw body: bytes in memory, or a file read in pieces (``body.FileBody``: len, indexing, slicing, piece).
+Body = Any
+
+
+def _skip_ws(body: Body, pos: int) -> int:
+    n = len(body)
+    while pos < n and body[pos] in _WS:
+        pos += 1
+    return pos
+
+
+def _decode_value(body: Body, pos: int) -> tuple[Any, int]:
+    """Parse one JSON value at byte ``pos`` with the json module; return it and the byte just after it."""
+    decoder = json.JSONDecoder()
+    window = 1 << 12
+    while True:
+        raw = body[pos : pos + window]
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            if e.start < len(raw) - 4 or pos + window >= len(body):
+                raise _Fallback from e
+            text = raw[: e.start].decode("utf-8")
+        try:
+            value, end = decoder.raw_decode(text)
+        except json.JSONDecodeError as e:
+            if pos + window >= len(body):
+                raise _Fallback from e
+            window *= 4
+            continue
+        if end == len(text) and pos + window < len(body):
+            window *= 4  # a number may continue past the window
+            continue
+        return value, pos + len(text[:end].encode("utf-8"))
+
+
+class _ArrayScan:
+    """The element boundaries of a JSON array of objects, found chunk by chunk as the bytes go by.
+
+    Fed the bytes after the array's ``[`` (at ``open_``) in order, in chunks of any size (a slice of a body in
+    memory, a block of a spooled file, a chunk as it arrives from the socket). Vectorised over the positions of
+    ``" \\ { } [ ]`` only: strings are tracked by quote parity, nesting by a cumulative sum, so a backslash (an
+    escape) anywhere in the array, an element that is not an object, or anything but one comma and whitespace
+    between elements raises :class:`_Fallback`. Keeps three int64 per element (start, end, separating comma).
+    """
+
+    def __init__(self, open_: int) -> None:
+        self.open = open_
+        self.pos = open_ + 1  # absolute position of the next byte to be fed
+        self.close: int | None = None  # position of the array's "]" once seen
+        self._depth = 0
+        self._in_string = 0
+        self._starts: list[np.ndarray] = []
+        self._ends: list[np.ndarray] = []
+        self._commas: list[np.ndarray] = []
+        self._count = 0  # elements opened so far
+        # The bytes after the last closed element (or after "[") not yet checked, when a chunk ended between
+        # elements: the separator then spans chunks.
+        self._gap = bytearray()
+        self._gap_start = self.pos
+
+    def feed(self, chunk: bytes | bytearray | memoryview) -> bool:
+        """Scan the next chunk; ``True`` once the array's ``]`` was seen (later bytes are ignored)."""
+        import numpy as np
+
+        if self.close is not None:
+            return True
+        data = chunk if isinstance(chunk, bytes | bytearray) else bytes(chunk)
+        if not data:
+            return False
+        base = self.pos
+        self.pos += len(data)
+        arr = np.frombuffer(data, np.uint8)
+        idx = np.flatnonzero(np.frombuffer(data.translate(MARKS), np.bool_))
+        chars = arr[idx]
+        is_quote = chars == QUOTE
+        parity = (np.cumsum(is_quote, dtype=np.int64) + self._in_string) & 1
+        backslashes = idx[chars == BACKSLASH]
+        outside = (parity == 0) & ~is_quote & (chars != BACKSLASH)
+        brackets = chars[outside]
+        where = idx[outside]
+        step = np.where((brackets == LBRACE) | (brackets == LBRACKET), 1, -1).astype(np.int64)
+        level = np.cumsum(step) + self._depth
+        below = np.flatnonzero(level < 0)
+        close = int(where[below[0]]) if len(below) else None
+        if len(backslashes) and (close is None or backslashes[0] < close):
+            raise _Fallback("a backslash (escape) inside the annotations")
+        if close is not None:
+            cut = int(below[0])
+            step, level, where, brackets = step[:cut], level[:cut], where[:cut], brackets[:cut]
+        opening = (step == 1) & (level == 1)
+        starts = where[opening]
+        ends = where[(step == -1) & (level == 0)]
+        if (brackets[opening] != LBRACE).any():
+            raise _Fallback("an annotation that is not an object")
+        commas = self._separators(data, arr, starts, ends, close)
+        self._count += len(starts)
+        if len(level):
+            self._depth = int(level[-1])
+        if len(parity):
+            self._in_string = int(parity[-1])
+        self._starts.append(starts + base)
+        self._ends.append(ends + base)
+        self._commas.append(commas + base)
+        if close is not None:
+            self.close = base + close
+            return True
+        # Between elements at the end of the chunk: keep what follows the last one for the next chunk.
+        if self._depth == 0:
+            tail = int(ends[-1]) + 1 if len(ends) else (0 if not len(starts) else len(data))
+            if len(ends) or len(starts):
+                self._gap = bytearray(data[tail:])
+                self._gap_start = base + tail
+            else:
+                self._gap += data
+            if len(self._gap) > 1 << 20:
+                raise _Fallback("more than 1 MB between two annotations")
+        return False
+
+    def _separators(
+        self, data: bytes | bytearray, arr: np.ndarray, starts: np.ndarray, ends: np.ndarray, close: int | None
+    ) -> np.ndarray:
+        """Check what is between the elements of a chunk; return the comma before each start (chunk positions,
+        -1 for the array's first element). Between the last element and the ``]`` only whitespace may be."""
+        import numpy as np
+
+        commas = np.full(len(starts), -1, dtype=np.int64)
+        prev = np.searchsorted(ends, starts) - 1  # the end before each start in this chunk, -1: none
+        if len(starts) and prev[0] < 0:  # the first start's separator began in an earlier chunk (or at "[")
+            between = bytes(self._gap) + data[: int(starts[0])]
+            if self._count == 0:
+                if between.strip(WS):
+                    raise _Fallback("something before the first annotation")
+            else:
+                if between.strip(WS) != b",":
+                    raise _Fallback("not one comma between two annotations")
+                commas[0] = self._gap_start + between.index(b",") - (self.pos - len(data))
+        inner = np.flatnonzero(prev >= 0)
+        if len(inner):
+            after = ends[prev[inner]] + 1
+            nxt = starts[inner]
+            gap = nxt - after
+            # Common formattings: the comma right after the element, then only whitespace up to the next one.
+            ok = arr[np.minimum(after, len(arr) - 1)] == COMMA
+            for k in range(1, int(gap.max(initial=1))):
+                pending = ok & (gap > k)
+                if not pending.any():
+                    break
+                c = arr[np.where(pending, after + k, 0)]
+                ok &= ~pending | (c == 0x20) | (c == 0x0A) | (c == 0x0D) | (c == 0x09)
+            found = after.copy()
+            for i in np.flatnonzero(~ok):  # e.g. whitespace before the comma: check those one by one
+                a, b = int(after[i]), int(nxt[i])
+                between = bytes(data[a:b])
+                if between.strip(WS) != b",":
+                    raise _Fallback("not one comma between two annotations")
+                found[i] = a + between.index(b",")
+            commas[inner] = found
+        if close is not None:  # only whitespace after the last element
+            if len(ends) and (not len(starts) or ends[-1] > starts[-1]):
+                rest = data[int(ends[-1]) + 1 : close]
+            elif not len(starts):
+                rest = bytes(self._gap) + data[:close]
+            else:  # pragma: no cover - an element opened and not closed before "]" is below level 0
+                raise _Fallback("unbalanced annotations")
+            if rest.strip(WS):
+                raise _Fallback("something after the last annotation")
+        return commas
+
+    def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(starts, ends, commas)``: each element's first and last byte, and the comma before each element
+        after the first (``len(starts) - 1`` of them). :class:`_Fallback` if the array is not closed."""
+        import numpy as np
+
+        if self.close is None:
+            raise _Fallback("unterminated annotations array")
+        starts = np.concatenate(self._starts) if self._starts else np.empty(0, np.int64)
+        ends = np.concatenate(self._ends) if self._ends else np.empty(0, np.int64)
+        commas = np.concatenate(self._commas) if self._commas else np.empty(0, np.int64)
+        if len(starts) != len(ends):  # pragma: no cover - the close is only found at level 0
+            raise _Fallback("unbalanced annotations")
+        return starts, ends, commas[1:]
+
+
+def _scan_array(body: Body, open_: int) -> _ArrayScan:
+    """Scan the array whose ``[`` is at ``open_`` in pieces of ``_SCAN_CHUNK`` bytes."""
+    scan = _ArrayScan(open_)
+    pos, n = open_ + 1, len(body)
+    while pos < n:
+        if scan.feed(body[pos : pos + _SCAN_CHUNK]):
+            return scan
+        pos += _SCAN_CHUNK
+    raise _Fallback("unterminated annotations array")
+
+
+#: The usual start of a job body: the annotations first (the service's order). A spool can then scan them
+#: while they arrive.
+_LEADING_ANNOTATIONS = re.compile(rb'[ \t\r\n]*\{[ \t\r\n]*"annotations"[ \t\r\n]*:[ \t\r\n]*\[')
+
+
+class _Prescan:
+    """Scans a body's annotations while the body is written chunk by chunk (when they come first)."""
+
+    HEAD = 256
+
+    def __init__(self) -> None:
+        self.scan: _ArrayScan | None = None
+        self._head: bytearray | None = bytearray()  # the first bytes, until the layout is known
+        self.failed = False
+
+    def feed(self, chunk: bytes | bytearray | memoryview) -> None:
+        if self.failed:
+            return
+        if self._head is not None:
+            self._head += chunk
+            if len(self._head) < self.HEAD:
+                return
+            self._start()
+            return
+        if self.scan is not None and self.scan.close is None:
+            try:
+                self.scan.feed(chunk)
+            except _Fallback:
+                self.failed, self.scan = True, None
+
+    def _start(self) -> None:
+        head, self._head = self._head, None
+        m = _LEADING_ANNOTATIONS.match(head or b"")
+        if m is None:
+            self.failed = True
+            return
+        self.scan = _ArrayScan(m.end() - 1)
+        try:
+            self.scan.feed(bytes(head[m.end() :]))
+        except _Fallback:
+            self.failed, self.scan = True, None
+
+    def finish(self) -> _ArrayScan | None:
+        """The scan of the annotations, if they came first and the scan could read them."""
+        if self._head is not None:
+            self._start()
+        return None if self.failed or self.scan is None or self.scan.close is None else self.scan
+
+
+def _fast_video(
+    body: Body, source: str | None, prescan: _ArrayScan | None = None
+) -> tuple[_Meta, Iterator[pa.RecordBatch]]:
+    """Read a video job answer from raw bytes (in memory or a :class:`FileBody`); :class:`_Fallback` if unsure.
+
+    ``prescan``: the annotations' scan done while the body was spooled (used if it is that array's).
+    """
+    pos = _skip_ws(body, 0)
+    if pos >= len(body) or body[pos] != 0x7B:  # {
+        raise _Fallback
+    pos = _skip_ws(body, pos + 1)
+    top: dict[str, Any] = {}
+    array: _ArrayScan | None = None
+    if body[pos : pos + 1] != b"}":
+        while True:
+            key, pos = _decode_value(body, pos)
+            if not isinstance(key, str) or key in top:
+                raise _Fallback
+            pos = _skip_ws(body, pos)
+            if body[pos : pos + 1] != b":":
+                raise _Fallback
+            pos = _skip_ws(body, pos + 1)
+            if key == "annotations" and body[pos : pos + 1] == b"[":
+                array = prescan if prescan is not None and prescan.open == pos else _scan_array(body, pos)
+                top[key] = None
+                pos = array.close + 1  # type: ignore[operator]
+            else:
+                top[key], pos = _decode_value(body, pos)
+            pos = _skip_ws(body, pos)
+            if body[pos : pos + 1] == b",":
+                pos = _skip_ws(body, pos + 1)
+                continue
+            if body[pos : pos + 1] == b"}":
+                break
+            raise _Fallback
+    if _skip_ws(body, pos + 1) != len(body):
+        raise _Fallback
+    if array is None:
+        if "annotations" in top:
+            raise _Fallback  # not an array: let the slow path name the problem
+        _video_meta(top, source, 0)  # raises: status, missing fields
+        raise _Fallback  # pragma: no cover - _video_meta raised
+    starts, ends, commas = array.result()
+    meta = _video_meta(top, source, len(starts))
+    expected = _frame_nums(body, starts, ends)
+    if expected is not None:
+        meta.frame_runs = frame_runs(expected.tolist())
+    return meta, _fast_batches(meta, body, starts, ends, commas, expected)
+
+
+_FRAME_NUM = re.compile(rb'\{[ \t\r\n]*"frame_num"[ \t\r\n]*:[ \t\r\n]*(-?[0-9]{1,18})[ \t\r\n]*[,}]')
+
+
+def _frame_nums(body: Body, starts: np.ndarray, ends: np.ndarray) -> np.ndarray | None:
+    """The annotations' frame numbers, read before any row (they go in the schema metadata), or ``None``
+    when they are ``0 … n-1``.
+
+    Valid frame numbers increase from 0, so they are ``0 … n-1`` exactly when the last one is ``n - 1``: only
+    the last annotation is parsed (the usual case). Otherwise each annotation's leading ``"frame_num"`` is
+    read with a regular expression (:class:`_Fallback` if one does not start so); the rows' own frame numbers
+    are checked against them as they are parsed.
+    """
+    import numpy as np
+
+    n = len(starts)
+    if not n:
+        return None
+    try:
+        last = json.loads(body[int(starts[-1]) : int(ends[-1]) + 1])
+    except (ValueError, RecursionError) as e:
+        raise _Fallback from e
+    if not isinstance(last, dict):
+        raise _Fallback
+    if type(last.get("frame_num")) is int and last["frame_num"] == n - 1:
+        return None
+    nums = []
+    block = max(_SCAN_CHUNK, 1 << 16)  # holds a whole leading "frame_num" however small the scan's chunks
+    window, w0 = (body, 0) if isinstance(body, bytes) else (b"", 0)
+    for s in starts.tolist():
+        if s + 256 > w0 + len(window) and w0 + len(window) < len(body):  # a file body: the next block
+            window, w0 = body[s : s + block], s
+        m = _FRAME_NUM.match(window, s - w0)
+        if m is None and w0 + len(window) < len(body):  # a long run of whitespace may reach past the block
+            window, w0 = body[s : s + block], s
+            m = _FRAME_NUM.match(window, 0)
+        if m is None:
+            raise _Fallback  # another key first, a float, a huge number...: the slow path decides
+        nums.append(int(m.group(1)))
+    return np.array(nums, dtype=np.int64)
+
+
+def _separators(body: bytes, starts: np.ndarray, ends: np.ndarray, open_: int, close: int) -> np.ndarray:
+    """Byte positions of the commas between elements; :class:`_Fallback` if anything else is between."""
+    import numpy as np
+
+    if len(starts) == 0:
+        if body[open_ + 1 : close].strip(_WS):
+            raise _Fallback
+        return np.empty(0, np.int64)
+    if body[open_ + 1 : int(starts[0])].strip(_WS) or body[int(ends[-1]) + 1 : close].strip(_WS):
+        raise _Fallback
+    after = ends[:-1] + 1
+    arr = np.frombuffer(body, np.uint8)
+    gap = starts[1:] - after
+    # Common formattings: the comma right after the element, then only whitespace up to the next one.
+    ok = arr[after] == 0x2C
+    for k in range(1, int(gap.max(initial=1))):
+        pending = ok & (gap > k)
+        if not pending.any():
+            break
+        c = arr[np.where(pending, after + k, 0)]
+        ok &= ~pending | (c == 0x20) | (c == 0x0A) | (c == 0x0D) | (c == 0x09)
+    commas = after.copy()
+    for i in np.flatnonzero(~ok):  # e.g. whitespace before the comma: check those one by one
+        a, b = int(after[i]), int(starts[i + 1])
+        between = body[a:b]
+        if between.strip(_WS) != b",":
+            raise _Fallback
+        commas[i] = a + between.index(b",")
+    return commas
+
+
+def _annotation_schema() -> pa.Schema:
+    import pyarrow as pa
+
+    person = pa.struct(
+        [
+            ("area", pa.float64()),
+            ("bbox", pa.list_(pa.float64())),
+            ("category_id", pa.int64()),
+            ("keypoints", pa.list_(pa.float64())),
+            ("score", pa.float64()),
+        ]
+    )
+    return pa.schema([("frame_num", pa.int64()), ("objects", pa.list_(person))])
+
+
+def _fast_batches(
+    meta: _Meta,
+    body: Body,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    commas: np.ndarray,
+    expected: np.ndarray | None = None,
+) -> Iterator[pa.RecordBatch]:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    n = len(starts)
+    if n == 0:
+        return
+    longest = int((ends - starts).max()) + 1
+    read_options = pj.ReadOptions(block_size=max(4 << 20, 2 * longest + 2), use_threads=True)
+    parse_options = pj.ParseOptions(
+        explicit_schema=_annotation_schema(), unexpected_field_behavior="ignore", newlines_in_values=False
+    )
+    view = memoryview(body) if isinstance(body, bytes) else None
+    # The system allocator gives the parsed pieces back to the OS; mimalloc would keep their pages resident.
+    pool = pa.system_memory_pool()
+    state: dict[str, Any] = {"last": -1, "expected": expected}
+    i = 0
+    while i < n:
+        limit = int(starts[i]) + _PIECE_BYTES
+        j = max(i + 1, int(np.searchsorted(ends, limit, side="left")))
+        j = min(j, n)
+        s0, e1 = int(starts[i]), int(ends[j - 1]) + 1
+        piece = bytearray(view[s0:e1]) if view is not None else body.piece(s0, e1)  # type: ignore[union-attr]
+        arr = np.frombuffer(piece, np.uint8)
+        if piece.find(b"\n") != -1 or piece.find(b"\r") != -1:
+            arr[(arr == 10) | (arr == 13)] = 32  # newlines are whitespace outside strings (no raw ones inside)
+        arr[commas[i : j - 1] - s0] = 10
+        del arr
+        try:
+            table = pj.read_json(
+                pa.py_buffer(piece), read_options=read_options, parse_options=parse_options, memory_pool=pool
+            )
+        except pa.ArrowInvalid as e:
+            raise _Fallback(str(e)) from e
+        del piece
+        if table.num_rows != j - i:
+            raise _Fallback("row count mismatch")
+        ann_index = i
+        for batch in table.to_batches():
+            if batch.num_rows:
+                out = _explode(meta, batch, ann_index, state)
+                if out is not None:
+                    yield out
+            ann_index += batch.num_rows
+        del table
+        i = j
+
+
+def _explode(meta: _Meta, batch: pa.RecordBatch, first: int, state: dict) -> pa.RecordBatch | None:
+    """Rows of a batch of parsed annotations (``first`` = index of its first annotation)."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    frame_col, objects = batch.column(0), batch.column(1)
+    if frame_col.null_count:
+        k = int(np.flatnonzero(frame_col.is_null().to_numpy(zero_copy_only=False))[0])
+        raise _bad(f"{_where(first + k)}: missing field frame_num")
+    frame_nums = frame_col.to_numpy()
+    if objects.null_count:
+        k = int(np.flatnonzero(objects.is_null().to_numpy(zero_copy_only=False))[0])
+        raise _bad(f"{_where(first + k, frame_nums[k])}: missing field objects (or null)")
+    prev = np.concatenate(([state["last"]], frame_nums[:-1]))
+    bad = np.flatnonzero((frame_nums <= prev) | (frame_nums > 2**31 - 1))
+    if len(bad):
+        k = int(bad[0])
+        raise _bad(
+            f"{_where(first + k, frame_nums[k])}: frame_num must be increasing and below 2**31 (previous {prev[k]})"
+        )
+    state["last"] = int(frame_nums[-1])
+    expected = state["expected"]
+    if expected is not None and not np.array_equal(frame_nums, expected[first : first + len(frame_nums)]):
+        raise _Fallback("frame numbers differ from the pre-scan")  # e.g. a duplicated "frame_num" key
+    offsets = objects.offsets.to_numpy()
+    counts = np.diff(offsets)
+    if len(counts) and counts.max() > 2**15 - 1:
+        k = int(np.argmax(counts))
+        raise _bad(f"{_where(first + k, frame_nums[k])}: more than 32767 persons in one frame")
+    n_p = int(offsets[-1] - offsets[0])
+    if n_p == 0:
+        return None
+    person_ann = np.repeat(np.arange(len(frame_nums)), counts)
+    person_idx = np.arange(n_p) - np.repeat(offsets[:-1] - offsets[0], counts)
+    persons = objects.flatten()
+    fields = dict(zip(("area", "bbox", "category_id", "keypoints", "score"), persons.flatten(), strict=True))
+
+    def fail(p: int, message: str) -> KakaoPoseResponseError:
+        k = int(person_ann[p])
+        return _bad(f"{_where(first + k, frame_nums[k], int(person_idx[p]))}: {message}")
+
+    for key in ("area", "bbox", "category_id", "keypoints", "score"):
+        col = fields[key]
+        if col.null_count:
+            p = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+            raise fail(p, f"missing field {key} (or null)")
+    cat = fields["category_id"].to_numpy()
+    if (cat != 1).any():
+        p = int(np.flatnonzero(cat != 1)[0])
+        raise fail(p, f"category_id must be 1, got {cat[p]}")
+    flat = {}
+    for key, width in (("keypoints", 3 * _N_KP), ("bbox", 4)):
+        col = fields[key]
+        lengths = pc.list_value_length(col).to_numpy()
+        wrong = np.flatnonzero(lengths != width)
+        if len(wrong):
+            p = int(wrong[0])
+            raise fail(p, f"{key} must be a list of {width} numbers, got {lengths[p]} values")
+        values = col.flatten()
+        if values.null_count:
+            v = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
+            raise fail(v // width, f"{key}[{v % width}] must be a finite number, got null")
+        flat[key] = values.to_numpy()
+    for key in ("area", "score"):
+        flat[key] = fields[key].to_numpy()
+    for key in ("keypoints", "bbox", "score", "area"):
+        if not (np.isfinite(flat[key]).all() if key == "area" else _in_f32(flat[key])):
+            # a value beyond float32 (float64 for area); pyarrow reads an overflowing literal (1e400, an integer
+            # of 400 digits) as inf, the json module keeps it: the slow path names the annotation, person, field
+            # and value exactly as for parsed input
+            raise _Fallback(f"{key}: a value out of range")
+    del fields, persons
+    return _build_batch(
+        meta,
+        frame_nums[person_ann],
+        person_idx,
+        flat["keypoints"],
+        flat["bbox"],
+        flat["area"],
+        flat["score"],
+    )

@@ -1,0 +1,359 @@
+"""The keypoints table's schema and metadata, the errors table, and building rows from numpy arrays.
+
+Shared by both parsers (:mod:`.scanner`, :mod:`.fallback`): the columns (``docs/tables.md``), the
+``kakaopose:*`` schema metadata (:class:`_Meta`), the validation error messages, and :func:`_build_batch`,
+which turns the persons of some frames into rows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_kakaopose.coco import KEYPOINT_NAMES, SKELETON
+from airflow_provider_kakaopose.exceptions import (
+    KakaoPoseJobFailedError,
+    KakaoPoseJobNotFoundError,
+    KakaoPoseResponseError,
+)
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
+
+#: Column names, in table order.
+COLUMNS: tuple[str, ...] = (
+    "source",
+    "job_id",
+    "frame_num",
+    "time_s",
+    "person_idx",
+    "keypoint_id",
+    "keypoint",
+    "x",
+    "y",
+    "score",
+    "person_score",
+    "bbox_x",
+    "bbox_y",
+    "bbox_w",
+    "bbox_h",
+    "area",
+)
+
+#: Rows per Parquet row group (262,144 = 15,420 persons: large enough for DuckDB/Spark scans; small enough that a
+#: streamed write holds little: the writer gathers a whole row group before encoding it).
+ROW_GROUP_SIZE = 1 << 18
+
+_N_KP = len(KEYPOINT_NAMES)
+_META = "kakaopose:"
+
+# --------------------------------------------------------------------------------------------- schema
+
+
+_SCHEMA: pa.Schema | None = None
+
+
+def keypoints_schema() -> pa.Schema:
+    """The Arrow schema of a keypoints table (without the per-table ``kakaopose:*`` metadata)."""
+    global _SCHEMA
+    if _SCHEMA is None:
+        import pyarrow as pa
+
+        dict_str = pa.dictionary(pa.int32(), pa.string())  # a batch may hold thousands of sources
+        dict_kp = pa.dictionary(pa.int8(), pa.string())
+        f32 = pa.float32()
+        _SCHEMA = pa.schema(
+            [
+                pa.field("source", dict_str),
+                pa.field("job_id", dict_str),
+                pa.field("frame_num", pa.int32(), nullable=False),
+                pa.field("time_s", pa.float64()),
+                pa.field("person_idx", pa.int16(), nullable=False),
+                pa.field("keypoint_id", pa.int8(), nullable=False),
+                pa.field("keypoint", dict_kp, nullable=False),
+                pa.field("x", f32),
+                pa.field("y", f32),
+                pa.field("score", f32, nullable=False),
+                pa.field("person_score", f32, nullable=False),
+                pa.field("bbox_x", f32, nullable=False),
+                pa.field("bbox_y", f32, nullable=False),
+                pa.field("bbox_w", f32, nullable=False),
+                pa.field("bbox_h", f32, nullable=False),
+                pa.field("area", pa.float64(), nullable=False),
+            ]
+        )
+    return _SCHEMA
+
+
+# --------------------------------------------------------------------------------------------- errors
+
+
+def _bad(message: str) -> KakaoPoseResponseError:
+    return KakaoPoseResponseError(f"Pose result is not of the documented shape: {message}")
+
+
+def _where(ann_index: int | None, frame_num: Any = None, person: int | None = None) -> str:
+    if ann_index is None:
+        parts = ["image"]
+    else:
+        parts = [f"annotations[{ann_index}]"]
+        if frame_num is not None:
+            parts.append(f"(frame_num {_show(frame_num) if type(frame_num) is int else _show(frame_num, str_=True)})")
+    if person is not None:
+        parts.append(f"person {person}")
+    return " ".join(parts)
+
+
+def _show(v: Any, width: int = 80, *, str_: bool = False) -> str:
+    """A short repr (``str_``: str) of a value for an error message; a huge integer by its first digits and
+    digit count (``repr`` fails past 4300 digits and 400 digits are no help)."""
+    if type(v) is int and not -(10**20) < v < 10**20:
+        try:
+            digits = str(abs(v))
+        except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+            return f"an integer of about {int(v.bit_length() * math.log10(2)) + 1} digits"
+        return f"{'-' if v < 0 else ''}{digits[:12]}…({len(digits)} digits)"
+    try:
+        return f"{v!s:.{width}}" if str_ else f"{v!r:.{width}}"
+    except ValueError:  # a huge integer somewhere inside
+        return f"a {type(v).__name__}"
+
+
+#: The largest float32: x, y, score, person_score and bbox_* are float32 columns, so larger values are refused.
+_F32_MAX = 3.4028234663852886e38
+
+
+def _in_f32(a: np.ndarray) -> bool:
+    """Every value of a float64 array is finite and within float32's range (NaN fails both comparisons)."""
+    return not len(a) or bool(a.min() >= -_F32_MAX and a.max() <= _F32_MAX)
+
+
+def _is_num(v: Any) -> bool:
+    """A finite JSON number that fits a float64 (booleans and integers beyond float64's range are not)."""
+    t = type(v)
+    if t is float:
+        return math.isfinite(v)
+    if t is int:
+        try:
+            float(v)
+        except OverflowError:
+            return False
+        return True
+    return False
+
+
+# --------------------------------------------------------------------------------------------- metadata
+
+
+class _Meta:
+    """What a table knows besides its rows (stored as schema metadata)."""
+
+    def __init__(
+        self,
+        kind: str,
+        source: str | None,
+        *,
+        job_id: str | None = None,
+        video: dict | None = None,
+        info: Any = None,
+        categories: Any = None,
+        annotations: int | None = None,
+        frame_runs: list[list[int]] | None = None,
+    ) -> None:
+        self.kind = kind
+        self.source = source
+        self.job_id = job_id
+        self.video = video
+        self.info = info
+        self.categories = categories
+        self.annotations = annotations
+        # the answer's frame numbers when they are not 0..annotations-1 (see coco.frame_runs), else None
+        self.frame_runs = frame_runs
+        self.fps = float(video["fps"]) if video else None
+
+    def skeleton(self) -> list[list[int]]:
+        try:
+            return [list(p) for p in self.categories[0]["skeleton"]]
+        except (TypeError, KeyError, IndexError):
+            return [list(p) for p in SKELETON]
+
+    def keypoint_names(self) -> list[str]:
+        try:
+            names = list(self.categories[0]["keypoints"])
+            if len(names) == _N_KP:
+                return names
+        except (TypeError, KeyError, IndexError):
+            pass
+        return list(KEYPOINT_NAMES)
+
+    def to_metadata(self) -> dict[bytes, bytes]:
+        d: dict[str, Any] = {
+            "kind": self.kind,
+            "source": self.source,
+            "job_id": self.job_id,
+            "status": "success" if self.kind == "video" else None,
+            "video": self.video,
+            "info": self.info,
+            "categories": self.categories,
+            "annotations": self.annotations,
+            "frame_nums": self.frame_runs,
+            "skeleton": self.skeleton(),
+            "keypoints": self.keypoint_names(),
+        }
+        return {(_META + k).encode(): json.dumps(v).encode() for k, v in d.items()}
+
+
+def _read_metadata(metadata: dict | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in (metadata or {}).items():
+        key = k.decode() if isinstance(k, bytes) else str(k)
+        if key.startswith(_META):
+            out[key[len(_META) :]] = json.loads(v)
+    return out
+
+
+def _video_meta(top: dict, source: str | None, n_annotations: int) -> _Meta:
+    """Validate the top-level fields of a video job answer (everything except ``annotations``)."""
+    if not isinstance(top, dict):
+        raise _bad(f"a video job answer must be a JSON object, got {type(top).__name__}")
+    status = top.get("status")
+    job_id = top.get("job_id")
+    if status != "success":
+        if status == "failed":
+            raise KakaoPoseJobFailedError(f"video job {job_id} failed: {top.get('description') or 'no description'}")
+        if status == "not found":
+            raise KakaoPoseJobNotFoundError(f"video job {job_id} was not found (unknown, or older than 7 days)")
+        if status in ("waiting", "processing"):
+            raise KakaoPoseResponseError(f"video job {job_id} is not finished (status {status!r})")
+        raise _bad(f"status is {status!r}, expected 'success'")
+    for key in ("annotations", "categories", "info", "video"):
+        if key not in top:
+            raise _bad(f"video job answer has no {key!r}")
+    if job_id is not None and not isinstance(job_id, str):
+        raise _bad(f"job_id must be a string, got {type(job_id).__name__}")
+    video = top["video"]
+    if not isinstance(video, dict):
+        raise _bad("'video' must be an object")
+    for key in ("fps", "frames", "height", "width"):
+        if key not in video:
+            raise _bad(f"'video' has no {key!r}")
+        if not _is_num(video[key]):
+            raise _bad(f"video.{key} must be a finite number, got {_show(video[key])}")
+    if video["fps"] <= 0:
+        raise _bad(f"video.fps must be positive, got {video['fps']!r}")
+    cats = top["categories"]
+    if not isinstance(cats, list):
+        raise _bad("'categories' must be a list")
+    return _Meta(
+        "video",
+        source,
+        job_id=job_id,
+        video=video,
+        info=top["info"],
+        categories=cats,
+        annotations=n_annotations,
+    )
+
+
+# --------------------------------------------------------------------------------------------- building rows
+
+
+def _dict_column(value: str | None, n: int) -> pa.Array:
+    import numpy as np
+    import pyarrow as pa
+
+    if value is None:
+        return pa.DictionaryArray.from_arrays(pa.nulls(n, pa.int32()), pa.array([], pa.string()))
+    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([value], pa.string()))
+
+
+def _build_batch(
+    meta: _Meta,
+    person_frame: np.ndarray,
+    person_idx: np.ndarray,
+    keypoints: np.ndarray,
+    bbox: np.ndarray,
+    area: np.ndarray,
+    score: np.ndarray,
+) -> pa.RecordBatch:
+    """Rows of ``P`` persons: ``keypoints`` (P*51,), ``bbox`` (P*4,), the others (P,)."""
+    import numpy as np
+    import pyarrow as pa
+
+    n_p = len(person_frame)
+    n = n_p * _N_KP
+    kp = keypoints.reshape(n_p, _N_KP, 3)
+    undetected = ((kp[:, :, 0] == 0) & (kp[:, :, 1] == 0) & (kp[:, :, 2] == 0)).ravel()
+    mask = undetected if undetected.any() else None
+    bb = bbox.reshape(n_p, 4).astype(np.float32)
+    frame32 = person_frame.astype(np.int32)
+    frame_rows = np.repeat(frame32, _N_KP)
+    time_s = pa.nulls(n, pa.float64()) if meta.fps is None else pa.array(frame_rows / meta.fps)
+    kp_index = np.tile(np.arange(_N_KP, dtype=np.int8), n_p)
+    arrays = [
+        _dict_column(meta.source, n),
+        _dict_column(meta.job_id, n),
+        pa.array(frame_rows),
+        time_s,
+        pa.array(np.repeat(person_idx.astype(np.int16), _N_KP)),
+        pa.array(kp_index + np.int8(1)),
+        pa.DictionaryArray.from_arrays(pa.array(kp_index), pa.array(KEYPOINT_NAMES, pa.string())),
+        pa.array(kp[:, :, 0].astype(np.float32).ravel(), mask=mask),
+        pa.array(kp[:, :, 1].astype(np.float32).ravel(), mask=mask),
+        pa.array(kp[:, :, 2].astype(np.float32).ravel()),
+        pa.array(np.repeat(score.astype(np.float32), _N_KP)),
+        pa.array(np.repeat(bb[:, 0], _N_KP)),
+        pa.array(np.repeat(bb[:, 1], _N_KP)),
+        pa.array(np.repeat(bb[:, 2], _N_KP)),
+        pa.array(np.repeat(bb[:, 3], _N_KP)),
+        pa.array(np.repeat(area.astype(np.float64), _N_KP)),
+    ]
+    return pa.RecordBatch.from_arrays(arrays, schema=_schema_with(meta))
+
+
+def _schema_with(meta: _Meta) -> pa.Schema:
+    cached = getattr(meta, "_schema", None)
+    if cached is None:
+        cached = keypoints_schema().with_metadata(meta.to_metadata())
+        meta._schema = cached  # type: ignore[attr-defined]
+    return cached
+
+
+#: Columns of the errors table written beside a batch's keypoints: one row per input that failed for good.
+ERROR_COLUMNS: tuple[str, ...] = ("source", "error_type", "status_code", "code", "message", "attempts")
+
+
+def errors_schema() -> pa.Schema:
+    """Arrow schema of the errors table (see :data:`ERROR_COLUMNS`)."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            pa.field("source", pa.string()),
+            pa.field("error_type", pa.dictionary(pa.int8(), pa.string()), nullable=False),
+            pa.field("status_code", pa.int16()),
+            pa.field("code", pa.int32()),
+            pa.field("message", pa.string(), nullable=False),
+            pa.field("attempts", pa.int16()),
+        ],
+        metadata={f"{_META}kind".encode(): b'"errors"'},
+    )
+
+
+def errors_table(errors: Iterator[dict[str, Any]] | list[dict[str, Any]]) -> pa.Table:
+    """Build the errors table from dicts with the :data:`ERROR_COLUMNS` keys (missing keys are null)."""
+    import pyarrow as pa
+
+    rows = list(errors)
+    schema = errors_schema()
+    columns = {}
+    for field in schema:
+        values = [row.get(field.name) for row in rows]
+        if pa.types.is_dictionary(field.type):
+            columns[field.name] = pa.array(values, pa.string()).dictionary_encode().cast(field.type)
+        else:
+            columns[field.name] = pa.array(values, field.type)
+    return pa.Table.from_pydict(columns, schema=schema)

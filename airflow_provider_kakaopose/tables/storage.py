@@ -1,0 +1,306 @@
+"""Parquet writing and reading on any storage, atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import queue
+import tempfile
+import threading
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
+
+from airflow_provider_kakaopose.tables.schema import (
+    ROW_GROUP_SIZE,
+    _read_metadata,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+T = TypeVar("T")
+
+_DICT_COLUMNS = ("source", "job_id", "keypoint")
+#: Record batches queued between the producer (parsing, tracking) and the Parquet writer thread.
+_QUEUED_BATCHES = 4
+# Filesystems (fsspec protocols) whose rename is atomic: write a temporary name, then move it.
+_RENAMING_PROTOCOLS = frozenset({"file", "local", "sftp", "ssh", "hdfs", "webhdfs", "arrow_hdfs", "smb"})
+# Object stores whose fsspec files, opened with ``autocommit=False``, upload while written and publish only on
+# ``commit()`` (``discard()`` throws the upload away): S3 multipart uploads (s3fs: parts go up as the buffer fills,
+# CompleteMultipartUpload on commit, AbortMultipartUpload on discard) and GCS resumable uploads (gcsfs). Not
+# fsspec's memory store: outside a transaction its files are visible from the moment they are opened.
+_STAGING_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs"})
+#: Bytes buffered before a part goes up to an object store (S3 needs at least 5 MiB per part but the last,
+#: and at most 10,000 parts: 16 MiB parts allow files up to 156 GiB).
+UPLOAD_PART_SIZE = 16 << 20
+
+# --------------------------------------------------------------------------------------------- storage
+
+
+def _resolve(uri: Any) -> tuple[Any, str]:
+    """``(fsspec filesystem or None for local, path)`` for a path, URI or ObjectStoragePath."""
+    if not isinstance(uri, (str, bytes)) and hasattr(uri, "fs") and hasattr(uri, "path"):
+        return uri.fs, str(uri.path)  # an Airflow ObjectStoragePath (or any UPath)
+    text = os.fspath(uri)
+    if isinstance(text, bytes):
+        text = text.decode()
+    parts = urlsplit(text)
+    if len(parts.scheme) <= 1:  # no scheme, or a Windows drive letter
+        return None, text
+    if parts.scheme != "file" and "@" in parts.netloc:
+        from airflow_provider_kakaopose._compat import (
+            ObjectStoragePath,  # conn_id@bucket syntax: resolve the Airflow connection
+        )
+
+        p = ObjectStoragePath(text)
+        return p.fs, str(p.path)
+    from fsspec.core import url_to_fs
+
+    fs, path = url_to_fs(text)
+    return fs, path
+
+
+def _is_local(fs: Any) -> bool:
+    if fs is None:
+        return True
+    from fsspec.implementations.local import LocalFileSystem
+
+    return isinstance(fs, LocalFileSystem)
+
+
+def _protocols(fs: Any) -> set[str]:
+    proto = fs.protocol
+    return {proto} if isinstance(proto, str) else set(proto)
+
+
+def _write_to(sink: Any, data: pa.Table | pa.RecordBatchReader, row_group_size: int, compression: str) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = data.schema
+    rows = 0
+    with pq.ParquetWriter(
+        sink,
+        schema,
+        compression=compression,
+        use_dictionary=[c for c in _DICT_COLUMNS if c in schema.names] or False,
+        write_statistics=True,
+    ) as writer:
+        if isinstance(data, pa.Table):
+            writer.write_table(data, row_group_size=row_group_size)
+            return data.num_rows
+        # Parse (this thread) and encode/compress (a writer thread) overlap; both release the GIL in Arrow.
+        # The writer thread gathers the batches of one row group and writes it; the queue between the two
+        # holds a few batches, so memory stays at about one row group whatever the length.
+        batches: queue.Queue[pa.RecordBatch | None] = queue.Queue(maxsize=_QUEUED_BATCHES)
+        failure: list[BaseException] = []
+        written = [0]
+
+        def write_groups() -> None:
+            pending: list[pa.RecordBatch] = []
+            n = 0
+            try:
+                while (batch := batches.get()) is not None:
+                    pending.append(batch)
+                    n += batch.num_rows
+                    while n >= row_group_size:
+                        table = pa.Table.from_batches(pending, schema=schema)
+                        writer.write_table(table.slice(0, row_group_size), row_group_size=row_group_size)
+                        rest = table.slice(row_group_size)
+                        del table
+                        pending, n = rest.to_batches(), rest.num_rows
+                        written[0] += row_group_size
+                if n:
+                    writer.write_table(pa.Table.from_batches(pending, schema=schema), row_group_size=row_group_size)
+                    written[0] += n
+            except BaseException as err:  # reported to the producer below
+                failure.append(err)
+                while batches.get() is not None:  # drain so the producer never blocks
+                    pass
+
+        thread = threading.Thread(target=write_groups, name="kakaopose-parquet-writer", daemon=True)
+        thread.start()
+        try:
+            for batch in data:
+                if failure:
+                    break
+                if batch.num_rows:
+                    batches.put(batch)
+        finally:
+            batches.put(None)
+            thread.join()
+        if failure:
+            raise failure[0]
+        rows = written[0]
+    return rows
+
+
+def write_parquet(
+    table: pa.Table | pa.RecordBatchReader,
+    uri: str | os.PathLike | Any,
+    *,
+    row_group_size: int = ROW_GROUP_SIZE,
+    compression: str = "zstd",
+) -> int:
+    """Write a keypoints table (or a :func:`keypoints_reader` stream) to Parquet, atomically.
+
+    :param table: a table from :func:`keypoints_table`, or a ``RecordBatchReader`` (streamed row group by
+        row group, so a large result never exists whole in memory).
+    :param uri: a local path, a ``file://`` or other fsspec URI (``s3://bucket/key``, ``gs://…``,
+        ``memory://…``), an Airflow ``s3://conn_id@bucket/key`` URI, or an Airflow ``ObjectStoragePath``.
+    :param row_group_size: rows per row group (default about 1 M).
+    :param compression: Parquet codec (default zstd).
+    :return: the number of rows written.
+
+    A reader sees the old file or the whole new one, never a part: local files and renaming stores are
+    written under a temporary name in the same directory, then moved; S3 and GCS get a multipart (resumable)
+    upload that goes up part by part while the file is written and is completed only once it is whole (a
+    failure aborts it: nothing appears at the key); other object stores get the whole file in a single put.
+    See :func:`write_atomically`.
+    """
+    return write_atomically(uri, lambda sink: _write_to(sink, table, row_group_size, compression))
+
+
+def write_atomically(uri: str | os.PathLike | Any, write: Callable[[Any], T]) -> T:
+    """Run ``write(sink)`` so that readers of ``uri`` see the old file or the whole new one, never a part.
+
+    ``sink`` is one of
+
+    * a temporary local path (local files): then fsync and ``os.replace``;
+    * a binary file open on a temporary name (stores that can rename: sftp, hdfs, smb, …): then ``mv``;
+    * a binary file open on the final key without autocommit (S3 through s3fs, GCS through gcsfs): the bytes
+      go up in parts of :data:`UPLOAD_PART_SIZE` while ``write`` runs, so memory
+      holds about one part, and the upload is completed (S3: ``CompleteMultipartUpload``) only after ``write``
+      returned; if ``write`` raises, the upload is discarded (S3: ``AbortMultipartUpload``) and nothing
+      appears at the key (an old object there stays as it was);
+    * an in-memory buffer sent in one put (other object stores, e.g. Azure, memory).
+
+    Missing folders are created. Returns what ``write`` returns. Shared by the Parquet tables and the pictures.
+    """
+
+    fs, path = _resolve(uri)
+    if _is_local(fs):
+        path = os.path.abspath(os.path.expanduser(path))
+        directory, name = os.path.split(path)
+        os.makedirs(directory or ".", exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory or ".")
+        os.close(fd)
+        try:
+            result = write(tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return result
+    if _protocols(fs) & _RENAMING_PROTOCOLS:
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        parent = path.rsplit("/", 1)[0] if "/" in path else ""
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        try:
+            with fs.open(tmp, "wb") as f:
+                result = write(f)
+            fs.mv(tmp, path)
+        except BaseException:
+            with contextlib.suppress(Exception):  # best-effort cleanup
+                if fs.exists(tmp):
+                    fs.rm(tmp)
+            raise
+        return result
+    if _protocols(fs) & _STAGING_PROTOCOLS:
+        return _write_staged(fs, path, write)
+    buffer = io.BytesIO()
+    result = write(buffer)
+    fs.pipe_file(path, buffer.getvalue())
+    return result
+
+
+def _write_staged(fs: Any, path: str, write: Callable[[Any], T]) -> T:
+    """Upload while ``write`` writes; publish at ``path`` only once it returned (see :func:`write_atomically`).
+
+    The file is opened with ``autocommit=False``: its ``close()`` uploads the last part but publishes nothing,
+    ``commit()`` publishes, ``discard()`` aborts. (Leaving a ``with fs.open(...)`` block on an exception would
+    *close* the file, which with autocommit completes the upload: a half-written file at the key.)
+    """
+    f = fs.open(path, "wb", block_size=UPLOAD_PART_SIZE, autocommit=False)
+    try:
+        result = write(f)
+        f.close()
+        f.commit()
+    except BaseException:
+        with contextlib.suppress(Exception):  # best effort: the error that matters is the one raised
+            f.discard()
+        with contextlib.suppress(Exception):
+            f.closed = True  # discarded: a later close() (the file's __del__) must not flush or upload
+        raise
+    return result
+
+
+def _read_table(uri: Any) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    fs, path = _resolve(uri)
+    if _is_local(fs):
+        return pq.read_table(path)
+    with fs.open(path, "rb") as f:
+        return pq.read_table(f)
+
+
+def _exists(uri: Any) -> bool:
+    fs, path = _resolve(uri)
+    if _is_local(fs):
+        return os.path.exists(os.path.abspath(os.path.expanduser(path)))
+    return fs.exists(path)
+
+
+def read_table_if_exists(uri: str | os.PathLike | Any) -> pa.Table | None:
+    """The Parquet table at ``uri`` (any storage), or ``None`` when there is no file there yet."""
+    return _read_table(uri) if _exists(uri) else None
+
+
+def read_bytes_if_exists(uri: str | os.PathLike | Any) -> bytes | None:
+    """The whole file at ``uri`` (any storage :func:`write_atomically` accepts), or ``None`` if absent."""
+    if not _exists(uri):
+        return None
+    fs, path = _resolve(uri)
+    if _is_local(fs):
+        with open(os.path.abspath(os.path.expanduser(path)), "rb") as f:
+            return f.read()
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def read_metadata_if_exists(uri: str | os.PathLike | Any) -> dict[bytes, bytes] | None:
+    """The schema metadata of the Parquet file at ``uri`` (reads only the footer), or ``None`` if absent."""
+    import pyarrow.parquet as pq
+
+    if not _exists(uri):
+        return None
+    fs, path = _resolve(uri)
+    if _is_local(fs):
+        return pq.read_schema(os.path.abspath(os.path.expanduser(path))).metadata or {}
+    with fs.open(path, "rb") as f:
+        return pq.read_schema(f).metadata or {}
+
+
+def read_keypoints(uri: str | os.PathLike | Any) -> pd.DataFrame:
+    """Read a keypoints Parquet file (any URI :func:`write_parquet` accepts) into a pandas DataFrame.
+
+    Null ``x``/``y`` (undetected keypoints) and ``time_s`` (images) become NaN; ``source``, ``job_id`` and
+    ``keypoint`` are categoricals. The table's metadata (video, info, categories, skeleton, …) is in
+    ``df.attrs["kakaopose"]``, so ``to_coco(df)`` works too.
+    """
+    table = _read_table(uri)
+    df = table.to_pandas()
+    df.attrs["kakaopose"] = _read_metadata(table.schema.metadata)
+    return df

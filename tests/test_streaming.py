@@ -1,0 +1,354 @@
+"""Streaming a job's result: chunked bodies, downloads cut off mid-body, uploads to a local S3 server.
+
+The streaming tracker against the whole-table one is in ``test_tracking.py`` (``assign_tracks_reader``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from airflow_provider_kakaopose.exceptions import KakaoPoseError
+from airflow_provider_kakaopose.hooks.pose import KakaoPoseHook
+from airflow_provider_kakaopose.operators.pose import KakaoPoseJobToParquetOperator
+from airflow_provider_kakaopose.tables import (
+    BodySpool,
+    flatten,
+    keypoints_reader,
+    keypoints_table,
+    scanner,
+    storage,
+    write_atomically,
+    write_parquet,
+)
+
+SAMPLES = Path(__file__).parent / "data" / "samples"
+
+
+def small_answer() -> bytes:
+    """A small but complete video answer: 3 frames (one empty), 2 persons, an undetected keypoint, a gap."""
+    rng = np.random.default_rng(3)
+
+    def person() -> dict:
+        kp = np.round(rng.uniform(0, 640, size=(17, 3)), 2)
+        kp[:, 2] = np.round(rng.uniform(0, 1, size=17), 3)
+        kp[4] = 0.0
+        return {
+            "area": round(float(rng.uniform(1e4, 3e4)), 2),
+            "bbox": np.round(rng.uniform(0, 300, size=4), 1).tolist(),
+            "category_id": 1,
+            "keypoints": kp.ravel().tolist(),
+            "score": round(float(rng.uniform(0, 1)), 3),
+        }
+
+    categories = json.loads((SAMPLES / "job_success_response.json").read_bytes())["categories"]
+    answer = {
+        "annotations": [
+            {"frame_num": 0, "objects": [person(), person()]},
+            {"frame_num": 1, "objects": []},
+            {"frame_num": 3, "objects": [person()]},
+        ],
+        "categories": categories,
+        "info": {"version": "191227"},
+        "job_id": "job-chunks",
+        "status": "success",
+        "video": {"fps": 30.0, "frames": 4, "height": 480, "width": 640},
+    }
+    return json.dumps(answer).encode()
+
+
+@pytest.fixture
+def fast_only(monkeypatch):
+    """Fail if a raw body falls back to json + the Python loop (the chunked paths must not need it)."""
+
+    def no_slow(*a, **k):
+        raise AssertionError("fell back to the slow path")
+
+    monkeypatch.setattr(flatten, "_slow", no_slow)
+
+
+def same_table(got: pa.Table, want: pa.Table) -> None:
+    assert got.schema.metadata == want.schema.metadata
+    assert got.equals(want)
+
+
+# ------------------------------------------------------------------------------------------ chunked bodies
+
+
+def test_a_body_split_at_every_byte_gives_the_same_table(fast_only):
+    body = small_answer()
+    want = keypoints_table(body, source="v.mp4")
+    assert want.num_rows == 3 * 17
+    for i in range(len(body) + 1):
+        got = keypoints_table(iter([body[:i], body[i:]]), source="v.mp4")  # an iterator of chunks (spooled)
+        same_table(got, want)
+
+
+def test_a_spool_written_in_two_pieces_at_every_byte_gives_the_same_table(fast_only):
+    body = small_answer()
+    want = keypoints_table(body)
+    for i in range(len(body) + 1):
+        with BodySpool() as spool:
+            spool.write(body[:i])
+            spool.write(body[i:])
+            assert spool.size == len(body)
+            same_table(keypoints_reader(spool).read_all(), want)
+
+
+def test_a_body_in_one_byte_chunks_and_a_non_seekable_stream(fast_only):
+    body = small_answer()
+    want = keypoints_table(body)
+    same_table(keypoints_table(body[i : i + 1] for i in range(len(body))), want)
+
+    class Stream(io.RawIOBase):  # a socket-like stream: no seek, short reads
+        def __init__(self) -> None:
+            self.pos = 0
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buf) -> int:
+            n = min(len(buf), 7, len(body) - self.pos)
+            buf[:n] = body[self.pos : self.pos + n]
+            self.pos += n
+            return n
+
+    same_table(keypoints_table(io.BufferedReader(Stream(), buffer_size=5)), want)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 64])
+def test_a_seekable_file_scanned_in_small_pieces(fast_only, monkeypatch, tmp_path, chunk):
+    """A file is read in pieces of ``_SCAN_CHUNK`` bytes (never whole): any piece size gives the same table."""
+    body = small_answer()
+    want = keypoints_table(body)
+    monkeypatch.setattr(scanner, "_SCAN_CHUNK", chunk)
+    monkeypatch.setattr(scanner, "_PIECE_BYTES", chunk)  # rows parsed a few annotations at a time
+    path = tmp_path / "job.json"
+    path.write_bytes(body)
+    with open(path, "rb") as f:  # a real file: read with pread
+        same_table(keypoints_table(f), want)
+    same_table(keypoints_table(io.BytesIO(body)), want)  # no file descriptor: seek + read
+
+
+def test_an_emptied_spool_starts_over():
+    body = small_answer()
+    with BodySpool() as spool:
+        spool.write(body[: len(body) // 2])  # a download cut off half-way
+        spool.seek(0)
+        spool.truncate()
+        assert spool.size == 0
+        spool.write(body)
+        same_table(keypoints_reader(spool).read_all(), keypoints_table(body))
+        with pytest.raises(io.UnsupportedOperation):
+            spool.seek(3)
+
+
+# ------------------------------------------------------------------------------------------ cut downloads
+
+
+def finished_job(conn_id: str, video_url: str = "https://example.com/v.mp4?frames=40&persons=3") -> str:
+    hook = KakaoPoseHook(conn_id)
+    job_id = hook.submit_video_job(video_url=video_url)
+    for _ in range(200):
+        if hook.get_job_status(job_id)["status"] == "success":
+            return job_id
+        time.sleep(0.05)
+    raise AssertionError("the emulator's job did not finish")
+
+
+def test_a_download_cut_off_mid_body_is_retried_from_the_start(emulator, make_conn):
+    conn_id = make_conn()
+    job_id = finished_job(conn_id)
+    with KakaoPoseHook(conn_id) as hook:
+        whole = hook.get_job_bytes(job_id)
+        emulator.script_faults(["cut"])
+        with BodySpool() as spool:
+            assert hook.download_job(job_id, spool) == len(whole) == spool.size
+            same_table(keypoints_reader(spool).read_all(), keypoints_table(whole))
+    gets = [r for r in emulator.requests if r.path == f"/pose/job/{job_id}"]
+    assert [r.fault for r in gets[-2:]] == ["cut", None]
+
+
+def test_a_download_into_a_plain_file_is_emptied_per_attempt(emulator, make_conn, tmp_path):
+    conn_id = make_conn()
+    job_id = finished_job(conn_id)
+    emulator.script_faults(["cut", "cut"])
+    with KakaoPoseHook(conn_id) as hook, open(tmp_path / "body.json", "w+b") as f:
+        size = hook.download_job(job_id, f)
+        f.seek(0)
+        assert f.read() == hook.get_job_bytes(job_id) and size == f.tell()
+
+
+def test_the_operator_survives_a_cut_download_and_writes_nothing_half(emulator, make_conn, tmp_path):
+    from test_operators import context
+
+    conn_id = make_conn()
+    job_id = finished_job(conn_id)
+    want_path = tmp_path / "want.parquet"
+    with KakaoPoseHook(conn_id) as hook:
+        from airflow_provider_kakaopose.tracking import assign_tracks
+
+        write_parquet(assign_tracks(keypoints_table(hook.get_job_bytes(job_id), source="v")), want_path)
+    want = pq.read_table(want_path)
+
+    out = tmp_path / "out" / "keypoints.parquet"
+    emulator.script_faults(["cut"])
+    summary = KakaoPoseJobToParquetOperator(
+        task_id="l", job_id=job_id, output_uri=str(out), source="v", kakao_pose_conn_id=conn_id
+    ).execute(context())
+    got = pq.read_table(out)
+    assert got.equals(want) and summary["rows"] == want.num_rows
+    assert summary["tracks"] == len(pc_unique(want["track_id"]))
+
+    # No retries left: the task fails and nothing is visible at the output (no file, no temporary file).
+    out2 = tmp_path / "out2" / "keypoints.parquet"
+    no_retry = make_conn(max_retries=0)
+    emulator.script_faults(["cut"])
+    with pytest.raises(KakaoPoseError):
+        KakaoPoseJobToParquetOperator(
+            task_id="l", job_id=job_id, output_uri=str(out2), source="v", kakao_pose_conn_id=no_retry
+        ).execute(context())
+    assert not out2.exists()
+    assert not out2.parent.exists() or os.listdir(out2.parent) == []
+
+
+def pc_unique(col: pa.ChunkedArray) -> list:
+    return [v for v in set(col.to_pylist()) if v is not None]
+
+
+# ------------------------------------------------------------------------------------------ local S3 server
+
+BUCKET = "kakaopose-test"
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """moto's S3 server on a loopback port (a real HTTP server; nothing leaves the machine)."""
+    from conftest import free_port
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """A boto3 client on the local server, a fresh bucket, and s3:// URIs resolved to that server."""
+    import boto3
+    import s3fs
+
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": s3_server,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    s3fs.S3FileSystem.clear_instance_cache()
+    client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    client.create_bucket(Bucket=BUCKET)
+    yield client
+    for obj in client.list_objects_v2(Bucket=BUCKET).get("Contents", []):
+        client.delete_object(Bucket=BUCKET, Key=obj["Key"])
+    for up in client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []):
+        client.abort_multipart_upload(Bucket=BUCKET, Key=up["Key"], UploadId=up["UploadId"])
+    client.delete_bucket(Bucket=BUCKET)
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def keys(client) -> list[str]:
+    return [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
+
+
+def uploads(client) -> list[dict]:
+    return client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])
+
+
+PART = 5 << 20  # S3's smallest part
+
+
+def test_a_large_write_goes_up_in_parts_and_appears_only_when_complete(s3, monkeypatch):
+    monkeypatch.setattr(storage, "UPLOAD_PART_SIZE", PART)
+    data = np.random.default_rng(0).bytes(3 * PART + 12345)  # four parts
+    seen: list[tuple[list[str], int]] = []
+
+    def write(f) -> int:
+        for i in range(0, len(data), 1 << 20):
+            f.write(data[i : i + (1 << 20)])
+            if i == 2 * PART + (1 << 20):  # two parts are up: an upload in progress, nothing at the key
+                seen.append((keys(s3), len(uploads(s3))))
+        return len(data)
+
+    assert write_atomically(f"s3://{BUCKET}/big/file.bin", write) == len(data)
+    assert seen == [([], 1)]
+    assert keys(s3) == ["big/file.bin"] and uploads(s3) == []
+    got = s3.get_object(Bucket=BUCKET, Key="big/file.bin")
+    assert got["Body"].read() == data
+    parts = s3.head_object(Bucket=BUCKET, Key="big/file.bin", PartNumber=1)
+    assert parts["PartsCount"] == 4 and parts["ContentLength"] == PART
+
+
+def test_a_write_failing_mid_way_leaves_nothing_at_the_key(s3, monkeypatch):
+    monkeypatch.setattr(storage, "UPLOAD_PART_SIZE", PART)
+    s3.put_object(Bucket=BUCKET, Key="kept.bin", Body=b"the old file")
+    chunk = np.random.default_rng(1).bytes(1 << 20)
+
+    def write(f) -> None:
+        for _ in range(12):  # two parts uploaded, a third buffered
+            f.write(chunk)
+        assert len(uploads(s3)) == 1
+        raise RuntimeError("the producer failed")
+
+    for key in ("new.bin", "kept.bin"):
+        with pytest.raises(RuntimeError, match="the producer failed"):
+            write_atomically(f"s3://{BUCKET}/{key}", write)
+    assert keys(s3) == ["kept.bin"]  # nothing new appeared; the old object is untouched
+    assert s3.get_object(Bucket=BUCKET, Key="kept.bin")["Body"].read() == b"the old file"
+    assert uploads(s3) == []  # the multipart uploads were aborted, not left to bill storage
+
+
+def test_parquet_streams_to_s3_and_a_failing_stream_leaves_nothing(s3, monkeypatch):
+    monkeypatch.setattr(storage, "UPLOAD_PART_SIZE", PART)
+    rng = np.random.default_rng(2)
+    n = 1_500_000  # ~18 MB of incompressible doubles: several parts
+    table = pa.table({"x": rng.random(n), "y": rng.random(n)})
+    batches = table.to_batches(max_chunksize=100_000)
+    reader = pa.RecordBatchReader.from_batches(table.schema, iter(batches))
+    assert write_parquet(reader, f"s3://{BUCKET}/t/keypoints.parquet", row_group_size=200_000) == n
+    body = s3.get_object(Bucket=BUCKET, Key="t/keypoints.parquet")["Body"].read()
+    assert pq.read_table(io.BytesIO(body)).equals(table)
+    assert s3.head_object(Bucket=BUCKET, Key="t/keypoints.parquet", PartNumber=1)["PartsCount"] >= 3
+
+    def failing():
+        yield from batches[:10]
+        raise KakaoPoseError("frame 123: not a person")
+
+    reader = pa.RecordBatchReader.from_batches(table.schema, failing())
+    with pytest.raises(KakaoPoseError, match="frame 123"):
+        write_parquet(reader, f"s3://{BUCKET}/t/broken.parquet", row_group_size=200_000)
+    assert keys(s3) == ["t/keypoints.parquet"] and uploads(s3) == []
+
+
+def test_a_small_keypoints_table_to_s3(s3):
+    table = keypoints_table(small_answer(), source="v.mp4")
+    assert write_parquet(table, f"s3://{BUCKET}/small.parquet") == table.num_rows
+    body = s3.get_object(Bucket=BUCKET, Key="small.parquet")["Body"].read()
+    same_table(pq.read_table(io.BytesIO(body)), table)
+    assert keys(s3) == ["small.parquet"] and uploads(s3) == []
