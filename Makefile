@@ -17,7 +17,7 @@ MATRIX_VERSIONS ?= 2.11.2 3.0.6 3.1.8 3.2.2 3.3.2
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,redis,cluster]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,test-s3,redis,cluster]'
 	touch $(STAMP)
 
 install: $(STAMP)
