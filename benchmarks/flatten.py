@@ -20,6 +20,8 @@ makes a finished job of each length (default 1 h and 3 h, 3 persons), and in a f
   default): the body downloaded into a spool, flattened, tracked and written as the operator does;
 * ``whole-table``: what the operator did before streaming: ``get_job_bytes`` (the whole body), the whole
   table, ``assign_tracks`` on it, then the Parquet write;
+* ``file``: the operator's streaming path (flatten, track, write) on the body saved to a local file — the
+  baseline's own input, without the HTTP download;
 * ``baseline`` (first length only): the naive path above, on the same body saved to a file;
 
 reports its wall time and its *working memory*: the peak RSS during the work (the kernel's peak mark reset
@@ -212,6 +214,11 @@ def operator_child(kind: str, base: str, job_id: str, src: str, dst: str) -> Non
     elif kind == "operator":
         op = KakaoPoseJobToParquetOperator(task_id="load", job_id=job_id, output_uri=dst, kakao_pose_conn_id=CONN_ID)
         rows = op.execute({"ti": _TI()})["rows"]
+    elif kind == "file":  # the operator's streaming path on the baseline's own input: the body in a local file
+        from airflow_provider_kakaopose.tracking import assign_tracks_reader
+
+        with open(src, "rb") as f:
+            rows = write_parquet(assign_tracks_reader(keypoints_reader(f, source=None)), dst)
     else:  # whole-table: the operator's load before streaming (whole body, whole table, then tracking)
         with KakaoPoseHook(CONN_ID) as hook:
             raw = hook.get_job_bytes(job_id)
@@ -274,7 +281,7 @@ def operator_main(args: argparse.Namespace) -> None:
                 job_id, size, took = _finished_job(base, frames, args.persons, src)
                 what = f"{frames:,} frames x {args.persons} persons, {size / 1e6:.1f} MB of JSON"
                 print(f"job: {what} (ready in {took:.1f} s)")
-                kinds = ["operator", "whole-table"]
+                kinds = ["operator", "whole-table", "file"]
                 if n == 0 and not args.skip_baseline:
                     kinds.insert(0, "baseline")
                 for kind in kinds:
@@ -311,7 +318,7 @@ def operator_main(args: argparse.Namespace) -> None:
         )
     if (first, "baseline") in by:
         base_wall = by[(first, "baseline")][1]["wall_s"]
-        for kind in ("operator", "whole-table"):
+        for kind in ("operator", "whole-table", "file"):
             speed = base_wall / by[(first, kind)][1]["wall_s"]
             if kind == "operator":
                 ok &= speed >= 8
