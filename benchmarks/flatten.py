@@ -43,6 +43,8 @@ import sys
 import tempfile
 import time
 
+from _memory import peak_rss, reset_peak_rss, rss_now
+
 FPS = 30.0
 SKELETON = [[1, 2], [1, 3], [2, 3], [2, 4], [3, 5], [4, 6], [5, 7], [6, 7], [6, 8], [6, 12], [7, 9]]
 SKELETON += [[7, 13], [8, 10], [9, 11], [12, 13], [14, 12], [15, 13], [16, 14], [17, 15]]
@@ -156,24 +158,6 @@ BENCH_KEY = "flatten-benchmark-key"
 CONN_ID = "kakao_pose_flatten_bench"
 
 
-def _rss_now() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _reset_peak_rss() -> None:
-    """Reset the kernel's peak-RSS mark of this process (Linux: ``5`` into ``/proc/self/clear_refs``)."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
-def _peak_rss() -> int:
-    """Peak RSS since the last reset (``VmHWM``)."""
-    with open("/proc/self/status") as f:
-        line = next(line for line in f if line.startswith("VmHWM:"))
-    return int(line.split()[1]) * 1024
-
-
 class _TI:
     """The little of a task instance the operator touches outside Airflow (its XComs)."""
 
@@ -206,8 +190,8 @@ def operator_child(kind: str, base: str, job_id: str, src: str, dst: str) -> Non
         with KakaoPoseHook(CONN_ID) as hook:  # the connection looked up, the session's modules imported
             hook.get_job_status("00000000-0000-0000-0000-000000000000")
     gc.collect()
-    rss0 = _rss_now()
-    _reset_peak_rss()
+    rss0 = rss_now()
+    reset_peak_rss()
     start = time.perf_counter()
     if kind == "baseline":
         rows = run_baseline(src, dst)
@@ -228,7 +212,7 @@ def operator_child(kind: str, base: str, job_id: str, src: str, dst: str) -> Non
         rows = write_parquet(table.to_reader(), dst)
         del table
     wall = time.perf_counter() - start
-    peak = _peak_rss()
+    peak = peak_rss()
     out = {"kind": kind, "rows": rows, "wall_s": wall, "rss_after_imports": rss0, "peak_rss": peak}
     print(json.dumps({**out, "working": peak - rss0, "bytes": os.path.getsize(dst)}))
 

@@ -29,6 +29,7 @@ import tempfile
 import time
 
 from _emulator import start_emulator
+from _memory import peak_rss, reset_peak_rss, rss_now
 
 KEY = "benchmark-status-key"
 
@@ -49,14 +50,14 @@ def child(mode: str, base: str, job_id: str) -> None:
     if mode in ("sync-status", "sync-full"):
         hook = KakaoPoseHook("kakao_pose_bench")
         hook.get_job_status("warm-up")
-        base_rss = _rss_now()
-        _reset_peak_rss()  # the peak so far is the imports' (often above the RSS after them)
+        base_rss = rss_now()
+        reset_peak_rss()  # the peak so far is the imports' (often above the RSS after them)
         start = time.perf_counter()
         body = hook.get_job_status(job_id) if mode == "sync-status" else hook.get_job(job_id)
         elapsed = time.perf_counter() - start
         assert body["status"] == "success"
         del body
-        print(json.dumps({"seconds": elapsed, "working_mb": (_peak_rss() - base_rss) / 1e6}))
+        print(json.dumps({"seconds": elapsed, "working_mb": (peak_rss() - base_rss) / 1e6}))
         return
 
     async def poll() -> None:
@@ -83,35 +84,17 @@ def child(mode: str, base: str, job_id: str) -> None:
 
         beat = asyncio.ensure_future(heartbeat())
         await asyncio.sleep(0.1)
-        base_rss = _rss_now()
-        _reset_peak_rss()
+        base_rss = rss_now()
+        reset_peak_rss()
         start = time.perf_counter()
         await poll()
         elapsed = time.perf_counter() - start
-        peak = _peak_rss() - base_rss
+        peak = peak_rss() - base_rss
         stop.set()
         await beat
         return {"seconds": elapsed, "stall_s": max(gaps), "working_mb": peak / 1e6}
 
     print(json.dumps(asyncio.run(main())))
-
-
-def _rss_now() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _reset_peak_rss() -> None:
-    """Reset the kernel's peak-RSS mark of this process (Linux: ``5`` into ``/proc/self/clear_refs``)."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
-def _peak_rss() -> int:
-    """Peak RSS since the last reset (``VmHWM``)."""
-    with open("/proc/self/status") as f:
-        line = next(line for line in f if line.startswith("VmHWM:"))
-    return int(line.split()[1]) * 1024
 
 
 def run_child(mode: str, base: str, job_id: str) -> dict:
