@@ -119,3 +119,21 @@ def test_any_object_in_any_chunks(fields, status, sizes):
     got = read(chunks)
     assert got["status"] == status
     assert got.items() <= expected(body).items()
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, 1 << 20, (1 << 20) + 1, 3 * (1 << 20) + 5])
+def test_mark_finder_matches_the_translate_table(size):
+    """The vectorised mark finder (both scanners use it) finds exactly the bytes of ``MARKS``, whatever the
+    bytes (``|`` and non-ASCII bytes share bits with the marks) and whether a chunk spans several blocks."""
+    import numpy as np
+
+    from airflow_provider_kakaopose._jsonmarks import MARKS, MarkFinder
+
+    rng = np.random.default_rng(size)
+    data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+    finder = MarkFinder()
+    for chunk in (data, data[: size // 2], b'{"a": [1, "|\\\\"]}|'):
+        idx, chars = finder.find(chunk)
+        expected = np.flatnonzero(np.frombuffer(chunk.translate(MARKS), np.bool_))
+        assert np.array_equal(idx, expected)
+        assert bytes(chars) == bytes(chunk[i] for i in expected.tolist())

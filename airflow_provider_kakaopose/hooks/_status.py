@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from airflow_provider_kakaopose._jsonmarks import BACKSLASH, LBRACE, MARKS, QUOTE, WS
+from airflow_provider_kakaopose._jsonmarks import BACKSLASH, LBRACE, MARKS, QUOTE, WS, MarkFinder
 from airflow_provider_kakaopose.exceptions import KakaoPoseResponseError
 
 #: Most bytes of top-level text (keys and scalar values) a job body may have; a real one has ~100.
@@ -57,6 +57,7 @@ class JobStatusReader:
         self._top = bytearray()  # the top-level text, nested values replaced by []
         self._fields: dict[str, Any] = {}
         self._parsed = 1  # characters of the decoded top-level text already parsed into _fields
+        self._marks = MarkFinder()
 
     def feed(self, chunk: bytes | bytearray | memoryview) -> bool:
         """Scan one chunk of the body; ``True`` when the status is known and reading may stop."""
@@ -100,8 +101,7 @@ class JobStatusReader:
 
     def _scan_fast(self, data: bytes) -> tuple[list[int], list[int], list[int]]:
         """Brackets crossing depth 1 in a chunk without backslashes: strings by quote parity, in numpy."""
-        idx = np.flatnonzero(np.frombuffer(data.translate(_MARKS), np.bool_))
-        chars = np.frombuffer(data, np.uint8)[idx]
+        idx, chars = self._marks.find(data)
         is_quote = chars == _QUOTE
         parity = (np.cumsum(is_quote, dtype=np.int64) + int(self._in_string)) & 1
         if len(parity):
