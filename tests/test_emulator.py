@@ -498,14 +498,17 @@ async def test_thousand_concurrent_requests_overlap():
 
 def test_big_job_built_by_worker_processes():
     # Over BIG_JOB_PERSON_FRAMES: built by worker subprocesses; must equal the in-process build byte for byte.
-    from airflow_provider_kakaopose.emulator import synth
+    from airflow_provider_kakaopose.emulator import server, synth
 
     with PoseEmulator(job_waiting_s=0, job_processing_s=0) as emu:
         h = {"Authorization": "KakaoAK k"}
         url = "https://example.com/long.mp4?frames=10001&persons=3"
         job_id = requests.post(emu.base_url + "/pose/job", data={"video_url": url}, headers=h).json()["job_id"]
-        body = requests.get(f"{emu.base_url}/pose/job/{job_id}", headers=h, timeout=60).content
+        resp = requests.get(f"{emu.base_url}/pose/job/{job_id}", headers=h, timeout=60)
+        body = resp.content
         job = emu._jobs[job_id]
         assert body == synth.video_result_bytes(job_id, job.spec, job.key)
+        # a body this large is sent in slices (server.STREAM_BODY_BYTES), with its length announced
+        assert len(body) > server.STREAM_BODY_BYTES and resp.headers["Content-Length"] == str(len(body))
         parsed = json.loads(body)
         assert len(parsed["annotations"]) == 10001 and parsed["annotations"][-1]["frame_num"] == 10000

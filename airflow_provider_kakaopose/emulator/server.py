@@ -50,6 +50,9 @@ RANDOM_FAULT_KINDS = ("500", "503", "drop", "slow", "malformed", "error-1")
 #: "502" and "504" answer like a gateway in front of the service: an HTML page, no JSON.
 #: "cut" sends the normal answer's headers (its full Content-Length) and half its body, then closes the connection.
 SCRIPT_FAULT_KINDS = (*RANDOM_FAULT_KINDS, "quota", "429", "401", "502", "504", "cut")
+#: Bodies larger than this (finished jobs' results) are sent in slices of STREAM_SLICE_BYTES.
+STREAM_BODY_BYTES = 4 << 20
+STREAM_SLICE_BYTES = 1 << 20
 QUOTA_MODES = ("kakao", "429")
 #: Pixel size the emulator assumes for an ``image_url`` (it never fetches the URL).
 URL_IMAGE_SIZE = (1280, 720)
@@ -547,7 +550,23 @@ class PoseEmulator:
                 request.transport.abort()
             raise asyncio.CancelledError() from None
         rec.status = response.status
+        if isinstance(response, web.Response) and isinstance(response.body, bytes):
+            if len(response.body) > STREAM_BODY_BYTES:
+                return await self._stream(request, response)
         return response
+
+    @staticmethod
+    async def _stream(request: web.Request, response: web.Response) -> web.StreamResponse:
+        """Send a large body in slices, as a server streams a file: the event loop's transport then buffers one
+        slice at a time instead of a copy of the whole body per request."""
+        body = memoryview(response.body)  # type: ignore[arg-type]
+        stream = web.StreamResponse(status=response.status, headers={"Content-Type": response.content_type})
+        stream.content_length = len(body)
+        await stream.prepare(request)
+        for start in range(0, len(body), STREAM_SLICE_BYTES):
+            await stream.write(body[start : start + STREAM_SLICE_BYTES])
+        await stream.write_eof()
+        return stream
 
     @staticmethod
     async def _cut(request: web.Request, response: web.Response) -> None:
