@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_kakaopose._jsonmarks import BACKSLASH, LBRACE, LBRACKET, MARKS, QUOTE, WS
+from airflow_provider_kakaopose._jsonmarks import BACKSLASH, LBRACE, LBRACKET, QUOTE, WS, MarkFinder
 from airflow_provider_kakaopose.coco import frame_runs
 from airflow_provider_kakaopose.exceptions import (
     KakaoPoseResponseError,
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 # Bytes of the raw body parsed per piece on the fast path (bounds the memory of the intermediate copies).
-_PIECE_BYTES = 8 << 20
+_PIECE_BYTES = 4 << 20
 _SCAN_CHUNK = 16 << 20
 
 # --------------------------------------------------------------------------------------------- raw JSON fast path
@@ -102,6 +104,7 @@ class _ArrayScan:
         # elements: the separator then spans chunks.
         self._gap = bytearray()
         self._gap_start = self.pos
+        self._marks = MarkFinder()
 
     def feed(self, chunk: bytes | bytearray | memoryview) -> bool:
         """Scan the next chunk; ``True`` once the array's ``]`` was seen (later bytes are ignored)."""
@@ -115,8 +118,7 @@ class _ArrayScan:
         base = self.pos
         self.pos += len(data)
         arr = np.frombuffer(data, np.uint8)
-        idx = np.flatnonzero(np.frombuffer(data.translate(MARKS), np.bool_))
-        chars = arr[idx]
+        idx, chars = self._marks.find(data)
         is_quote = chars == QUOTE
         parity = (np.cumsum(is_quote, dtype=np.int64) + self._in_string) & 1
         backslashes = idx[chars == BACKSLASH]
@@ -439,19 +441,16 @@ def _fast_batches(
     if n == 0:
         return
     longest = int((ends - starts).max()) + 1
-    read_options = pj.ReadOptions(block_size=max(4 << 20, 2 * longest + 2), use_threads=True)
+    read_options = pj.ReadOptions(block_size=max(1 << 20, 2 * longest + 2), use_threads=True)
     parse_options = pj.ParseOptions(
         explicit_schema=_annotation_schema(), unexpected_field_behavior="ignore", newlines_in_values=False
     )
     view = memoryview(body) if isinstance(body, bytes) else None
     # The system allocator gives the parsed pieces back to the OS; mimalloc would keep their pages resident.
     pool = pa.system_memory_pool()
-    state: dict[str, Any] = {"last": -1, "expected": expected}
-    i = 0
-    while i < n:
-        limit = int(starts[i]) + _PIECE_BYTES
-        j = max(i + 1, int(np.searchsorted(ends, limit, side="left")))
-        j = min(j, n)
+
+    def parse(i: int, j: int) -> pa.Table:
+        """Annotations ``i … j-1`` parsed: one per line for pyarrow's newline-delimited JSON reader."""
         s0, e1 = int(starts[i]), int(ends[j - 1]) + 1
         piece = bytearray(view[s0:e1]) if view is not None else body.piece(s0, e1)  # type: ignore[union-attr]
         arr = np.frombuffer(piece, np.uint8)
@@ -465,18 +464,32 @@ def _fast_batches(
             )
         except pa.ArrowInvalid as e:
             raise _Fallback(str(e)) from e
-        del piece
         if table.num_rows != j - i:
             raise _Fallback("row count mismatch")
-        ann_index = i
-        for batch in table.to_batches():
-            if batch.num_rows:
-                out = _explode(meta, batch, ann_index, state)
-                if out is not None:
-                    yield out
-            ann_index += batch.num_rows
-        del table
+        return table
+
+    # Pieces of about _PIECE_BYTES, whole annotations each.
+    bounds = []
+    i = 0
+    while i < n:
+        j = min(max(i + 1, int(np.searchsorted(ends, int(starts[i]) + _PIECE_BYTES, side="left"))), n)
+        bounds.append((i, j))
         i = j
+    state: dict[str, Any] = {"last": -1, "expected": expected}
+    # The next piece is parsed (in pyarrow's threads) while this one's rows are built and consumed.
+    with ThreadPoolExecutor(1, thread_name_prefix="kakaopose-json") if len(bounds) > 1 else nullcontext() as ahead:
+        pending = ahead.submit(parse, *bounds[0]) if ahead is not None else None
+        for k, (i, j) in enumerate(bounds):
+            table = pending.result() if pending is not None else parse(i, j)
+            pending = ahead.submit(parse, *bounds[k + 1]) if ahead is not None and k + 1 < len(bounds) else None
+            ann_index = i
+            for batch in table.to_batches():
+                if batch.num_rows:
+                    out = _explode(meta, batch, ann_index, state)
+                    if out is not None:
+                        yield out
+                ann_index += batch.num_rows
+            del table
 
 
 def _explode(meta: _Meta, batch: pa.RecordBatch, first: int, state: dict) -> pa.RecordBatch | None:
