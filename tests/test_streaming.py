@@ -151,6 +151,40 @@ def test_an_emptied_spool_starts_over():
             spool.seek(3)
 
 
+def test_the_spools_pre_scan_thread_sees_every_chunk_and_ends():
+    """The pre-scan runs in a thread: a caller's buffer reused after write() is not scanned changed, the scan
+    is complete when the body is read, and no thread outlives the spool (closed, read, or dropped unclosed)."""
+    import gc
+    import threading
+
+    def scanners() -> int:
+        return sum(t.name == "kakaopose-prescan" for t in threading.enumerate())
+
+    body = small_answer()
+    before = scanners()
+    with BodySpool() as spool:
+        buf = bytearray(5)
+        for i in range(0, len(body), 5):
+            piece = body[i : i + 5]
+            buf[: len(piece)] = piece
+            spool.write(memoryview(buf)[: len(piece)])
+            buf[:] = b"#####"  # the caller reuses its buffer at once
+        data, prescan = spool.body()
+        assert prescan is not None and len(prescan.result()[0]) == 3  # the annotations, scanned as they went by
+        assert scanners() == before  # body() waited for the scan and ended the thread
+        same_table(keypoints_reader(spool).read_all(), keypoints_table(body))
+    dropped = BodySpool()
+    dropped.write(body[:100])
+    assert scanners() == before + 1
+    del dropped
+    gc.collect()
+    for _ in range(100):
+        if scanners() == before:
+            break
+        time.sleep(0.01)
+    assert scanners() == before  # the thread holds no reference to the spool: deleting it closes it
+
+
 # ------------------------------------------------------------------------------------------ cut downloads
 
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import io
 import os
+import queue
 import tempfile
+import threading
 from collections.abc import Iterable
 from typing import IO, Any
 
@@ -21,6 +23,10 @@ __all__ = ["BodySpool", "FileBody", "spool_chunks"]
 
 #: Bytes kept of the last small read (the scanner walks the top level byte by byte).
 _WINDOW = 1 << 16
+#: Chunks written but not yet pre-scanned, at most (the download's chunks are 1 MB).
+_QUEUED_CHUNKS = 8
+#: Spools at least this large are closed (their temporary file freed) in a background thread.
+_BACKGROUND_CLOSE_BYTES = 16 << 20
 
 
 class FileBody:
@@ -99,9 +105,10 @@ class BodySpool(io.RawIOBase):
 
     Write the body into it chunk by chunk (``KakaoPoseHook.download_job(job_id, spool)`` does), then pass the
     spool to :func:`~airflow_provider_kakaopose.tables.keypoints_reader` or ``keypoints_table``. While the
-    body goes by, the spool scans its ``annotations`` array (when it comes first, as the service sends it),
-    so flattening only reads the file once more, in pieces. ``seek(0)`` + ``truncate()`` empty it (a retried
-    download starts over). Closing it (or leaving a ``with`` block) deletes the file.
+    body goes by, the spool scans its ``annotations`` array (when it comes first, as the service sends it) in a
+    thread of its own, so the socket is read on meanwhile and flattening only reads the file once more, in
+    pieces. ``seek(0)`` + ``truncate()`` empty it (a retried download starts over). Closing it (or leaving a
+    ``with`` block) deletes the file.
 
     :param dir: where the temporary file goes (default: ``tempfile``'s default, ``$TMPDIR``); it needs the
         body's size in free space.
@@ -116,6 +123,9 @@ class BodySpool(io.RawIOBase):
         self._file = tempfile.TemporaryFile(dir=dir)  # noqa: SIM115 - closed by close()
         self._prescan = _Prescan()
         self._size = 0
+        # The pre-scan runs in a thread of its own, so the socket is read on while a chunk is scanned.
+        self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUED_CHUNKS)
+        self._scanner: threading.Thread | None = None
 
     # -- io.RawIOBase
     def writable(self) -> bool:
@@ -128,11 +138,23 @@ class BodySpool(io.RawIOBase):
         return False
 
     def write(self, chunk: Any) -> int:  # type: ignore[override]
-        data = bytes(chunk) if isinstance(chunk, memoryview) else chunk
+        data = chunk if type(chunk) is bytes else bytes(chunk)  # the scanner thread keeps it: never a buffer reused
         self._file.write(data)
-        self._prescan.feed(data)
+        if data:
+            if self._scanner is None:  # (the thread holds the queue and the scan, not the spool: close on delete)
+                self._scanner = threading.Thread(
+                    target=_scan_chunks, args=(self._chunks, self._prescan), name="kakaopose-prescan", daemon=True
+                )
+                self._scanner.start()
+            self._chunks.put(data)
         self._size += len(data)
         return len(data)
+
+    def _stop_scanner(self) -> None:
+        if self._scanner is not None:
+            self._chunks.put(None)
+            self._scanner.join()
+            self._scanner = None
 
     def tell(self) -> int:
         return self._size
@@ -149,6 +171,7 @@ class BodySpool(io.RawIOBase):
     def truncate(self, size: int | None = None) -> int:
         """Empty the spool (``truncate()`` after ``seek(0)``, or ``truncate(0)``)."""
         if size is None or size == 0:
+            self._stop_scanner()
             self._file.seek(0)
             self._file.truncate(0)
             self._prescan = self._prescan_type()
@@ -160,7 +183,13 @@ class BodySpool(io.RawIOBase):
 
     def close(self) -> None:
         if not self.closed:
-            self._file.close()
+            self._stop_scanner()
+            if self._size >= _BACKGROUND_CLOSE_BYTES:
+                # The kernel frees a large unlinked file's cached pages as it is closed (0.1-0.2 s per 200 MB
+                # here): let that happen beside the caller's next steps.
+                threading.Thread(target=self._file.close, name="kakaopose-spool-close", daemon=True).start()
+            else:
+                self._file.close()
         super().close()
 
     @property
@@ -170,9 +199,19 @@ class BodySpool(io.RawIOBase):
 
     def body(self) -> tuple[FileBody, Any]:
         """The spooled body (a :class:`FileBody`) and the scan of its annotations (or ``None``)."""
+        self._stop_scanner()  # every chunk written so far scanned
         self._file.flush()
         self._file.seek(0)
         return FileBody(self._file, keep=self), self._prescan.finish()
+
+
+def _scan_chunks(chunks: queue.Queue[bytes | None], prescan: Any) -> None:
+    """The pre-scan thread: feed each chunk written to the scan, until ``None``."""
+    while (data := chunks.get()) is not None:
+        try:
+            prescan.feed(data)
+        except Exception:  # a bug, not a shape the scan refuses (that is _Fallback, handled in feed)
+            prescan.failed = True
 
 
 def spool_chunks(chunks: Iterable[bytes] | IO[bytes], dir: str | os.PathLike | None = None) -> BodySpool:
