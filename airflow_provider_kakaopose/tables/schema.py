@@ -270,6 +270,31 @@ def _dict_column(value: str | None, n: int) -> pa.Array:
     return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([value], pa.string()))
 
 
+class _Constant:
+    """The columns that are the same in every batch of one answer (source, job_id, keypoint_id, keypoint), built
+    once at the largest size asked so far and sliced (Arrow slices share the immutable buffers)."""
+
+    def __init__(self, meta: _Meta) -> None:
+        self.meta = meta
+        self.rows = 0
+        self.columns: tuple[pa.Array, ...] = ()
+
+    def get(self, n: int) -> tuple[pa.Array, ...]:
+        import numpy as np
+        import pyarrow as pa
+
+        if n > self.rows:
+            self.rows = max(n, 2 * self.rows, 1 << 16) // _N_KP * _N_KP + _N_KP
+            kp_index = np.tile(np.arange(_N_KP, dtype=np.int8), self.rows // _N_KP)
+            self.columns = (
+                _dict_column(self.meta.source, self.rows),
+                _dict_column(self.meta.job_id, self.rows),
+                pa.array(kp_index + np.int8(1)),
+                pa.DictionaryArray.from_arrays(pa.array(kp_index), pa.array(KEYPOINT_NAMES, pa.string())),
+            )
+        return tuple(c.slice(0, n) for c in self.columns)
+
+
 def _build_batch(
     meta: _Meta,
     person_frame: np.ndarray,
@@ -292,15 +317,18 @@ def _build_batch(
     frame32 = person_frame.astype(np.int32)
     frame_rows = np.repeat(frame32, _N_KP)
     time_s = pa.nulls(n, pa.float64()) if meta.fps is None else pa.array(frame_rows / meta.fps)
-    kp_index = np.tile(np.arange(_N_KP, dtype=np.int8), n_p)
+    constant = getattr(meta, "_constant", None)
+    if constant is None:
+        constant = meta._constant = _Constant(meta)  # type: ignore[attr-defined]
+    source, job_id, keypoint_id, keypoint = constant.get(n)
     arrays = [
-        _dict_column(meta.source, n),
-        _dict_column(meta.job_id, n),
+        source,
+        job_id,
         pa.array(frame_rows),
         time_s,
         pa.array(np.repeat(person_idx.astype(np.int16), _N_KP)),
-        pa.array(kp_index + np.int8(1)),
-        pa.DictionaryArray.from_arrays(pa.array(kp_index), pa.array(KEYPOINT_NAMES, pa.string())),
+        keypoint_id,
+        keypoint,
         pa.array(kp[:, :, 0].astype(np.float32).ravel(), mask=mask),
         pa.array(kp[:, :, 1].astype(np.float32).ravel(), mask=mask),
         pa.array(kp[:, :, 2].astype(np.float32).ravel()),
