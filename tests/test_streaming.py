@@ -185,6 +185,25 @@ def test_the_spools_pre_scan_thread_sees_every_chunk_and_ends():
     assert scanners() == before  # the thread holds no reference to the spool: deleting it closes it
 
 
+def test_a_spool_left_open_does_not_hang_the_interpreters_exit():
+    """Spools still open at exit (one read, one mid-write with its scanner thread) are closed by the
+    interpreter's finalisation without joining or starting threads (which would hang there)."""
+    import subprocess
+    import sys
+
+    code = (
+        "from airflow_provider_kakaopose.tables import BodySpool\n"
+        "a, b = BodySpool(), BodySpool()\n"
+        "chunk = b'{\"annotations\": [' + b' ' * (1 << 20)\n"
+        "for _ in range(20):\n"
+        "    a.write(chunk); b.write(chunk)\n"
+        "a.body()\n"
+        "print('written')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "written" in out.stdout, out.stderr
+
+
 # ------------------------------------------------------------------------------------------ cut downloads
 
 

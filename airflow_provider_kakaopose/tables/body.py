@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import os
 import queue
+import sys
 import tempfile
 import threading
 from collections.abc import Iterable
@@ -183,13 +184,16 @@ class BodySpool(io.RawIOBase):
 
     def close(self) -> None:
         if not self.closed:
-            self._stop_scanner()
-            if self._size >= _BACKGROUND_CLOSE_BYTES:
-                # The kernel frees a large unlinked file's cached pages as it is closed (0.1-0.2 s per 200 MB
-                # here): let that happen beside the caller's next steps.
-                threading.Thread(target=self._file.close, name="kakaopose-spool-close", daemon=True).start()
-            else:
+            if sys.is_finalizing():  # deleted at interpreter exit: threads can neither be joined nor started
                 self._file.close()
+            else:
+                self._stop_scanner()
+                if self._size >= _BACKGROUND_CLOSE_BYTES:
+                    # The kernel frees a large unlinked file's cached pages as it is closed (0.1-0.2 s per
+                    # 200 MB here): let that happen beside the caller's next steps.
+                    threading.Thread(target=self._file.close, name="kakaopose-spool-close", daemon=True).start()
+                else:
+                    self._file.close()
         super().close()
 
     @property
