@@ -169,7 +169,7 @@ def test_the_spools_pre_scan_thread_sees_every_chunk_and_ends():
             buf[: len(piece)] = piece
             spool.write(memoryview(buf)[: len(piece)])
             buf[:] = b"#####"  # the caller reuses its buffer at once
-        data, prescan = spool.body()
+        _body, prescan = spool.body()
         assert prescan is not None and len(prescan.result()[0]) == 3  # the annotations, scanned as they went by
         assert scanners() == before  # body() waited for the scan and ended the thread
         same_table(keypoints_reader(spool).read_all(), keypoints_table(body))

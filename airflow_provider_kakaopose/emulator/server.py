@@ -550,9 +550,9 @@ class PoseEmulator:
                 request.transport.abort()
             raise asyncio.CancelledError() from None
         rec.status = response.status
-        if isinstance(response, web.Response) and isinstance(response.body, bytes):
-            if len(response.body) > STREAM_BODY_BYTES:
-                return await self._stream(request, response)
+        large = isinstance(response, web.Response) and isinstance(response.body, bytes)
+        if large and len(response.body) > STREAM_BODY_BYTES:  # type: ignore[arg-type]
+            return await self._stream(request, response)  # type: ignore[arg-type]
         return response
 
     @staticmethod

@@ -379,37 +379,6 @@ def _frame_nums(body: Body, starts: np.ndarray, ends: np.ndarray) -> np.ndarray 
     return np.array(nums, dtype=np.int64)
 
 
-def _separators(body: bytes, starts: np.ndarray, ends: np.ndarray, open_: int, close: int) -> np.ndarray:
-    """Byte positions of the commas between elements; :class:`_Fallback` if anything else is between."""
-    import numpy as np
-
-    if len(starts) == 0:
-        if body[open_ + 1 : close].strip(_WS):
-            raise _Fallback
-        return np.empty(0, np.int64)
-    if body[open_ + 1 : int(starts[0])].strip(_WS) or body[int(ends[-1]) + 1 : close].strip(_WS):
-        raise _Fallback
-    after = ends[:-1] + 1
-    arr = np.frombuffer(body, np.uint8)
-    gap = starts[1:] - after
-    # Common formattings: the comma right after the element, then only whitespace up to the next one.
-    ok = arr[after] == 0x2C
-    for k in range(1, int(gap.max(initial=1))):
-        pending = ok & (gap > k)
-        if not pending.any():
-            break
-        c = arr[np.where(pending, after + k, 0)]
-        ok &= ~pending | (c == 0x20) | (c == 0x0A) | (c == 0x0D) | (c == 0x09)
-    commas = after.copy()
-    for i in np.flatnonzero(~ok):  # e.g. whitespace before the comma: check those one by one
-        a, b = int(after[i]), int(starts[i + 1])
-        between = body[a:b]
-        if between.strip(_WS) != b",":
-            raise _Fallback
-        commas[i] = a + between.index(b",")
-    return commas
-
-
 def _annotation_schema() -> pa.Schema:
     import pyarrow as pa
 
