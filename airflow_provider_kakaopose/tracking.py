@@ -25,6 +25,8 @@ from contextlib import nullcontext
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_kakaopose._arrowcodes import value_codes
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
     from concurrent.futures import Executor
@@ -62,27 +64,12 @@ _BOX = ("bbox_x", "bbox_y", "bbox_w", "bbox_h")
 
 
 def _codes(column: pa.ChunkedArray, known: dict[Any, int]) -> np.ndarray:
-    """int32 codes of a (dictionary or plain) string column: equal values get equal codes, null is -1.
-
-    ``known`` maps values to codes and is extended; work per chunk is one small remap (a constant fill for
-    the usual one-value chunk).
+    """int32 codes of a (dictionary or plain) string column: equal values get equal codes, null is -1
+    (``known`` maps values to codes and is extended; see :func:`~airflow_provider_kakaopose._arrowcodes.value_codes`).
     """
     import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
 
-    pieces = []
-    for chunk in column.chunks:
-        if not pa.types.is_dictionary(chunk.type):
-            chunk = pc.dictionary_encode(chunk)
-        values = chunk.dictionary.to_pylist()
-        remap = np.array([known.setdefault(v, len(known)) for v in values] + [-1], dtype=np.int32)
-        if len(values) == 1 and not chunk.null_count:
-            pieces.append(np.full(len(chunk), remap[0], dtype=np.int32))
-            continue
-        indices = np.asarray(chunk.indices.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
-        pieces.append(remap[indices])  # -1 picks the trailing -1
-    return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
+    return value_codes(column, known).astype(np.int32)
 
 
 def _code_runs(column: pa.ChunkedArray, known: dict[Any, int]) -> tuple[np.ndarray, np.ndarray] | None:
@@ -998,7 +985,7 @@ class _StreamTracker:
         codes = []
         for name in ("source", "job_id"):
             col = batch.column(name)
-            codes.append(_codes(pa.chunked_array([col], type=col.type), self.known).astype(np.int64))
+            codes.append(value_codes(pa.chunked_array([col], type=col.type), self.known))
         key = codes[0] * (1 << 31) + codes[1]
         cuts = np.flatnonzero(key[1:] != key[:-1]) + 1
         bounds = [0, *cuts.tolist(), n]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_kakaopose._arrowcodes import value_codes
 from airflow_provider_kakaopose.coco import expand_frame_runs
 from airflow_provider_kakaopose.exceptions import (
     KakaoPoseError,
@@ -74,25 +75,8 @@ def _columns(table: Any) -> tuple[dict[str, np.ndarray], dict[str, Any], np.ndar
 
 def _arrow_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str | None]]:
     """An int64 code per row of a (dictionary or plain) string column, and the value of each code."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     known: dict[str | None, int] = {}
-    pieces = []
-    for chunk in column.chunks:
-        if not pa.types.is_dictionary(chunk.type):
-            chunk = pc.dictionary_encode(chunk)
-        values = chunk.dictionary.to_pylist()
-        remap = np.array([known.setdefault(v, len(known)) for v in values] + [-1], dtype=np.int64)
-        if len(values) == 1 and not chunk.null_count:  # the usual chunk: one source
-            pieces.append(np.full(len(chunk), remap[0], dtype=np.int64))
-            continue
-        if chunk.null_count:
-            remap[-1] = known.setdefault(None, len(known))
-        indices = np.asarray(chunk.indices.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
-        pieces.append(remap[indices])  # -1 (null) picks the last entry
-    codes = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+    codes = value_codes(column, known, code_nulls=True)
     return codes, list(known)
 
 
