@@ -372,6 +372,18 @@ def test_import_is_cheap():
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def random_video_answer(annotations: list[dict], frames: int) -> dict:
+    """A success answer around generated ``annotations`` (720p, 30 fps, job "j")."""
+    return {
+        "annotations": annotations,
+        "categories": [],
+        "info": {},
+        "job_id": "j",
+        "status": "success",
+        "video": {"fps": 30, "frames": frames, "height": 720, "width": 1280},
+    }
+
+
 @given(
     st.integers(1, 25),
     st.integers(0, 7),
@@ -389,15 +401,7 @@ def test_invariants_on_random_videos(frames, max_people, seed, max_gap):
             box = [float(v) for v in rng.uniform(0, 400, 4)]
             objects.append({"area": 1.0, "bbox": box, "category_id": 1, "keypoints": kp.ravel().tolist(), "score": 1})
         annotations.append({"frame_num": f, "objects": objects})
-    answer = {
-        "annotations": annotations,
-        "categories": [],
-        "info": {},
-        "job_id": "j",
-        "status": "success",
-        "video": {"fps": 30, "frames": frames, "height": 720, "width": 1280},
-    }
-    table = keypoints_table(answer)
+    table = keypoints_table(random_video_answer(annotations, frames))
     out = assign_tracks(table, max_gap=max_gap)
     assert out.drop_columns(["track_id"]).equals(table)
     if not out.num_rows:
@@ -561,15 +565,7 @@ def test_streaming_tracker_on_random_videos(frames, max_people, seed, max_gap, c
             objects.append({"area": 1.0, "bbox": box, "category_id": 1, "keypoints": kp.ravel().tolist(), "score": 1})
         rng.shuffle(objects)
         annotations.append({"frame_num": frame_num, "objects": objects})
-    answer = {
-        "annotations": annotations,
-        "categories": [],
-        "info": {},
-        "job_id": "j",
-        "status": "success",
-        "video": {"fps": 30, "frames": frame_num + 1, "height": 720, "width": 1280},
-    }
-    table = keypoints_table(answer)
+    table = keypoints_table(random_video_answer(annotations, frame_num + 1))
     whole = assign_tracks(table, max_gap=max_gap)
     out = streamed(table, chunk_rows, max_gap=max_gap)
     assert out.column("track_id").equals(whole.column("track_id"))
