@@ -550,8 +550,8 @@ class PoseEmulator:
                 request.transport.abort()
             raise asyncio.CancelledError() from None
         rec.status = response.status
-        large = isinstance(response, web.Response) and isinstance(response.body, bytes)
-        if large and len(response.body) > STREAM_BODY_BYTES:  # type: ignore[arg-type]
+        has_bytes = isinstance(response, web.Response) and isinstance(response.body, bytes)
+        if has_bytes and len(response.body) > STREAM_BODY_BYTES:  # type: ignore[arg-type]
             return await self._stream(request, response)  # type: ignore[arg-type]
         return response
 
