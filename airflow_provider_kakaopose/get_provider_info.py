@@ -107,10 +107,14 @@ def get_provider_info() -> dict[str, Any]:
                             "the sum of all processes (every worker thread, every triggerer) instead of per "
                             "process. Set it on every component (e.g. AIRFLOW__KAKAO_POSE__RATE_LIMIT_STORE). "
                             "Needs airflow-provider-kakaopose[redis]. Empty: each process paces itself alone. "
-                            "If the store is unreachable, processes pace themselves alone and log one warning.\n"
+                            "If the store is unreachable or the URL unusable, processes pace themselves alone "
+                            "and log one warning. Sensitive (it may hold a password): it may also come from "
+                            "AIRFLOW__KAKAO_POSE__RATE_LIMIT_STORE_CMD or _SECRET.\n"
                         ),
                         "version_added": "0.2.0",
                         "type": "string",
+                        # It may hold a password: masked, and _CMD / _SECRET work for it as for Celery's broker URL.
+                        "sensitive": True,
                         "example": "redis://127.0.0.1:6379/1",
                         "default": "",
                     }

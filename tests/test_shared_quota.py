@@ -296,3 +296,278 @@ def test_hooks_in_several_processes_stay_under_the_service_quota(redis_url, monk
     assert [r for r in posts if r["status"] != 200] == []  # no quota refusal, no retry needed
     assert busiest_window(sorted(r["time"] for r in posts)) <= 10
     assert elapsed >= 5.0  # 60 requests at 10/s (plus starting three interpreters)
+
+
+# ------------------------------------------------------------------ the store's clock steps back (issue 20, item 7)
+
+#: A backwards step of Redis's clock, as simulated below (a Redis host's clock corrected, a failover to a replica
+#: whose clock is behind).
+STEP_S = 30.0
+
+
+def redis_now_us(url: str) -> int:
+    """Redis's own clock (``TIME``), in µs: the clock the store's log is scored by."""
+    import redis
+
+    seconds, micros = redis.Redis.from_url(url).time()
+    return seconds * 1_000_000 + micros
+
+
+def step_the_clock_back(url: str, key: str, seconds: float = STEP_S) -> int:
+    """Make ``key``'s log look as it does once Redis's ``TIME`` stepped back ``seconds``: the last second's
+    reservations at RATE (scored by the old clock) now lie ``seconds`` ahead of ``TIME``. Returns that now."""
+    import redis
+
+    now = redis_now_us(url)
+    spacing = int(1_000_000 / RATE)
+    first = now + int(seconds * 1_000_000) - 1_000_000  # the log kept about the last second before the step
+    entries = {f"{first + i * spacing}:{i:012x}": first + i * spacing for i in range(int(RATE))}
+    client = redis.Redis.from_url(url)
+    client.zadd(key, entries)
+    client.pexpire(key, int(seconds * 1000) + 2000)  # what the script set: the log lives until its last slot
+    return now
+
+
+def test_a_clock_stepped_back_costs_no_wait_and_the_log_is_repaired(redis_url, caplog):
+    """After a 30 s backwards step, the old script gave every caller a slot after the 30-s-ahead log (and
+    every later caller after that one): the first caller now sends at once, the log is repaired (nothing left
+    ahead of now by more than a window), one warning says so, and the pace holds again right away."""
+    key = fresh_key()
+    step_the_clock_back(redis_url, key)
+    quota = SharedQuota(redis_url, key, RATE)
+    caplog.set_level(logging.DEBUG, logger=_shared_quota.__name__)
+    wait = quota.wait_time()
+    assert wait is not None and wait < 1.0, f"waited {wait:.1f} s after a {STEP_S:.0f}-s backwards step"
+    horizon = redis_now_us(redis_url) + 2 * 1_150_000
+    assert all(score * 1e6 <= horizon for score in admitted(redis_url, key))  # the entries ahead are gone
+    start = time.monotonic()
+    for _ in range(30):
+        assert quota.acquire()
+    elapsed = time.monotonic() - start
+    assert elapsed < 3.0  # 30 at 20/s: ~1.5 s, not 30 s
+    log = [t for t in admitted(redis_url, key)]
+    assert busiest_window(log) <= RATE and bunched(log, 1 / RATE) == 0  # and the quota holds again
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "stepped back" in warnings[0], warnings
+
+
+async def test_a_clock_stepped_back_never_holds_a_trigger(redis_url):
+    """The same on an event loop, asserted with a timeout: the old code slept the whole step."""
+    key = fresh_key()
+    step_the_clock_back(redis_url, key)
+    quota = SharedQuota(redis_url, key, RATE)
+    start = time.monotonic()
+    assert await asyncio.wait_for(quota.acquire_async(), timeout=5.0)
+    assert time.monotonic() - start < 1.0
+
+
+def test_a_long_legitimate_queue_is_kept(redis_url, caplog):
+    """The repair must not take a deep queue for a broken clock: 300 callers at once on 20/s get slots up to
+    ~17 s ahead (far beyond any window), and every one of them is kept, in order, without a warning."""
+    key = fresh_key()
+    quota = SharedQuota(redis_url, key, RATE)
+    caplog.set_level(logging.DEBUG, logger=_shared_quota.__name__)
+    waits = [quota.wait_time() for _ in range(300)]
+    assert all(w is not None for w in waits)
+    assert max(waits) >= (300 - RATE) / RATE  # the last ones ~15-17 s ahead
+    log = admitted(redis_url, key)
+    assert len(log) == 300 and busiest_window(log) <= RATE and bunched(log, 1 / RATE) == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_wait_beyond_the_cap_paces_locally_with_one_warning(redis_url, monkeypatch, caplog):
+    """The client's own bound: a slot further away than MAX_WAIT_WINDOWS windows (a store that is broken in a
+    way the script cannot see) is not taken; that request paces itself alone, and one warning says so."""
+    monkeypatch.setattr(_shared_quota, "MAX_WAIT_WINDOWS", 1)
+    key = fresh_key()
+    quota = SharedQuota(redis_url, key, RATE)
+    assert quota.max_wait == 1.15  # one window: 1 s + the margin
+    caplog.set_level(logging.DEBUG, logger=_shared_quota.__name__)
+    waits = [quota.wait_time() for _ in range(60)]
+    taken = [w for w in waits if w is not None]
+    assert len(taken) >= RATE and all(w <= quota.max_wait for w in taken)
+    assert waits[len(taken) :] == [None] * (60 - len(taken))  # the queue beyond 1.15 s is paced locally
+    assert len(admitted(redis_url, key)) == len(taken)  # and leaves no slot nobody will use
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "paces itself alone" in warnings[0], warnings
+    assert quota.available  # the store itself is fine: the next request asks it again
+
+
+# ------------------------------------------------------------------------ unusable store URLs (issue 20, item 8)
+
+#: A password that must never show in a log.
+STORE_PASSWORD = "s3cret-store-pw"
+
+UNUSABLE_STORES = {
+    "port typo": f"redis://:{STORE_PASSWORD}@127.0.0.1:6379x/1",
+    "wrong scheme": f"http://:{STORE_PASSWORD}@127.0.0.1:6379/1",
+    "empty host": f"redis://:{STORE_PASSWORD}@/1",
+    "database not a number": f"redis://:{STORE_PASSWORD}@127.0.0.1:6379/one",
+    "no slashes": f"redis:{STORE_PASSWORD}@127.0.0.1:6379",
+    "garbage": f"{STORE_PASSWORD} is not a url",
+    "bad IPv6": f"redis://:{STORE_PASSWORD}@[::1/1",
+}
+
+
+@pytest.mark.parametrize("url", UNUSABLE_STORES.values(), ids=UNUSABLE_STORES.keys())
+def test_an_unusable_store_url_means_local_pacing_and_one_warning(url, monkeypatch, caplog):
+    """A typo in the store URL must not fail the batch: the documented local pacing, one warning per URL (not
+    per hook, nor per request), never the password."""
+    monkeypatch.setenv("AIRFLOW__KAKAO_POSE__RATE_LIMIT_STORE", url)
+    caplog.set_level(logging.DEBUG)
+    settings = ConnSettings(base_url="http://127.0.0.1:1", api_key=API_KEY, rate_limit_per_second=RATE)
+    sent = []
+    for _ in range(3):  # three hooks in one process
+        limiter = new_rate_limiter(settings)
+        for _ in range(4):
+            limiter.acquire()  # the old code raised ValueError here, from the URL parser in the fallback path
+        sent += limiter.sent_times()
+        assert limiter.shared is None  # nothing tries the URL again
+    assert len(sent) == 12
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "paces itself alone" in warnings[0], warnings
+    assert STORE_PASSWORD not in caplog.text
+
+
+@pytest.mark.parametrize("url", UNUSABLE_STORES.values(), ids=UNUSABLE_STORES.keys())
+def test_a_quota_made_with_an_unusable_url_falls_back_too(url, caplog):
+    """Even made directly (not through the config), a quota on an unusable URL paces locally and never
+    raises; its warning shows no password."""
+    caplog.set_level(logging.DEBUG)
+    quota = SharedQuota(url, fresh_key(), RATE)
+    assert quota.acquire() is False
+    assert STORE_PASSWORD not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "url", [*UNUSABLE_STORES.values(), f"redis://user:{STORE_PASSWORD}@host:6379/2", "", "://", "redis://[", "\x00"]
+)
+def test_the_url_shown_in_logs_never_raises_nor_has_the_password(url):
+    shown = _shared_quota._safe_url(url)
+    assert isinstance(shown, str) and STORE_PASSWORD not in shown
+
+
+def test_the_url_shown_in_logs_keeps_what_helps():
+    assert (
+        _shared_quota._safe_url(f"rediss://:{STORE_PASSWORD}@redis.internal:6380/1") == "rediss://redis.internal:6380/1"
+    )
+
+
+# --------------------------------------------------------- a sensitive option: _CMD, _SECRET, masking (item 12)
+
+
+def fresh_airflow_env(tmp_path, **env: str) -> dict[str, str]:
+    """An environment with a fresh AIRFLOW_HOME (its own config: nothing of this session's but the import
+    path) plus ``env``."""
+    import os
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    home = tmp_path / "airflow-home"
+    home.mkdir(exist_ok=True)
+    return {**base, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False", **env}
+
+
+def run_in_fresh_airflow(code: str, tmp_path, **env: str) -> str:
+    """Run ``code`` in a new interpreter with :func:`fresh_airflow_env`; return its stdout's last line."""
+    env = fresh_airflow_env(tmp_path, **env)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.strip().splitlines()[-1]
+
+
+READ_THE_STORE = """
+import json
+from airflow_provider_kakaopose.hooks._shared_quota import configured_store, shared_quota
+url = configured_store()
+quota = shared_quota("http://test", "key", 20.0)
+print(json.dumps({"url": url, "wait": quota.wait_time() if quota else None}))
+"""
+
+
+def test_the_store_url_can_come_from_a_command(redis_url, tmp_path):
+    """``AIRFLOW__KAKAO_POSE__RATE_LIMIT_STORE_CMD``, as for Celery's broker URL: the command's output is the
+    store, and the quota uses it."""
+    out = json.loads(
+        run_in_fresh_airflow(READ_THE_STORE, tmp_path, AIRFLOW__KAKAO_POSE__RATE_LIMIT_STORE_CMD=f"echo {redis_url}")
+    )
+    assert out == {"url": redis_url, "wait": 0.0}
+
+
+SECRETS_BACKEND = '''
+from airflow.secrets import BaseSecretsBackend
+
+
+class StoreFromSecrets(BaseSecretsBackend):
+    """A secrets backend that knows one config value, under the path the _SECRET variable names."""
+
+    def __init__(self, url):
+        super().__init__()
+        self.url = url
+
+    def get_config(self, key):
+        return self.url if key == "kakao_pose/rate_limit_store" else None
+
+    def get_conn_value(self, conn_id, team_name=None):
+        return None
+'''
+
+
+def test_the_store_url_can_come_from_the_secrets_backend(redis_url, tmp_path):
+    """``AIRFLOW__KAKAO_POSE__RATE_LIMIT_STORE_SECRET``: the value is read from the configured secrets backend."""
+    import os
+
+    (tmp_path / "store_secrets.py").write_text(SECRETS_BACKEND)
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH", "")) if p)
+    env = {
+        "PYTHONPATH": path,
+        "AIRFLOW__SECRETS__BACKEND": "store_secrets.StoreFromSecrets",
+        "AIRFLOW__SECRETS__BACKEND_KWARGS": json.dumps({"url": redis_url}),
+        "AIRFLOW__KAKAO_POSE__RATE_LIMIT_STORE_SECRET": "kakao_pose/rate_limit_store",
+    }
+    out = json.loads(run_in_fresh_airflow(READ_THE_STORE, tmp_path, **env))
+    assert out == {"url": redis_url, "wait": 0.0}
+
+
+SENSITIVE = f"""
+import json
+from airflow_provider_kakaopose._compat import conf
+from airflow_provider_kakaopose.hooks._shared_quota import configured_store
+from airflow.providers.common.compat.sdk import redact
+url = configured_store()
+print(json.dumps({{
+    "url": url,
+    "sensitive": ["kakao_pose", "rate_limit_store"] in [list(x) for x in conf.sensitive_config_values],
+    "shown": conf.as_dict(display_source=False, display_sensitive=False)["kakao_pose"]["rate_limit_store"],
+    "redacted": redact("AUTH failed with {STORE_PASSWORD}"),
+}}))
+"""
+
+
+def test_the_store_option_is_sensitive_and_its_password_masked(tmp_path):
+    """The option is known to Airflow as sensitive (so the non-sensitive config view hides it), and the
+    password alone — as a Redis error could show it — is registered with the secrets masker once read."""
+    url = f"redis://:{STORE_PASSWORD}@127.0.0.1:6379/1"
+    out = json.loads(run_in_fresh_airflow(SENSITIVE, tmp_path, AIRFLOW__KAKAO_POSE__RATE_LIMIT_STORE=url))
+    assert out["url"] == url and out["sensitive"] is True
+    assert STORE_PASSWORD not in out["shown"]
+    assert STORE_PASSWORD not in out["redacted"]
+
+
+def test_airflow_config_list_hides_the_store(tmp_path):
+    """``airflow config list --show-values --hide-sensitive`` (what may be shared) does not show the URL."""
+    import os
+    import shutil
+
+    from airflow.cli import cli_config
+
+    if not hasattr(cli_config, "ARG_CONFIG_SHOW_VALUES"):
+        pytest.skip("this Airflow's `config list` always shows every value (its API hides sensitive ones: above)")
+    airflow = shutil.which("airflow", path=os.path.dirname(sys.executable))
+    assert airflow
+    url = f"redis://:{STORE_PASSWORD}@127.0.0.1:6379/1"
+    env = fresh_airflow_env(tmp_path, AIRFLOW__KAKAO_POSE__RATE_LIMIT_STORE=url)
+    args = [airflow, "config", "list", "--section", "kakao_pose", "--show-values", "--hide-sensitive"]
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rate_limit_store" in proc.stdout
+    assert STORE_PASSWORD not in proc.stdout + proc.stderr

@@ -204,3 +204,42 @@ async def test_a_large_result_neither_blocks_the_loop_nor_stays_in_memory(big_jo
     assert size > 20e6
     assert peak < 8e6, f"the trigger held {peak / 1e6:.0f} MB for a {size / 1e6:.0f} MB body"
     assert max(gaps) < 0.3, f"the heartbeat stalled {max(gaps):.2f} s"
+
+
+MODULES_AFTER_IMPORT = """
+import sys
+import {module}
+print(" ".join(name for name in ("redis", "redis.asyncio", "aiohttp", "airflow_provider_kakaopose.triggers.pose")
+               if name in sys.modules))
+"""
+
+
+def modules_after_importing(module: str) -> set[str]:
+    """Which of redis, redis.asyncio, aiohttp and the trigger module a fresh interpreter holds after importing
+    ``module``."""
+    import os
+    import subprocess
+    import sys
+
+    code = MODULES_AFTER_IMPORT.format(module=module)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=dict(os.environ), capture_output=True, text=True, timeout=180
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    return set(lines[-1].split()) if lines else set()
+
+
+def test_the_trigger_module_brings_redis_asyncio():
+    """The first trigger's first shared-quota call must not import redis.asyncio on the triggerer's event
+    loop: it comes with the trigger module (which only the triggerer imports), as aiohttp does."""
+    assert {"redis.asyncio", "aiohttp"} <= modules_after_importing("airflow_provider_kakaopose.triggers.pose")
+
+
+def test_dag_files_do_not_import_the_trigger_module():
+    """Operators and sensors (what DAG files import) import the trigger lazily: DAG parsing pays for neither
+    redis nor aiohttp."""
+    loaded = modules_after_importing(
+        "airflow_provider_kakaopose.operators.pose, airflow_provider_kakaopose.sensors.pose"
+    )
+    assert not loaded & {"redis", "redis.asyncio", "aiohttp", "airflow_provider_kakaopose.triggers.pose"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,6 +13,11 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_kakaopose.get_provider_info import DEFAULT_CONN_ID
 from airflow_provider_kakaopose.hooks.pose import KakaoPoseAsyncHook
+
+# The shared quota's client likewise (~60 ms, else paid by the first trigger's first poll); [redis] is optional.
+# Only the triggerer imports this module: operators and sensors import it lazily, so DAG parsing does not pay.
+with contextlib.suppress(ImportError):
+    import redis.asyncio  # noqa: F401
 
 #: Statuses after which a job never changes again.
 TERMINAL = ("success", "failed", "not found")
