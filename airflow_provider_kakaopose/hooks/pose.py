@@ -232,11 +232,13 @@ class KakaoPoseHook(_KakaoPoseHookBase):
         stops reading once the status is known, and returns the top-level fields.
         ``sink``: a 2xx body is written into this binary file chunk by chunk (never held whole) and the byte
         count is returned; each attempt first empties it (``seek(0)``, ``truncate()``), so a download cut off
-        mid-body starts over cleanly on the retry.
+        mid-body starts over cleanly on the retry. A sink that cannot be emptied is retried only while none of
+        the body has been written into it (see :class:`_Download`).
         """
         s = settings or self.settings
         url = s.base_url + path
         attempts = 0
+        download = _Download(sink, f"{method} {path}") if sink is not None else None  # one for all attempts
 
         def attempt() -> Any:
             nonlocal attempts
@@ -254,8 +256,8 @@ class KakaoPoseHook(_KakaoPoseHookBase):
                     timeout=(s.connect_timeout, s.read_timeout),
                     stream=status_only or sink is not None,
                 )
-                if sink is not None and 200 <= resp.status_code < 300:
-                    body = _download(resp, sink, attempts)
+                if download is not None and 200 <= resp.status_code < 300:
+                    body = _download(resp, download)
                 elif status_only and 200 <= resp.status_code < 300:
                     reader = JobStatusReader(f"{method} {path}")
                     for chunk in resp.iter_content(STATUS_CHUNK):
@@ -380,12 +382,20 @@ class KakaoPoseHook(_KakaoPoseHookBase):
     def download_job(self, job_id: str, sink: IO[bytes]) -> int:
         """Write the job's body into ``sink`` as it arrives, chunk by chunk; return its size in bytes.
 
-        ``sink`` is a seekable binary file opened for writing, or a
+        ``sink`` is a binary file opened for writing: best a seekable one, or a
         :class:`~airflow_provider_kakaopose.tables.BodySpool` (a temporary file that also pre-scans the
-        result for the tables). The body is never held whole in memory. Each attempt empties the sink first,
-        so a download cut off mid-body is retried from the start like any transport error (a non-seekable
-        sink cannot be emptied: its download is not retried once bytes were written). Non-2xx answers raise
-        as for :meth:`get_job_bytes`.
+        result for the tables). The body is never held whole in memory. Failures are retried with the
+        connection's retry settings:
+
+        * a seekable sink is emptied (``seek(0)``, ``truncate()``) before each attempt, so a download cut off
+          mid-body starts over from the first byte like any transport error;
+        * a sink that cannot be emptied (a pipe, a socket, an object with only ``write``) is retried as long
+          as nothing has been written into it: non-2xx answers (5xx, 429, …) and connections that fail before
+          the body starts write nothing. Once part of the body is in it, a break is not retried (a retry would
+          append a second copy): :class:`~airflow_provider_kakaopose.exceptions.KakaoPoseConnectionError`
+          with ``retryable=False``, saying how many bytes were written.
+
+        Non-2xx answers that are not retried, or whose retries ran out, raise as for :meth:`get_job_bytes`.
         """
         return self._request("GET", job_path(job_id), parse=lambda size: size, sink=sink)
 
@@ -583,18 +593,59 @@ class KakaoPoseAsyncHook(_KakaoPoseHookBase):
 DOWNLOAD_CHUNK = 1 << 20
 
 
-def _download(resp: requests.Response, sink: IO[bytes], attempt: int) -> int:
-    """Write a 2xx body into ``sink`` chunk by chunk (emptied first); return the bytes written."""
+class _Download:
+    """One download's sink, across the attempts of its request.
+
+    Before each attempt the sink is emptied (``seek(0)``, ``truncate()``). A sink that cannot be emptied (a
+    pipe, a socket, an object with only ``write``) is only usable again while ``written`` (bytes this download
+    put into it, all attempts together) is 0.
+    """
+
+    def __init__(self, sink: IO[bytes], what: str) -> None:
+        self.sink = sink
+        self.what = what
+        self.written = 0
+        self.cannot_empty: str | None = None  # why the sink cannot be emptied, once a try failed
+
+    def start(self) -> None:
+        """Make the sink ready for a new attempt; raise if it holds bytes it cannot get rid of."""
+        try:
+            self.sink.seek(0)
+            self.sink.truncate()
+        except (AttributeError, OSError, ValueError) as err:
+            self.cannot_empty = f"{type(err).__name__}: {err}"
+            if self.written:  # a safety net: a break after bytes were written already raised (see _download)
+                raise self.not_retried("by an earlier attempt") from None
+        else:
+            self.written = 0
+
+    def not_retried(self, cause: str) -> KakaoPoseConnectionError:
+        return KakaoPoseConnectionError(
+            f"{self.what}: the download was cut off after {self.written} bytes had been written into "
+            f"{self.sink!r} ({cause}); that sink cannot be emptied ({self.cannot_empty}), so it is not retried "
+            "(a retry would append a second copy). Download into a seekable file or a BodySpool to have such "
+            "breaks retried.",
+            retryable=False,
+        )
+
+
+def _download(resp: requests.Response, download: _Download) -> int:
+    """Write a 2xx body into the download's sink chunk by chunk (emptied first); return the bytes written."""
+    download.start()
+    sink, size = download.sink, 0
     try:
-        sink.seek(0)
-        sink.truncate()
-    except (AttributeError, OSError, ValueError) as err:
-        if attempt > 1:
-            raise KakaoPoseError(f"cannot retry the download into {sink!r}: it cannot be emptied ({err})") from None
-    size = 0
-    for chunk in resp.iter_content(DOWNLOAD_CHUNK):
-        sink.write(chunk)
-        size += len(chunk)
+        for chunk in resp.iter_content(DOWNLOAD_CHUNK):
+            sink.write(chunk)
+            size += len(chunk)
+            download.written += len(chunk)
+    except (
+        requests.exceptions.ConnectionError,
+        requests.exceptions.Timeout,
+        requests.exceptions.ChunkedEncodingError,
+    ) as err:
+        if download.written and download.cannot_empty is not None:
+            raise download.not_retried(type(err).__name__) from None
+        raise  # nothing in the sink, or it is emptied by the retry: a transport error like any other
     return size
 
 

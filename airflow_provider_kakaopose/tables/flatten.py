@@ -9,6 +9,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from airflow_provider_kakaopose.exceptions import (
     KakaoPoseError,
+    KakaoPoseResponseError,
 )
 from airflow_provider_kakaopose.tables.body import BodySpool, FileBody, spool_chunks
 from airflow_provider_kakaopose.tables.fallback import (
@@ -18,8 +19,10 @@ from airflow_provider_kakaopose.tables.fallback import (
 )
 from airflow_provider_kakaopose.tables.scanner import (
     _WS,
+    _cut_short,
     _Fallback,
     _fast_video,
+    _last_byte,
 )
 from airflow_provider_kakaopose.tables.schema import (
     _bad,
@@ -81,13 +84,20 @@ def _batches(result: Result, source: str | None) -> tuple[_Meta, Iterator[pa.Rec
     if isinstance(data, dict):
         return _python_video(data, source)
     head = data[:64].lstrip(b"\xef\xbb\xbf" + _WS)
-    if head[:1] == b"{":
+    # The fast path needs the body to end with its object's "}": a body that does not (cut short, as a rule)
+    # skips it, rather than being scanned whole to find that out.
+    if head[:1] == b"{" and _last_byte(data) == 0x7D:
         try:
             meta, batches = _fast_video(data, source, prescan)
         except _Fallback:
             pass
         else:
             return meta, _guarded(batches, data, source, meta)
+    # A body cut short (a truncated download) is reported from its bracket nesting alone: json.loads would
+    # build everything before the cut (several times its size in memory) just to say where it fails.
+    cut = _cut_short(data)
+    if cut is not None:
+        raise KakaoPoseResponseError(f"Pose result is not valid JSON: {cut}")
     return _slow(data, source)
 
 

@@ -12,7 +12,16 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_kakaopose._jsonmarks import BACKSLASH, LBRACE, LBRACKET, QUOTE, WS, MarkFinder
+from airflow_provider_kakaopose._jsonmarks import (
+    BACKSLASH,
+    LBRACE,
+    LBRACKET,
+    QUOTE,
+    RBRACE,
+    RBRACKET,
+    WS,
+    MarkFinder,
+)
 from airflow_provider_kakaopose.coco import frame_runs
 from airflow_provider_kakaopose.exceptions import (
     KakaoPoseResponseError,
@@ -542,3 +551,184 @@ def _explode(meta: _Meta, batch: pa.RecordBatch, first: int, state: dict) -> pa.
         flat["area"],
         flat["score"],
     )
+
+
+# --------------------------------------------------------------------------------------------- bodies cut short
+
+#: Bytes read at a time when a body is checked for completeness (the check's memory is a few times this).
+_CHECK_CHUNK = 1 << 20
+_BOM = b"\xef\xbb\xbf"
+_KEY_BEFORE = re.compile(rb'"((?:[^"\\]|\\.)*)"[ \t\r\n]*:[ \t\r\n]*\Z')
+
+
+class _Nesting:
+    """The bracket nesting of a raw JSON body, fed chunk by chunk and never parsed: whether its top-level
+    object or array closes, and if not, where the body ends inside it.
+
+    Vectorised over the positions of ``" \\ { } [ ]`` (:class:`MarkFinder`): the byte after an odd run of
+    backslashes is escaped, strings are tracked by quote parity, nesting by a cumulative sum, and each closing
+    bracket is checked against the one it closes. Exact for valid JSON and every prefix of it. Keeps the
+    kinds of the open brackets and a few integers, whatever the body's size.
+    """
+
+    def __init__(self) -> None:
+        self.size = 0  # bytes fed
+        self.depth = 0
+        self.in_string = 0
+        #: The question is settled: the top level closed, or a bracket closed one of another kind, or the body
+        #: opens no object or array (a scalar, UTF-16): it is not cut short, or not only (json.loads tells).
+        self.settled = False
+        self._head = b""  # the body's first 4 bytes
+        self._first: int | None = None  # its first byte that is neither blank nor a byte-order mark
+        self._escape_next = False  # the last chunk ended with an odd run of backslashes
+        self._open: list[int] = []  # the open brackets (their bytes), outermost first
+        #: level -> position of the last bracket opened at levels 1-3 (the open ones, at the end).
+        self.opened: dict[int, int] = {}
+        #: level -> brackets opened at that level since the last one a level above (levels 2, 3).
+        self.count = {2: 0, 3: 0}
+        self._marks = MarkFinder()
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        import numpy as np
+
+        base = self.size
+        self.size += len(data)
+        if self.settled or not len(data):
+            return
+        if base < 4:
+            self._head += bytes(data[: 4 - base])
+            if b"\x00" in self._head:
+                self.settled = True  # UTF-16/32: for json.loads to judge
+                return
+        if self._first is None:  # does the body open an object or an array?
+            rest = bytes(data).lstrip(WS + _BOM)
+            self._first = rest[0] if rest else None
+            if self._first not in (None, LBRACE, LBRACKET):
+                self.settled = True  # a scalar (or garbage): for json.loads to judge
+                return
+        idx, chars = self._marks.find(data)  # type: ignore[arg-type]
+        bs = chars == BACKSLASH
+        if self._escape_next or bs.any():
+            idx, chars = self._unescaped(idx, chars, bs, len(data))
+        is_quote = chars == QUOTE
+        parity = (np.cumsum(is_quote, dtype=np.int64) + self.in_string) & 1
+        if len(parity):
+            self.in_string = int(parity[-1])
+        outside = (parity == 0) & ~is_quote
+        where, brackets = idx[outside], chars[outside]
+        if not len(brackets):
+            return
+        opens = (brackets == LBRACE) | (brackets == LBRACKET)
+        level = np.cumsum(np.where(opens, 1, -1), dtype=np.int64) + self.depth
+        if (level <= 0).any():  # the top level ended (complete, or something after it: json.loads tells)
+            self.settled = True
+            return
+        # Each closing bracket closes the previous bracket at its level: the one before it at that level in
+        # this chunk, or one still open from an earlier chunk. "}" - "{" == "]" - "[" == 2.
+        key = np.where(opens, level, level + 1)
+        order = np.argsort(key, kind="stable")
+        ks, kinds = key[order], brackets[order].astype(np.int16)
+        same = np.concatenate(([False], ks[1:] == ks[:-1]))
+        before = np.concatenate(([0], kinds[:-1])).astype(np.int16)
+        for i in np.flatnonzero(~same).tolist():  # the first bracket at each level: maybe opened earlier
+            if kinds[i] in (RBRACE, RBRACKET):
+                before[i] = self._open[int(ks[i]) - 1]
+        closing = (kinds == RBRACE) | (kinds == RBRACKET)
+        if (closing & (kinds - before != 2)).any():
+            self.settled = True  # e.g. "[1, 2}": malformed, not cut short
+            return
+        self.depth = int(level[-1])
+        last = np.flatnonzero(np.concatenate((ks[1:] != ks[:-1], [True])))  # the last bracket at each level
+        del self._open[self.depth :]
+        for i in last.tolist():
+            lv = int(ks[i])
+            if lv <= self.depth and not closing[i]:  # opened here and still open
+                if lv <= len(self._open):
+                    self._open[lv - 1] = int(kinds[i])
+                else:
+                    self._open.append(int(kinds[i]))
+        for lv in (1, 2, 3):
+            mine = opens & (level == lv)
+            hits = np.flatnonzero(mine)
+            if len(hits):
+                self.opened[lv] = base + int(where[hits[-1]])
+            if lv > 1:
+                parents = np.flatnonzero(opens & (level == lv - 1))
+                if len(parents):
+                    self.count[lv] = int(np.count_nonzero(mine[parents[-1] + 1 :]))
+                else:
+                    self.count[lv] += len(hits)
+
+    def _unescaped(self, idx: Any, chars: Any, bs: Any, n: int) -> tuple[Any, Any]:
+        """The marks of a chunk of ``n`` bytes without its backslashes and the bytes they escape."""
+        import numpy as np
+
+        bpos = idx[bs]
+        escaped = np.empty(0, np.int64)
+        continued = bool(self._escape_next and len(bpos) and bpos[0] == 0)
+        if len(bpos):
+            run_start = np.flatnonzero(np.concatenate(([True], np.diff(bpos) != 1)))
+            run_last = np.concatenate((run_start[1:], [len(bpos)])) - 1
+            lengths = run_last - run_start + 1
+            if continued:
+                lengths[0] += 1  # a run begun in the last chunk: only its parity counts
+            escaped = bpos[run_last[lengths % 2 == 1]] + 1  # the byte after an odd run
+        if self._escape_next and not continued:
+            escaped = np.concatenate(([0], escaped))
+        self._escape_next = bool(len(escaped)) and int(escaped[-1]) == n
+        keep = ~bs & ~np.isin(idx, escaped)
+        return idx[keep], chars[keep]
+
+    def cut_short(self, body: Body) -> str | None:
+        """Where the body (all of it fed) ends inside its top-level value, or ``None`` if it does not."""
+        if self.settled or not self._open:
+            return None
+        where = "inside the top-level " + ("object" if self._open[0] == LBRACE else "array")
+        if self.depth >= 2 and self._open[0] == LBRACKET:
+            where = f"inside element [{self.count[2] - 1}] of the top-level array"
+        elif self.depth >= 2:  # inside a field of the top-level object: name it
+            pos = self.opened[2]
+            m = _KEY_BEFORE.search(bytes(body[max(0, pos - 256) : pos]))
+            try:
+                name = json.loads(b'"' + m.group(1) + b'"') if m else None
+            except ValueError:
+                name = None
+            field = repr(name) if isinstance(name, str) else "a top-level field"
+            n, in_array = self.count[3], self._open[1] == LBRACKET
+            if in_array and self.depth >= 3:  # inside one of its elements (n - 1 complete ones before it)
+                path = f"{name}[{n - 1}]" if isinstance(name, str) else f"element [{n - 1}] of {field}"
+                where = f"inside {path}, after {_elements(n - 1)}"
+            else:
+                where = f"inside {field}" + (f", after {_elements(n)}" if in_array and n else "")
+        string = ", inside a string" if self.in_string else ""
+        return (
+            f"the body is cut short (a truncated download?): its {self.size:,} bytes end {where}{string}, "
+            f"with {self.depth} bracket{'s' if self.depth > 1 else ''} left open"
+        )
+
+
+def _elements(n: int) -> str:
+    return f"{n:,} complete element" + ("" if n == 1 else "s")
+
+
+def _last_byte(body: Body) -> int | None:
+    """The body's last byte that is not whitespace (``None`` if there is none), read from its end."""
+    end = len(body)
+    while end > 0:
+        block = bytes(body[max(0, end - 4096) : end]).rstrip(WS)
+        if block:
+            return block[-1]
+        end -= 4096
+    return None
+
+
+def _cut_short(body: Body) -> str | None:
+    """How a raw body (``bytes`` or a ``FileBody``) is cut short, or ``None`` when its top-level object or
+    array closes (or it opens none, or is malformed before its end): read in pieces, never parsed."""
+    nesting = _Nesting()
+    view = memoryview(body) if isinstance(body, bytes) else body
+    for pos in range(0, len(body), _CHECK_CHUNK):
+        nesting.feed(view[pos : pos + _CHECK_CHUNK])
+        if nesting.settled:
+            return None
+    return nesting.cut_short(body)
