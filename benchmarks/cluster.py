@@ -474,7 +474,7 @@ def _account(cluster: Cluster, s: Scenario, report: Report, out: Path, run_id: s
             continue
         meta = pq.read_schema(part).metadata or {}
         accounted.update(json.loads(meta.get(b"kakaopose:sources", b"[]")))
-        errs = pq.read_table(str(part).replace(".parquet", ".errors.parquet"))
+        errs = pq.read_table(str(part.parent / "_kakaopose" / part.name.replace(".parquet", ".errors.parquet")))
         errors += errs.num_rows
         accounted.update(errs["source"].to_pylist())
     report.images_ok = len(accounted) - errors

@@ -167,7 +167,7 @@ def main() -> int:
     if failed is None:
         return 1
     found = sorted(glob.glob(str(OUTPUT / "**" / "*.parquet"), recursive=True))
-    files = [f for f in found if not f.endswith(".errors.parquet")]
+    files = [f for f in found if "/_kakaopose/" not in f]  # the sidecar folder is not the dataset
     errors = [f for f in found if f.endswith(".errors.parquet")]
     print(f"\nParquet landed under {OUTPUT}:")
     if files:
@@ -181,7 +181,8 @@ def main() -> int:
     if pngs:
         import duckdb
 
-        video = pngs[0][: -len(".png")] + ".parquet"
+        sidecars, name = os.path.split(pngs[0])  # pictures live in the table's _kakaopose/ folder
+        video = os.path.join(os.path.dirname(sidecars), name[: -len(".png")] + ".parquet")
         sql = (
             "SELECT track_id, count(DISTINCT frame_num) AS frames, round(avg(score), 3) AS mean_score "
             f"FROM read_parquet('{video}') GROUP BY track_id ORDER BY track_id"

@@ -216,4 +216,103 @@ def test_rerun_replaces_output_never_duplicates(emulator, make_conn, tmp_path):
         zip(table["source"].to_pylist(), table["person_idx"].to_pylist(), table["keypoint_id"].to_pylist(), strict=True)
     )
     assert len(keys) == len(set(keys))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.errors.parquet", "k.parquet"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["_kakaopose", "k.parquet"]
+    # the errors table and the claim, out of the dataset; the answers are gone once a try succeeded
+    assert sorted(p.name for p in (tmp_path / "_kakaopose").iterdir()) == ["k.errors.parquet", "k.task.json"]
+
+
+def test_an_image_listed_twice_is_analysed_once_and_never_doubles_over_retries(emulator, make_conn, tmp_path, capsys):
+    """One image listed twice beside one that fails for good: it is sent once, has one set of rows, and its rows
+    stay the same over three tries (they doubled on every retry: 68 → 136 → 272)."""
+    conn_id = make_conn(max_retries=0)
+    out = tmp_path / "k.parquet"
+    images = ["https://example.com/twice.jpg", "https://example.com/twice.jpg", str(tmp_path / "missing.png")]
+    rows = []
+    for _ in range(3):
+        op = KakaoPoseImageOperator(task_id="t", images=images, output_uri=str(out), kakao_pose_conn_id=conn_id)
+        with pytest.raises(KakaoPoseError, match="1 of 2 image"):
+            op.execute(ti_context())
+        rows.append(pq.read_table(out).num_rows)
+    assert rows[0] > 0 and rows == [rows[0]] * 3
+    assert emulator.count(method="POST", path="/pose") == 1  # once, then reused by the retries
+    sources, errors = sources_and_errors(out)
+    assert sources == ["https://example.com/twice.jpg"] and len(errors) == 1
+    assert "listed 2 times" in capsys.readouterr().out + "".join(caplog_text())
+
+
+def caplog_text() -> list[str]:
+    """Airflow 2 logs through logging (captured by pytest's own handler), Airflow 3 through structlog (stdout)."""
+    import logging
+
+    return [
+        h.stream.getvalue() for h in logging.getLogger().handlers if hasattr(getattr(h, "stream", None), "getvalue")
+    ]
+
+
+class FlakyFS:
+    """An fsspec in-memory filesystem (``flaky://``) whose writes of chosen files fail like a full disk."""
+
+    failing: tuple[str, ...] = ()
+
+    @classmethod
+    def register(cls) -> None:
+        import errno
+
+        import fsspec
+        from fsspec.implementations.memory import MemoryFileSystem
+
+        class Flaky(MemoryFileSystem):
+            protocol = "flaky"
+
+            def pipe_file(self, path, value, **kwargs):
+                if path.endswith(cls.failing):
+                    raise OSError(errno.ENOSPC, "No space left on device", path)
+                return super().pipe_file(path, value, **kwargs)
+
+        fsspec.register_implementation("flaky", Flaky, clobber=True)
+
+
+@pytest.mark.parametrize("failing", ["k.errors.parquet", "k.png", "/k.parquet"])
+def test_a_retry_after_a_failed_write_resends_no_answered_image(emulator, make_conn, failing, monkeypatch):
+    """The errors table, the pictures or the keypoints table itself failing to write (a full disk, an object
+    store failing its commit): the retry re-sends none of the answered images; a rerun after success does."""
+    FlakyFS.register()
+    monkeypatch.setattr(FlakyFS, "failing", (failing,))
+    out = f"flaky://retry-{failing.replace('/', '-')}/k.parquet"
+    images = [f"https://example.com/{n}.jpg" for n in range(12)]
+
+    def attempt() -> dict:
+        op = KakaoPoseImageOperator(
+            task_id="t", images=images, output_uri=out, pictures=True, kakao_pose_conn_id=make_conn()
+        )
+        return op.execute(ti_context())
+
+    with pytest.raises(OSError, match="No space left"):
+        attempt()
+    assert emulator.count(method="POST", path="/pose") == 12
+    monkeypatch.setattr(FlakyFS, "failing", ())
+    summary = attempt()  # the retry
+    assert emulator.count(method="POST", path="/pose") == 12  # nothing sent again
+    assert summary["reused"] == 12 and summary["succeeded"] == 12
+    attempt()  # a rerun after success computes again
+    assert emulator.count(method="POST", path="/pose") == 24
+
+
+def test_answers_are_checkpointed_while_a_batch_runs(emulator, make_conn, tmp_path, monkeypatch):
+    """A try killed mid-batch (here: a refused key after some answers) keeps what was answered for the retry."""
+    from airflow_provider_kakaopose.operators import _batch
+
+    monkeypatch.setattr(_batch, "CHECKPOINT_EVERY_S", 0.0)
+    out = tmp_path / "k.parquet"
+    images = [f"https://example.com/{n}.jpg" for n in range(6)]
+    emulator.script_faults(["ok", "ok", "ok", "401"])  # the fourth request is refused
+    op = KakaoPoseImageOperator(
+        task_id="t", images=images, output_uri=str(out), max_concurrency=1, kakao_pose_conn_id=make_conn()
+    )
+    with pytest.raises(KakaoPoseAuthError):
+        op.execute(ti_context())
+    first = emulator.count(method="POST", path="/pose")
+    assert not out.exists() and first >= 4  # (the pool may have sent more before the refusal was seen)
+    summary = op.execute(ti_context())
+    assert summary["reused"] >= 3  # the three answered before the refusal, at least
+    assert emulator.count(method="POST", path="/pose") - first == 6 - summary["reused"]

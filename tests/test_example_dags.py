@@ -39,7 +39,7 @@ def run_example(airflow_db, emulator, monkeypatch, tmp_path):
         dag = importlib.import_module(dag_id).dag
         prepare_dag_test(dag)
         dag_run = dag.test()
-        files = sorted(str(p) for p in (tmp_path / "out").rglob("*.parquet") if not p.name.endswith(".errors.parquet"))
+        files = sorted(str(p) for p in (tmp_path / "out").rglob("*.parquet") if "/_kakaopose/" not in str(p))
         return dag_run, files
 
     return run
@@ -60,9 +60,9 @@ def test_images_dag(run_example, emulator):
     assert dag_run.state == "success"
     [path] = files
     assert "/kakao_pose_images/" in path
-    assert duckdb.connect().execute(
-        "SELECT count(*) FROM read_parquet(?)", [path.replace(".parquet", ".errors.parquet")]
-    ).fetchall() == [(0,)]
+    folder, name = path.rsplit("/", 1)
+    errors = f"{folder}/_kakaopose/{name.replace('.parquet', '.errors.parquet')}"
+    assert duckdb.connect().execute("SELECT count(*) FROM read_parquet(?)", [errors]).fetchall() == [(0,)]
     [(rows, sources, persons, bad_ids)] = query(
         "SELECT count(*), count(DISTINCT source), count(*) FILTER (WHERE keypoint_id = 1),"
         " count(*) FILTER (WHERE keypoint_id NOT BETWEEN 1 AND 17) FROM FILES",
@@ -183,7 +183,8 @@ def test_every_operator_and_the_sensor_in_one_dag_and_retries_never_resubmit(run
     from airflow.models import Variable  # the metadata DB's, readable outside a task on every version
 
     from airflow_provider_kakaopose._compat import HAS_TASK_STATE_STORE
-    from airflow_provider_kakaopose.operators.pose import _run_identity, _variable_key
+    from airflow_provider_kakaopose.operators._outputs import run_identity
+    from airflow_provider_kakaopose.operators.pose import _variable_key
 
     dag_run, files = run_example("kakao_pose_test_everything")
     tis = {(ti.task_id, ti.map_index): ti for ti in dag_run.get_task_instances()}
@@ -211,4 +212,4 @@ def test_every_operator_and_the_sensor_in_one_dag_and_retries_never_resubmit(run
         assert records == ["retried.job.json", "v0.job.json", "v1.job.json"]
         ti = tis[("retried_without_output", -1)]
         context = {"ti": ti}
-        assert Variable.get(_variable_key(_run_identity(context)), None) is None  # deleted once it succeeded
+        assert Variable.get(_variable_key(run_identity(context)), None) is None  # deleted once it succeeded

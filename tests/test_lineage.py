@@ -30,7 +30,7 @@ def test_image_operator_reports_inputs_and_outputs_with_schema(emulator, make_co
     assert (keypoints.namespace, keypoints.name) == ("file", str(out))
     assert [f.name for f in keypoints.facets["schema"].fields] == list(COLUMNS)
     assert [f.name for f in errors.facets["schema"].fields] == list(ERROR_COLUMNS)
-    assert errors.name == str(tmp_path / "k.errors.parquet")
+    assert errors.name == str(tmp_path / "_kakaopose" / "k.errors.parquet")
 
 
 def test_video_operator_lineage_and_extra_link(emulator, make_conn, tmp_path):

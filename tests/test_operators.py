@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from conftest import image_bytes
@@ -456,7 +457,8 @@ def test_a_try_killed_mid_submission_is_counted_by_the_next_try(emulator, make_c
 
 
 def test_without_a_task_state_store_the_job_record_lives_beside_the_output(emulator, make_conn, tmp_path):
-    """Airflow < 3.3 has no task state store: the record goes to ``<stem>.job.json`` beside the table, written
+    """Airflow < 3.3 has no task state store: the record goes to ``_kakaopose/<stem>.job.json`` beside the table,
+    out of the dataset, written
     before the deferral, so a retry re-attaches there too (one submission), and a record written by another
     task instance is not taken for this one's."""
     import json
@@ -480,7 +482,7 @@ def test_without_a_task_state_store_the_job_record_lives_beside_the_output(emula
             return deferred.trigger
 
     first = attempt()
-    record = json.loads((tmp_path / "o.job.json").read_text())
+    record = json.loads((tmp_path / "_kakaopose" / "o.job.json").read_text())
     assert record["job"]["job_id"] == first.job_id and record["pending"] is None
     assert record["run"] == json.dumps(["test_dag", "test_run", "test_task", -1])
     second = attempt()  # the retry finds the job still running
@@ -570,8 +572,9 @@ def test_image_operator_urls_and_files(emulator, make_conn, tmp_path):
     table = pq.read_table(out)
     assert summary == {
         "output_uri": str(out),
-        "errors_uri": str(tmp_path / "out" / "images.errors.parquet"),
+        "errors_uri": str(tmp_path / "out" / "_kakaopose" / "images.errors.parquet"),
         "images": 3,
+        "duplicates": 0,
         "succeeded": 3,
         "failed": 0,
         "persons": summary["persons"],
@@ -614,8 +617,9 @@ def test_image_operator_pictures_draw_over_the_local_source_images(emulator, mak
     summary = KakaoPoseImageOperator(
         task_id="i", images=images, output_uri=str(out), pictures=True, kakao_pose_conn_id=make_conn()
     ).execute(context())
-    assert summary["pictures"] == {"png": str(out.with_suffix(".png"))}
-    with Image.open(out.with_suffix(".png")) as sheet:
+    sheet_path = tmp_path / "pics" / "_kakaopose" / "keypoints.png"  # out of the dataset
+    assert summary["pictures"] == {"png": str(sheet_path)}
+    with Image.open(sheet_path) as sheet:
         colours = {c for _, c in sheet.convert("RGB").getcolors(1 << 24)}
     assert (10, 200, 30) in colours  # the local photo is the background of its cell
     assert not KakaoPoseImageOperator(task_id="j", images=images, output_uri=str(out)).pictures  # off by default
@@ -671,9 +675,11 @@ def test_video_operator_tracks_people_and_writes_pictures(emulator, make_conn, t
     table = pq.read_table(out)
     assert table.column_names.index("track_id") == table.column_names.index("person_idx") + 1
     assert summary["tracks"] == len(set(table["track_id"].to_pylist())) >= 2
-    assert summary["pictures"] == {"png": str(tmp_path / "v.png"), "gif": str(tmp_path / "v.gif")}
-    assert Image.open(tmp_path / "v.png").size[0] > 0
-    assert Image.open(tmp_path / "v.gif").n_frames >= 2
+    sidecars = tmp_path / "_kakaopose"
+    assert summary["pictures"] == {"png": str(sidecars / "v.png"), "gif": str(sidecars / "v.gif")}
+    assert Image.open(sidecars / "v.png").size[0] > 0
+    assert Image.open(sidecars / "v.gif").n_frames >= 2
+    assert pd.read_parquet(tmp_path).shape == pq.read_table(out).shape  # the folder reads as the keypoints alone
 
 
 def test_video_operator_without_tracking_streams_the_plain_table(emulator, make_conn, tmp_path):
@@ -688,4 +694,48 @@ def test_video_operator_without_tracking_streams_the_plain_table(emulator, make_
         kakao_pose_conn_id=make_conn(),
     ).execute(context())
     assert "track_id" not in pq.read_table(out).column_names
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.parquet"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["_kakaopose", "plain.parquet"]
+    assert sorted(p.name for p in (tmp_path / "_kakaopose").iterdir()) == ["plain.task.json"]
+
+
+class FailingStore(FakeStore):
+    """A task state store whose writes fail ``failures`` times once the submission's pending record is saved."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures, self.calls = failures, 0
+
+    def set(self, key: str, value: Any, *, retention: Any = None) -> None:
+        self.calls += 1
+        if self.calls > 1 and self.failures > 0:
+            self.failures -= 1
+            raise OSError(28, "No space left on device")
+        super().set(key, value, retention=retention)
+
+
+def test_a_job_record_that_fails_to_save_once_is_saved_again(emulator, make_conn, tmp_path, capsys, caplog):
+    """The record of a submitted job fails to save once: saved again, no second job, the id in the log."""
+    store = FailingStore(failures=1)
+    summary = KakaoPoseVideoOperator(
+        task_id="v",
+        video=VIDEO_URL,
+        output_uri=str(tmp_path / "o.parquet"),
+        deferrable=False,
+        poll_interval=0.1,
+        kakao_pose_conn_id=make_conn(),
+    ).execute(context(store))
+    assert store.data[JOB_STATE_KEY]["job"]["job_id"] == summary["job_id"]
+    assert emulator.count(method="POST", path="/pose/job") == 1
+    assert f"as job {summary['job_id']}" in capsys.readouterr().out + caplog.text
+
+
+def test_a_job_record_that_cannot_be_saved_names_the_job_in_the_log_and_the_error(emulator, make_conn, capsys, caplog):
+    """The record cannot be saved at all (a full disk, a failing state store): the job id was logged first and
+    the error carries it, so the paid job can still be found and loaded."""
+    op = KakaoPoseVideoOperator(task_id="v", video=VIDEO_URL, deferrable=False, kakao_pose_conn_id=make_conn())
+    with pytest.raises(KakaoPoseError) as info:
+        op.execute(context(FailingStore(failures=99)))
+    logged = capsys.readouterr().out + caplog.text
+    [job_id] = {line.rsplit("as job ", 1)[1].split()[0] for line in logged.splitlines() if "Submitted" in line}
+    assert job_id in str(info.value) and "could not be saved" in str(info.value)
+    assert KakaoPoseHook(make_conn()).get_job_status(job_id)["status"] in ("waiting", "processing", "success")

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from airflow_provider_kakaopose.exceptions import KakaoPoseError
+from airflow_provider_kakaopose.exceptions import KakaoPoseConnectionError, KakaoPoseError
 from airflow_provider_kakaopose.hooks.pose import KakaoPoseHook
 from airflow_provider_kakaopose.operators.pose import KakaoPoseJobToParquetOperator
 from airflow_provider_kakaopose.tables import (
@@ -240,6 +240,91 @@ def test_a_download_into_a_plain_file_is_emptied_per_attempt(emulator, make_conn
         assert f.read() == hook.get_job_bytes(job_id) and size == f.tell()
 
 
+class WriteOnly:
+    """A sink with nothing but ``write``: it can be neither rewound nor emptied."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, chunk: bytes) -> int:
+        self.data += chunk
+        return len(chunk)
+
+
+class PipeSink:
+    """The write end of a real pipe (``seek`` raises ``ESPIPE``), drained by a thread into ``data``."""
+
+    def __init__(self) -> None:
+        import threading
+
+        read_fd, write_fd = os.pipe()
+        self.file = open(write_fd, "wb")  # noqa: SIM115 - closed by received()
+        self.data = b""
+
+        def drain() -> None:
+            with open(read_fd, "rb") as r:
+                self.data = r.read()
+
+        self._reader = threading.Thread(target=drain, daemon=True)
+        self._reader.start()
+
+    def received(self) -> bytes:
+        self.file.close()
+        self._reader.join(10)
+        return self.data
+
+
+def non_seekable(kind: str) -> tuple[object, object]:
+    """``(sink, received)``: a sink that cannot be emptied, and a function returning the bytes it got."""
+    if kind == "pipe":
+        pipe = PipeSink()
+        return pipe.file, pipe.received
+    sink = WriteOnly()
+    return sink, lambda: bytes(sink.data)
+
+
+@pytest.mark.parametrize("kind", ["write-only", "pipe"])
+@pytest.mark.parametrize("fault", ["503", "500", "drop"])
+def test_a_download_into_a_non_seekable_sink_is_retried_while_nothing_was_written(emulator, make_conn, fault, kind):
+    """A 5xx answer or a connection dropped before the answer writes nothing into the sink: retried, even
+    into a sink that cannot be emptied (a pipe, an object with only ``write``)."""
+    conn_id = make_conn()
+    job_id = finished_job(conn_id)
+    with KakaoPoseHook(conn_id) as hook:
+        whole = hook.get_job_bytes(job_id)
+        sink, received = non_seekable(kind)
+        emulator.script_faults([fault, fault])
+        assert hook.download_job(job_id, sink) == len(whole)  # type: ignore[arg-type]
+    assert received() == whole
+    gets = [r for r in emulator.requests if r.path == f"/pose/job/{job_id}"]
+    assert [r.fault for r in gets[-3:]] == [fault, fault, None]
+
+
+@pytest.mark.parametrize("kind", ["write-only", "pipe"])
+@pytest.mark.parametrize("faults", [["cut"], ["503", "cut"]], ids=["cut", "503-then-cut"])
+def test_a_cut_download_into_a_non_seekable_sink_fails_clearly_and_is_not_retried(emulator, make_conn, faults, kind):
+    """Once bytes went into a sink that cannot be emptied, a break is not retried (the retry would append a
+    second copy): the error says how many bytes were written and why it cannot start over."""
+    conn_id = make_conn()
+    # ~3.5 MB: the cut (half-way) comes after whole 1 MiB chunks were written (a short last read writes nothing)
+    job_id = finished_job(conn_id, "https://example.com/v.mp4?frames=2000&persons=3")
+    with KakaoPoseHook(conn_id) as hook:
+        whole = hook.get_job_bytes(job_id)
+        emulator.clear_requests()
+        sink, received = non_seekable(kind)
+        emulator.script_faults(faults)
+        with pytest.raises(KakaoPoseConnectionError) as caught:
+            hook.download_job(job_id, sink)  # type: ignore[arg-type]
+    got = received()
+    assert 0 < len(got) < len(whole) and whole.startswith(got)  # the first half went into the sink
+    err = caught.value
+    message = str(err)
+    assert f"cut off after {len(got)} bytes" in message, message
+    assert "cannot be emptied" in message and "not retried" in message, message
+    assert err.retryable is False and err.attempts == len(faults) and err.status_code == 200
+    assert [r.fault for r in emulator.requests if r.path == f"/pose/job/{job_id}"] == faults  # no further attempt
+
+
 def test_the_operator_survives_a_cut_download_and_writes_nothing_half(emulator, make_conn, tmp_path):
     from test_operators import context
 
@@ -270,7 +355,8 @@ def test_the_operator_survives_a_cut_download_and_writes_nothing_half(emulator, 
             task_id="l", job_id=job_id, output_uri=str(out2), source="v", kakao_pose_conn_id=no_retry
         ).execute(context())
     assert not out2.exists()
-    assert not out2.parent.exists() or os.listdir(out2.parent) == []
+    assert os.listdir(out2.parent) == ["_kakaopose"]  # no temporary file; the claim only, out of the dataset
+    assert os.listdir(out2.parent / "_kakaopose") == ["keypoints.task.json"]
 
 
 def pc_unique(col: pa.ChunkedArray) -> list:
@@ -405,3 +491,25 @@ def test_a_small_keypoints_table_to_s3(s3):
     body = s3.get_object(Bucket=BUCKET, Key="small.parquet")["Body"].read()
     same_table(pq.read_table(io.BytesIO(body)), table)
     assert keys(s3) == ["small.parquet"] and uploads(s3) == []
+
+
+def test_the_next_try_aborts_the_multipart_uploads_a_killed_try_left(s3, emulator, make_conn):
+    """A worker killed mid-upload leaves a pending multipart upload (billed until aborted): the next try of the
+    task aborts those for its own keys, and leaves another key's alone."""
+    from test_operators import context
+
+    from airflow_provider_kakaopose.operators.pose import KakaoPoseImageOperator
+
+    for key in ("pose/keypoints.parquet", "pose/_kakaopose/keypoints.errors.parquet", "other/keypoints.parquet"):
+        upload = s3.create_multipart_upload(Bucket=BUCKET, Key=key)
+        s3.upload_part(Bucket=BUCKET, Key=key, UploadId=upload["UploadId"], PartNumber=1, Body=b"x" * (5 << 20))
+    assert len(uploads(s3)) == 3
+    time.sleep(1.1)  # S3 stamps uploads to the second: the next try starts after they were initiated
+    KakaoPoseImageOperator(
+        task_id="t",
+        images=["https://example.com/a.jpg"],
+        output_uri=f"s3://{BUCKET}/pose/keypoints.parquet",
+        kakao_pose_conn_id=make_conn(),
+    ).execute(context())
+    assert [u["Key"] for u in uploads(s3)] == ["other/keypoints.parquet"]
+    assert "pose/keypoints.parquet" in keys(s3)

@@ -49,7 +49,8 @@ log = logging.getLogger(__name__)
 RANDOM_FAULT_KINDS = ("500", "503", "drop", "slow", "malformed", "error-1")
 #: "502" and "504" answer like a gateway in front of the service: an HTML page, no JSON.
 #: "cut" sends the normal answer's headers (its full Content-Length) and half its body, then closes the connection.
-SCRIPT_FAULT_KINDS = (*RANDOM_FAULT_KINDS, "quota", "429", "401", "502", "504", "cut")
+#: "ok" answers normally (a scripted request without a fault, to place a fault later in the sequence).
+SCRIPT_FAULT_KINDS = (*RANDOM_FAULT_KINDS, "quota", "429", "401", "502", "504", "cut", "ok")
 #: Bodies larger than this (finished jobs' results) are sent in slices of STREAM_SLICE_BYTES.
 STREAM_BODY_BYTES = 4 << 20
 STREAM_SLICE_BYTES = 1 << 20
@@ -507,14 +508,16 @@ class PoseEmulator:
         with self._lock:
             self._requests.append(rec)
             fault = self._script.popleft() if self._script else None
+            if fault == "ok":
+                fault = ""  # scripted: no fault, and no random one either
             if fault is None and cfg.fault_rate > 0 and self._fault_rng.random() < cfg.fault_rate:
                 fault = self._fault_rng.choice(cfg.fault_kinds)
             second = int(now - self._t0)
             count = self._window[1] + 1 if self._window[0] == second else 1
             self._window = (second, count)
         over_quota = cfg.quota_per_second is not None and count > cfg.quota_per_second
-        rec.fault = fault
-        return rec, fault, over_quota
+        rec.fault = fault or None
+        return rec, fault or None, over_quota
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         rec, fault, over_quota = self._arrival(request)

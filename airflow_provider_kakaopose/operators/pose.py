@@ -14,13 +14,30 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_kakaopose._compat import BaseOperator, BaseOperatorLink, conf
 from airflow_provider_kakaopose.exceptions import KakaoPoseAuthError, KakaoPoseError, KakaoPoseInputError
 from airflow_provider_kakaopose.get_provider_info import DEFAULT_CONN_ID
+from airflow_provider_kakaopose.operators._batch import (
+    BatchAnswers,
+    ImageOutcome,
+    batch_table,
+    distinct_inputs,
+    input_label,
+)
+from airflow_provider_kakaopose.operators._outputs import (
+    OutputClaim,
+    default_errors_uri,
+    default_job_record_uri,
+    legacy_job_record_uri,
+    owner_tag,
+    pictures_base_uri,
+    prepare_outputs,
+    run_identity,
+    write_bytes_to,
+)
 from airflow_provider_kakaopose.sensors.pose import raise_for_event, raise_for_job
 
 if TYPE_CHECKING:
@@ -32,6 +49,8 @@ JOB_STATE_KEY = "kakao_pose_job"
 
 #: The service keeps jobs for seven days; a stored job id is useless after that.
 JOB_RETENTION = timedelta(days=7)
+#: Tries to save a job record once its job exists (a lost record costs a second job on the next try).
+SAVE_ATTEMPTS = 4
 
 
 def _default_deferrable() -> bool:
@@ -65,26 +84,6 @@ def open_input(item: Any) -> tuple[str, dict[str, Any]]:
     if isinstance(item, str | os.PathLike) or hasattr(item, "read_bytes"):
         return str(item), {"file": item}
     raise KakaoPoseInputError(f"Cannot read input {item!r}: give an http(s) URL, a path or a storage URI")
-
-
-@dataclass
-class ImageOutcome:
-    """What happened to one image of a batch: its persons, or the error that stopped it."""
-
-    source: str
-    persons: list[dict] | None = None
-    error: BaseException | None = None
-
-    def error_row(self) -> dict[str, Any]:
-        err = self.error
-        return {
-            "source": self.source,
-            "error_type": type(err).__name__,
-            "status_code": getattr(err, "status_code", None),
-            "code": getattr(err, "code", None),
-            "message": str(err),
-            "attempts": getattr(err, "attempts", None),
-        }
 
 
 class KakaoPoseJobLink(BaseOperatorLink):
@@ -192,12 +191,6 @@ class Progress:
         )
 
 
-def default_errors_uri(output_uri: str) -> str:
-    """``…/keypoints.parquet`` → ``…/keypoints.errors.parquet`` (beside the keypoints)."""
-    stem = output_uri[: -len(".parquet")] if output_uri.endswith(".parquet") else output_uri
-    return f"{stem}.errors.parquet"
-
-
 class KakaoPoseImageOperator(_PoseLineage, BaseOperator):
     """Detect poses in a batch of images, concurrently at the quota's pace; write keypoints and errors.
 
@@ -280,153 +273,92 @@ class KakaoPoseImageOperator(_PoseLineage, BaseOperator):
         return ImageOutcome(source=source, persons=persons)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from concurrent.futures import ThreadPoolExecutor, as_completed
-
-        from airflow_provider_kakaopose.hooks.pose import KakaoPoseHook
-        from airflow_provider_kakaopose.tables import errors_table, write_parquet
+        from airflow_provider_kakaopose.tables import errors_table, owned_writes, write_parquet
 
         output_uri = output_uri_of(self.output_uri)
         if not output_uri:
             raise KakaoPoseInputError("output_uri is required")
         errors_uri = self.errors_uri or default_errors_uri(output_uri)
         items = self._items()
-        run = _run_identity(context)
-        hook = KakaoPoseHook(self.kakao_pose_conn_id)
-        try:
-            previous = _previous_try(output_uri, run, self.log)
-            todo = [i for i, item in enumerate(items) if open_input_label(item) not in previous]
-            outcomes: list[ImageOutcome | None] = [None] * len(items)
-            self.log.info(
-                "Analysing %d image(s) with up to %d in flight%s",
-                len(todo),
-                self.max_concurrency,
-                f" ({len(items) - len(todo)} reused from the previous try)" if previous else "",
-            )
-            progress = Progress(len(todo), "image", self.log)
-            with ThreadPoolExecutor(max_workers=min(self.max_concurrency, max(len(todo), 1))) as pool:
-                futures = {pool.submit(self.analyze_one, hook, items[n]): n for n in todo}
-                try:
-                    for future in as_completed(futures):
-                        outcomes[futures[future]] = future.result()
-                        progress.step()
-                except BaseException:
-                    for future in futures:  # e.g. a refused key: do not send the rest
-                        future.cancel()
-                    raise
-            progress.done()
-        finally:
-            hook.close()
-        failures = [o for o in outcomes if o is not None and o.error is not None]
-        table, persons = _batch_table(items, outcomes, previous, run, len(failures))
-        for outcome in failures:
-            self.log.warning("Image %s failed: %s", outcome.source, outcome.error)
-        write_parquet(table, output_uri)
-        write_parquet(errors_table(o.error_row() for o in failures), errors_uri)
-        self.lineage_inputs = [open_input_label(item) for item in items]
-        self.lineage_outputs = [(output_uri, "keypoints"), (errors_uri, "errors")]
-        summary = {
-            "output_uri": output_uri,
-            "errors_uri": errors_uri,
-            "images": len(items),
-            "succeeded": len(items) - len(failures),
-            "failed": len(failures),
-            "persons": persons,
-            "rows": table.num_rows,
-            "reused": len(items) - len(todo),
-        }
-        if self.pictures and table.num_rows:
-            from airflow_provider_kakaopose.render import write_pictures
+        distinct, repeated = distinct_inputs(items)
+        for label, times in repeated.items():
+            self.log.warning("Image %s is listed %d times: it is analysed once and has one set of rows", label, times)
+        run = run_identity(context)
+        owner = prepare_outputs({"output_uri": output_uri, "errors_uri": errors_uri}, run, self.log, claim=output_uri)
+        with owned_writes(owner):
+            answers = BatchAnswers(output_uri, run, self.log)
+            previous = answers.load()
+            todo = [item for item in distinct if input_label(item) not in previous]
+            failures = self._analyze(todo, answers, reused=len(distinct) - len(todo))
+            answers.checkpoint(force=True)  # before any output: a failed write must not cost the answers
+            table, persons = batch_table(distinct, answers.rows, run, len(failures))
+            for outcome in failures:
+                self.log.warning("Image %s failed: %s", outcome.source, outcome.error)
+            OutputClaim(output_uri, run).check()
+            write_parquet(table, output_uri)
+            write_parquet(errors_table(o.error_row() for o in failures), errors_uri)
+            self.lineage_inputs = [input_label(item) for item in distinct]
+            self.lineage_outputs = [(output_uri, "keypoints"), (errors_uri, "errors")]
+            summary = {
+                "output_uri": output_uri,
+                "errors_uri": errors_uri,
+                "images": len(items),
+                "duplicates": len(items) - len(distinct),
+                "succeeded": len(distinct) - len(failures),
+                "failed": len(failures),
+                "persons": persons,
+                "rows": table.num_rows,
+                "reused": len(distinct) - len(todo),
+            }
+            if self.pictures and table.num_rows:
+                from airflow_provider_kakaopose.render import write_pictures
 
-            summary["pictures"] = write_pictures(table, output_uri, background="source")
+                summary["pictures"] = write_pictures(table, pictures_base_uri(output_uri), background="source")
         self.log.info("Wrote %s", summary)
-        if failures and len(failures) / len(items) > self.max_failed_ratio:
+        if failures and len(failures) / len(distinct) > self.max_failed_ratio:
             raise KakaoPoseError(
-                f"{len(failures)} of {len(items)} image(s) failed (more than max_failed_ratio="
+                f"{len(failures)} of {len(distinct)} image(s) failed (more than max_failed_ratio="
                 f"{self.max_failed_ratio}); both tables were written, see {errors_uri}"
             )
+        answers.discard()  # the whole try succeeded: a rerun computes again
         return summary
 
+    def _analyze(self, todo: list[Any], answers: BatchAnswers, *, reused: int) -> list[ImageOutcome]:
+        """Send ``todo`` concurrently; keep each answer in ``answers`` (checkpointed); return the failures."""
+        from concurrent.futures import ThreadPoolExecutor, as_completed
 
-def open_input_label(item: Any) -> str:
-    """The ``source`` value an input gets in the tables."""
-    return str(item)
+        from airflow_provider_kakaopose.hooks.pose import KakaoPoseHook
 
-
-def _run_identity(context: Context) -> str:
-    """Which task instance wrote an output, so a retry can tell its own earlier output from a stale one."""
-    ti = context.get("ti")
-    parts = [getattr(ti, name, None) for name in ("dag_id", "run_id", "task_id", "map_index")]
-    return json.dumps(parts)
-
-
-def _previous_try(output_uri: str, run: str, log: Any) -> dict[str, Any]:
-    """Rows per source from an earlier try of this same task instance (empty if none or not ours)."""
-    from airflow_provider_kakaopose.tables import read_metadata_if_exists, read_table_if_exists
-
-    meta = read_metadata_if_exists(output_uri)  # the footer only: most runs stop here
-    if meta is None:
-        return {}
-    if meta.get(b"kakaopose:run", b"").decode() != run or json.loads(run)[1] is None:
-        return {}  # another run's file (or no run id to compare): start afresh
-    if not int(meta.get(b"kakaopose:failed", b"0")):
-        return {}  # the earlier try finished everything: a rerun means "compute again"
-    table = read_table_if_exists(output_uri)
-    if table is None:
-        return {}
-    done = json.loads(meta.get(b"kakaopose:sources", b"[]"))
-    log.info("Found %d finished image(s) from an earlier try of this task at %s", len(done), output_uri)
-    return _rows_by_source(table, done)
-
-
-def _rows_by_source(table: Any, sources: list[str]) -> dict[str, Any]:
-    """Split ``table`` into its rows per source (one pass; a source without rows gets an empty table)."""
-    import numpy as np
-    import pyarrow as pa
-
-    encoded = table["source"].cast(pa.string()).combine_chunks().dictionary_encode()
-    codes = encoded.indices.to_numpy(zero_copy_only=False)
-    order = np.argsort(codes, kind="stable")
-    bounds = np.searchsorted(codes[order], np.arange(len(encoded.dictionary) + 1))
-    code_of = {label: n for n, label in enumerate(encoded.dictionary.to_pylist())}
-    parts = {}
-    for source in sources:
-        n = code_of.get(source)
-        rows = order[bounds[n] : bounds[n + 1]] if n is not None else np.array([], dtype=np.int64)
-        parts[source] = table.take(pa.array(rows, pa.int64()))
-    return parts
-
-
-def _batch_table(
-    items: list[Any], outcomes: list[ImageOutcome | None], previous: dict[str, Any], run: str, failed: int
-) -> tuple[Any, int]:
-    """One keypoints table for the batch, in input order; metadata lists every image that succeeded."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    from airflow_provider_kakaopose.tables import keypoints_schema, keypoints_table
-
-    parts, done, persons = [], [], 0
-    for item, outcome in zip(items, outcomes, strict=True):
-        label = open_input_label(item)
-        if outcome is None:  # finished by the previous try: take its rows
-            part = previous[label]
-        elif outcome.error is None:
-            part = keypoints_table(outcome.persons or [], source=outcome.source)
-        else:
-            continue
-        done.append(label)
-        persons += int(pc.sum(pc.equal(part["keypoint_id"], 1)).as_py() or 0)
-        parts.append(part)
-    schema = keypoints_schema()
-    meta = dict(parts[0].schema.metadata or {}) if parts else {}
-    meta.pop(b"kakaopose:source", None)
-    meta[b"kakaopose:kind"] = b'"image"'
-    meta[b"kakaopose:sources"] = json.dumps(done).encode()
-    meta[b"kakaopose:run"] = run.encode()
-    meta[b"kakaopose:failed"] = str(failed).encode()
-    schema = schema.with_metadata(meta)
-    table = pa.concat_tables([p.cast(schema) for p in parts]) if parts else schema.empty_table()
-    return table.replace_schema_metadata(meta), persons
+        self.log.info(
+            "Analysing %d image(s) with up to %d in flight%s",
+            len(todo),
+            self.max_concurrency,
+            f" ({reused} answered by an earlier try, not sent again)" if reused else "",
+        )
+        failures: list[ImageOutcome] = []
+        progress = Progress(len(todo), "image", self.log)
+        workers = min(self.max_concurrency, max(len(todo), 1))
+        with KakaoPoseHook(self.kakao_pose_conn_id) as hook, ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(self.analyze_one, hook, item) for item in todo]
+            try:
+                for future in as_completed(futures):
+                    outcome = future.result()
+                    if outcome.error is None:
+                        answers.add(outcome)
+                        answers.checkpoint()
+                    else:
+                        failures.append(outcome)
+                    progress.step()
+            except BaseException:
+                for future in futures:  # e.g. a refused key: do not send the rest
+                    future.cancel()
+                try:
+                    answers.checkpoint(force=True)  # what was answered is kept for the retry
+                except Exception as err:
+                    self.log.warning("Could not keep the %d answers for a retry: %s", len(answers.rows), err)
+                raise
+        progress.done()
+        return failures
 
 
 class _JobLoader(_PoseLineage):
@@ -437,8 +369,10 @@ class _JobLoader(_PoseLineage):
     track_people: bool = True
     pictures: bool = False
 
-    def load_job(self, job_id: str, output_uri: str | None, source: str | None) -> dict[str, Any]:
+    def load_job(self, job_id: str, output_uri: str | None, source: str | None, run: str) -> dict[str, Any]:
         """Fetch the job's raw JSON and write its table (with ``track_id`` and pictures when asked).
+
+        ``run`` is the task instance (:func:`~._outputs.run_identity`) that claimed ``output_uri``.
 
         The body is downloaded chunk by chunk into a temporary file (:class:`~..tables.BodySpool`, never whole in
         memory), flattened piece by piece, tracked in a bounded window (:func:`~..tracking.assign_tracks_reader`)
@@ -449,12 +383,12 @@ class _JobLoader(_PoseLineage):
 
         if output_uri is None:
             return {"job_id": job_id, "status": "success", "output_uri": None}
-        from airflow_provider_kakaopose.tables import BodySpool, keypoints_reader, write_parquet
+        from airflow_provider_kakaopose.tables import BodySpool, keypoints_reader, owned_writes, write_parquet
 
         if source is not None:
             self.lineage_inputs = [source]
         self.lineage_outputs = [(output_uri, "keypoints")]
-        with BodySpool() as spool:
+        with BodySpool() as spool, owned_writes(owner_tag(run)):
             with KakaoPoseHook(self.kakao_pose_conn_id) as hook:
                 size = hook.download_job(job_id, spool)
             self.log.info("Downloaded job %s: %d bytes", job_id, size)
@@ -464,7 +398,12 @@ class _JobLoader(_PoseLineage):
 
                 reader = assign_tracks_reader(reader)
             counter = _Counter(reader)
+            OutputClaim(output_uri, run).check()
             rows = write_parquet(counter.reader(), output_uri)
+            if self.pictures and rows:
+                from airflow_provider_kakaopose.render import write_pictures
+
+                pictures = write_pictures(output_uri, pictures_base_uri(output_uri))
         summary: dict[str, Any] = {
             "output_uri": output_uri,
             "job_id": job_id,
@@ -475,9 +414,7 @@ class _JobLoader(_PoseLineage):
         if self.track_people:
             summary["tracks"] = counter.tracks
         if self.pictures and rows:
-            from airflow_provider_kakaopose.render import write_pictures
-
-            summary["pictures"] = write_pictures(output_uri, output_uri)
+            summary["pictures"] = pictures
         self.log.info("Wrote %s", summary)
         return summary
 
@@ -630,10 +567,18 @@ class KakaoPoseVideoOperator(_JobLoader, BaseOperator):
                 self.log.warning("The submission of %s may have created a job: %s", source, err)
             store.save(record)
             raise
+        self.log.info("Submitted %s as job %s", source, job_id)  # first: the id is in the log whatever follows
         job = {"job_id": job_id, **self._settings(), "deadline": time.time() + self.timeout}
         record.update(job=job, pending=None)
-        store.save(record)
-        self.log.info("Submitted %s as job %s", source, job_id)
+        try:
+            store.save(record, retry=True)
+        except Exception as err:
+            raise KakaoPoseError(
+                f"Submitted {source} as job {job_id}, but the job record could not be saved to {store.where} "
+                f"({type(err).__name__}: {err}). A retry cannot re-attach to job {job_id} and would submit the "
+                f"video again (the next try warns of it); to load this job's result, use "
+                f"KakaoPoseJobToParquetOperator(job_id={job_id!r}, ...)."
+            ) from err
         return job
 
     def execute(self, context: Context) -> Any:
@@ -643,6 +588,9 @@ class KakaoPoseVideoOperator(_JobLoader, BaseOperator):
             return self._execute(context, hook)
 
     def _execute(self, context: Context, hook: KakaoPoseHook) -> Any:
+        output_uri = output_uri_of(self.output_uri)
+        if output_uri is not None and self.wait_for_completion:
+            prepare_outputs({"output_uri": output_uri}, run_identity(context), self.log, claim=output_uri)
         store = self._records(context)
         record = store.load()
         job = self._reattach(context, hook, record) or self._submit(store, hook, record)
@@ -685,7 +633,7 @@ class KakaoPoseVideoOperator(_JobLoader, BaseOperator):
         return self._load(job_id, store, unknown)
 
     def _load(self, job_id: str, store: JobRecordStore, unknown_submissions: int) -> Any:
-        summary = self.load_job(job_id, output_uri_of(self.output_uri), self._source())
+        summary = self.load_job(job_id, output_uri_of(self.output_uri), self._source(), store.run)
         summary["unknown_submissions"] = unknown_submissions
         store.done()
         return summary
@@ -730,8 +678,10 @@ class JobRecordStore:
     "pending": {...} | None, "unknown_submissions": int, "last_unknown": str | None}``, kept
 
     - on Airflow 3.3+: in the task state store (``context["task_state_store"]``, key ``kakao_pose_job``, 7 days);
-    - on older Airflow, for a task that writes a table: in a JSON file beside it (``<stem>.job.json``), written
-      atomically through the same storage as the table, stamped with the task instance that wrote it;
+    - on older Airflow, for a task that writes a table: in a JSON file in the folder beside it
+      (``_kakaopose/<stem>.job.json``, out of the dataset), written atomically through the same storage as the
+      table, stamped with the task instance that wrote it (a record where releases before 0.3 kept it,
+      ``<stem>.job.json`` beside the table, is still read);
     - on older Airflow, for a task without output (``wait_for_completion=False``, ``output_uri=None``): in an
       Airflow Variable named after the task instance, deleted when the task succeeds.
 
@@ -741,9 +691,10 @@ class JobRecordStore:
     def __init__(self, context: Context, log: Any, *, output_uri: str | None = None) -> None:
         self.log = log
         self._state = context.get("task_state_store")
-        self._run = _run_identity(context)
+        self.run = run_identity(context)
         self._file = default_job_record_uri(output_uri) if self._state is None and output_uri else None
-        self._variable = _variable_key(self._run) if self._state is None and not output_uri else None
+        self._legacy_file = legacy_job_record_uri(output_uri) if self._file and output_uri else None
+        self._variable = _variable_key(self.run) if self._state is None and not output_uri else None
 
     @property
     def where(self) -> str:
@@ -766,33 +717,46 @@ class JobRecordStore:
         if self._file:
             from airflow_provider_kakaopose.tables import read_bytes_if_exists
 
-            raw = read_bytes_if_exists(self._file)
-            saved = json.loads(raw) if raw else None
-            if isinstance(saved, dict) and saved.get("run") != self._run:
-                self.log.info("%s was written by another task instance: not this task's job", self._file)
-                return None
-            return saved
+            for uri in (self._file, self._legacy_file):
+                raw = read_bytes_if_exists(uri) if uri else None
+                if raw:
+                    saved = json.loads(raw)
+                    if isinstance(saved, dict) and saved.get("run") != self.run:
+                        self.log.info("%s was written by another task instance: not this task's job", uri)
+                        return None
+                    return saved
+            return None
         from airflow_provider_kakaopose._compat import Variable
 
         raw = Variable.get(self._variable, None)
         return json.loads(raw) if raw else None
 
-    def save(self, record: dict[str, Any]) -> None:
+    def save(self, record: dict[str, Any], *, retry: bool = False) -> None:
+        """Store ``record``; with ``retry``, a failing store is tried again a few times (a job id that is not
+        saved costs a second job on the next try)."""
+        if retry:
+            from tenacity import Retrying, stop_after_attempt, wait_exponential
+
+            for attempt in Retrying(
+                stop=stop_after_attempt(SAVE_ATTEMPTS), wait=wait_exponential(0.5, max=4), reraise=True
+            ):
+                with attempt:
+                    if attempt.retry_state.attempt_number > 1:
+                        self.log.warning(
+                            "Saving the job record to %s again (attempt %d)",
+                            self.where,
+                            attempt.retry_state.attempt_number,
+                        )
+                    self.save(record)
+            return
         if self._state is not None:
             self._state.set(JOB_STATE_KEY, record, retention=JOB_RETENTION)
             return
-        data = json.dumps({**record, "run": self._run}, sort_keys=True)
+        data = json.dumps({**record, "run": self.run}, sort_keys=True)
         if self._file:
             from airflow_provider_kakaopose.tables import write_atomically
 
-            def write(sink: Any) -> None:
-                if isinstance(sink, str):
-                    with open(sink, "w") as f:
-                        f.write(data)
-                else:
-                    sink.write(data.encode())
-
-            write_atomically(self._file, write)
+            write_atomically(self._file, lambda sink: write_bytes_to(sink, data.encode()))
             return
         from airflow_provider_kakaopose._compat import Variable
 
@@ -807,12 +771,6 @@ class JobRecordStore:
                 Variable.delete(self._variable)
             except Exception as err:  # the task's work is done; a stale record only costs a re-attach
                 self.log.warning("Could not delete the Variable %s: %s", self._variable, err)
-
-
-def default_job_record_uri(output_uri: str) -> str:
-    """``…/keypoints.parquet`` → ``…/keypoints.job.json``: the job record beside the table (Airflow < 3.3)."""
-    stem = output_uri[: -len(".parquet")] if output_uri.endswith(".parquet") else output_uri
-    return f"{stem}.job.json"
 
 
 def _variable_key(run: str) -> str:
@@ -864,8 +822,10 @@ class KakaoPoseJobToParquetOperator(_JobLoader, BaseOperator):
             raise KakaoPoseInputError("output_uri is required")
         from airflow_provider_kakaopose.hooks.pose import KakaoPoseHook
 
+        run = run_identity(context)
+        prepare_outputs({"output_uri": output_uri}, run, self.log, claim=output_uri)
         context["ti"].xcom_push(key="job_url", value=_job_url(KakaoPoseHook(self.kakao_pose_conn_id), self.job_id))
-        return self.load_job(self.job_id, output_uri, self.source)
+        return self.load_job(self.job_id, output_uri, self.source, run)
 
 
 def _add_asset_outlet(op: BaseOperator, output: Any) -> None:

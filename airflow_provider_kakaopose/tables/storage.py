@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import io
 import os
 import queue
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -165,6 +166,22 @@ def write_parquet(
     return write_atomically(uri, lambda sink: _write_to(sink, table, row_group_size, compression))
 
 
+#: The writer named in temporary file names (see :func:`owned_writes`).
+_WRITE_OWNER: contextvars.ContextVar[str | None] = contextvars.ContextVar("kakaopose_write_owner", default=None)
+
+
+@contextlib.contextmanager
+def owned_writes(owner: str) -> Iterator[None]:
+    """Within the block, :func:`write_atomically` puts ``owner`` (letters and digits) into its temporary names,
+    so that what a writer killed mid-write left behind can be found and removed by its next try
+    (:func:`remove_leftovers`). A task wraps its writes in it."""
+    token = _WRITE_OWNER.set(_owner_tag(owner))
+    try:
+        yield
+    finally:
+        _WRITE_OWNER.reset(token)
+
+
 def write_atomically(uri: str | os.PathLike | Any, write: Callable[[Any], T]) -> T:
     """Run ``write(sink)`` so that readers of ``uri`` see the old file or the whole new one, never a part.
 
@@ -180,14 +197,17 @@ def write_atomically(uri: str | os.PathLike | Any, write: Callable[[Any], T]) ->
     * an in-memory buffer sent in one put (other object stores, e.g. Azure, memory).
 
     Missing folders are created. Returns what ``write`` returns. Shared by the Parquet tables and the pictures.
+    Temporary names carry the owner set by :func:`owned_writes`.
     """
 
     fs, path = _resolve(uri)
+    owner = _WRITE_OWNER.get()
+    tag = f"{owner}." if owner else ""
     if _is_local(fs):
         path = os.path.abspath(os.path.expanduser(path))
         directory, name = os.path.split(path)
         os.makedirs(directory or ".", exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory or ".")
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.{tag}", suffix=".tmp", dir=directory or ".")
         os.close(fd)
         try:
             result = write(tmp)
@@ -203,7 +223,7 @@ def write_atomically(uri: str | os.PathLike | Any, write: Callable[[Any], T]) ->
             raise
         return result
     if _protocols(fs) & _RENAMING_PROTOCOLS:
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        tmp = f"{path}.tmp-{tag}{uuid.uuid4().hex}"
         parent = path.rsplit("/", 1)[0] if "/" in path else ""
         if parent:
             fs.makedirs(parent, exist_ok=True)
@@ -244,6 +264,117 @@ def _write_staged(fs: Any, path: str, write: Callable[[Any], T]) -> T:
             f.closed = True  # discarded: a later close() (the file's __del__) must not flush or upload
         raise
     return result
+
+
+def _owner_tag(owner: str) -> str:
+    if not owner.isalnum():
+        raise ValueError(f"owner must be letters and digits, not {owner!r}")
+    return owner
+
+
+def remove_leftovers(
+    uris: list[str | os.PathLike | Any], owner: str, *, started_before: float | None = None
+) -> list[str]:
+    """Remove what writes of ``uris`` by ``owner`` left when they were killed mid-way; return what was removed.
+
+    A killed :func:`write_atomically` leaves its temporary file (local files and renaming stores) or, on S3, a
+    pending multipart upload, which is billed until it is aborted. Only ``owner``'s temporary files are removed
+    (their names carry the tag); S3 uploads carry no owner, so those for exactly these keys that were started
+    before ``started_before`` (seconds since the epoch; default now) are aborted. GCS drops unfinished resumable
+    uploads itself after a week. One listing per folder (local) or bucket (S3). Best effort: a failure to list
+    or remove is not an error.
+    """
+    import time
+
+    tag = f"{_owner_tag(owner)}."
+    cutoff = time.time() if started_before is None else started_before
+    removed: list[str] = []
+    local: dict[str, set[str]] = {}
+    s3: dict[tuple[int, str], tuple[Any, set[str]]] = {}
+    for uri in uris:
+        try:
+            fs, path = _resolve(uri)
+            if _is_local(fs):
+                directory, name = os.path.split(os.path.abspath(os.path.expanduser(path)))
+                local.setdefault(directory, set()).add(f".{name}.{tag}")
+            elif _protocols(fs) & _RENAMING_PROTOCOLS:
+                for leftover in fs.glob(f"{path}.tmp-{tag}*"):
+                    fs.rm(leftover)
+                    removed.append(leftover)
+            elif _protocols(fs) & {"s3", "s3a"} and hasattr(fs, "call_s3"):
+                bucket, _, key = path.partition("/")
+                s3.setdefault((id(fs), bucket), (fs, set()))[1].add(key)
+        except Exception:  # leftovers cost disk or money, not correctness: never fail a task over them
+            continue
+    for directory, prefixes in local.items():
+        with contextlib.suppress(OSError):
+            for entry in os.listdir(directory):
+                if entry.endswith(".tmp") and entry.startswith(tuple(prefixes)):
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(directory, entry))
+                        removed.append(os.path.join(directory, entry))
+    for (_, bucket), (fs, keys) in s3.items():
+        with contextlib.suppress(Exception):
+            first, last = min(keys), max(keys)  # the longest prefix all keys share: one listing for them all
+            prefix = first[: next((i for i, (a, b) in enumerate(zip(first, last, strict=False)) if a != b), len(first))]
+            listing = fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix)
+            for upload in listing.get("Uploads", []):
+                initiated = upload.get("Initiated")
+                if upload.get("Key") not in keys or (initiated is not None and initiated.timestamp() >= cutoff):
+                    continue
+                fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                removed.append(f"s3://{bucket}/{upload['Key']} (multipart upload {upload['UploadId']})")
+    return removed
+
+
+def delete_if_exists(uri: str | os.PathLike | Any) -> bool:
+    """Delete the file at ``uri`` (any storage :func:`write_atomically` accepts); False if there was none."""
+    fs, path = _resolve(uri)
+    if _is_local(fs):
+        try:
+            os.unlink(os.path.abspath(os.path.expanduser(path)))
+        except FileNotFoundError:
+            return False
+        return True
+    if not fs.exists(path):
+        return False
+    fs.rm(path)
+    return True
+
+
+#: What to install for a storage scheme that has no filesystem, by scheme.
+_FILESYSTEM_HINTS = {
+    "s3": "s3://conn_id@bucket/… needs apache-airflow-providers-amazon; s3://bucket/… needs s3fs",
+    "s3a": "s3fs",
+    "gs": "gs://conn_id@bucket/… needs apache-airflow-providers-google; gs://bucket/… needs gcsfs",
+    "gcs": "gcsfs",
+    "abfs": "apache-airflow-providers-microsoft-azure or adlfs",
+    "az": "apache-airflow-providers-microsoft-azure or adlfs",
+}
+
+
+def check_writable(uri: str | os.PathLike | Any, what: str = "output") -> None:
+    """Raise ``ValueError`` naming the fix when ``uri`` cannot be written: no filesystem for its scheme (a
+    missing provider or fsspec package), an unknown connection id, a local folder that cannot be created or
+    written, or a folder where the file should be. Cheap: nothing is written, no object store is listed."""
+    try:
+        fs, path = _resolve(uri)
+    except Exception as err:  # the class varies: ValueError, ImportError, AirflowNotFoundException, ...
+        scheme = urlsplit(os.fspath(uri) if not hasattr(uri, "protocol") else str(uri)).scheme
+        hint = _FILESYSTEM_HINTS.get(scheme)
+        raise ValueError(
+            f"Cannot write the {what} {str(uri)!r}: {type(err).__name__}: {err}" + (f" ({hint})" if hint else "")
+        ) from None
+    if not _is_local(fs):
+        return
+    path = os.path.abspath(os.path.expanduser(path))
+    if os.path.isdir(path):
+        raise ValueError(f"Cannot write the {what} {str(uri)!r}: it is a folder; give a file name (….parquet)")
+    parent = os.path.dirname(path)
+    while parent and not os.path.exists(parent):  # the nearest folder that exists decides
+        parent = os.path.dirname(parent) if os.path.dirname(parent) != parent else ""
+    if parent and (not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK)):
+        raise ValueError(f"Cannot write the {what} {str(uri)!r}: {parent} is not a folder this process can write")
 
 
 def _read_table(uri: Any) -> pa.Table:
