@@ -470,8 +470,6 @@ def _account(cluster: Cluster, s: Scenario, report: Report, out: Path, run_id: s
     accounted: set[str] = set()
     errors = 0
     for part in sorted((run_dir / "images").glob("b*.parquet")) if run_dir else []:
-        if part.name.endswith(".errors.parquet"):
-            continue
         meta = pq.read_schema(part).metadata or {}
         accounted.update(json.loads(meta.get(b"kakaopose:sources", b"[]")))
         errs = pq.read_table(str(part.parent / "_kakaopose" / part.name.replace(".parquet", ".errors.parquet")))

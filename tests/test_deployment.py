@@ -258,14 +258,14 @@ _TRIGGERERS_SQL = "SELECT id FROM job WHERE job_type='TriggererJob' AND state='r
 
 def _job_record(dep: Deployment, parquet: Path) -> dict:
     """The video task's job record (``JobRecordStore``): in the task state store on Airflow 3.3+; before 3.3
-    there is none, so for a task writing a table it is a JSON file beside it (``keypoints.job.json``), stamped
-    with the task instance that wrote it (``run``)."""
+    there is none, so for a task writing a table it is a JSON file beside it (``_kakaopose/keypoints.job.json``),
+    stamped with the task instance that wrote it (``run``)."""
     if HAS_TASK_STATE_STORE:
         [(stored,)] = dep.query(
             "SELECT value FROM task_state_store WHERE dag_id=? AND run_id=? AND task_id=? AND key='kakao_pose_job'",
             (DAG_ID, RUN_ID, TASK_ID),
         )
         return json.loads(stored)
-    record = json.loads(parquet.with_name("keypoints.job.json").read_text())
+    record = json.loads((parquet.parent / "_kakaopose" / "keypoints.job.json").read_text())
     assert json.loads(record.pop("run")) == [DAG_ID, RUN_ID, TASK_ID, -1], record
     return record

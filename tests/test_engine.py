@@ -337,11 +337,14 @@ def test_engine_example_dag_lands_real_keypoints(airflow_db, engine_url, samples
     # The overlay: the photo is the background of its cell, the skeleton drawn on it.
     from PIL import Image
 
-    with Image.open(photos.with_suffix(".png")) as sheet:
+    def picture(table, suffix):  # pictures go to the table's _kakaopose/ folder, out of the dataset
+        return table.parent / "_kakaopose" / (table.stem + suffix)
+
+    with Image.open(picture(photos, ".png")) as sheet:
         rgb = np.asarray(sheet.convert("RGB")).astype(int)
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     assert ((r > 180) & (g > 60) & (g < 130) & (b < 70)).sum() > 3000  # the orange suit (8,946 px measured)
-    assert video.with_suffix(".png").exists() and video.with_suffix(".gif").exists()
+    assert picture(video, ".png").exists() and picture(video, ".gif").exists()
 
 
 @pytest.fixture(scope="module")
