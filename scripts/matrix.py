@@ -44,6 +44,7 @@ AIRFLOW_TESTS = (
     "tests/test_example_dags.py",
     "tests/test_lineage.py",
     "tests/test_batches.py",
+    "tests/test_outputs.py",
     "tests/test_soak.py",
     "tests/test_key_guard.py",
     "tests/test_rate_limiter.py",
