@@ -45,6 +45,7 @@ AIRFLOW_TESTS = (
     "tests/test_lineage.py",
     "tests/test_batches.py",
     "tests/test_outputs.py",
+    "tests/test_readme.py",
     "tests/test_soak.py",
     "tests/test_key_guard.py",
     "tests/test_rate_limiter.py",
