@@ -513,3 +513,148 @@ def test_the_next_try_aborts_the_multipart_uploads_a_killed_try_left(s3, emulato
     ).execute(context())
     assert [u["Key"] for u in uploads(s3)] == ["other/keypoints.parquet"]
     assert "pose/keypoints.parquet" in keys(s3)
+
+
+# ------------------------------------------------------------------- threads at the interpreter's exit (issue 20)
+
+#: Child prologue: ``ours()`` lists the package's threads still running (by the OS's account too: a join()
+#: interrupted by a signal can leave Python believing a running thread ended); an atexit hook registered before
+#: the package is imported runs after the package's own (atexit runs last-in first-out) and prints them just
+#: before the interpreter finalises (a daemon thread alive then is killed wherever it is: inside Arrow that can
+#: abort the process).
+_EXIT_PROBE = """
+import atexit, os, sys, threading, time
+
+def ours():
+    def running(t):
+        tid = getattr(t, "native_id", None)
+        return t.is_alive() or (tid is not None and os.path.exists(f"/proc/self/task/{tid}"))
+    return sorted(t.name for t in threading.enumerate() if t.name.startswith("kakaopose-") and running(t))
+
+atexit.register(lambda: os.write(1, f"alive at exit: {ours()}\\n".encode()))
+"""
+
+
+def run_exit_probe(code: str, *args: str) -> tuple[str, float]:
+    """Run ``_EXIT_PROBE + code`` in a fresh interpreter; its stdout (asserting exit status 0) and run time."""
+    import subprocess
+    import sys
+
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", _EXIT_PROBE + code, *args], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, (out.returncode, out.stdout, out.stderr)
+    return out.stdout, time.monotonic() - started
+
+
+def test_the_operator_paths_background_close_ends_before_the_interpreter_exits(tmp_path):
+    """The operator's path (spool, keypoints_reader, assign_tracks_reader, write_parquet) closes a large spool in
+    a background thread; a process that exits right after must wait for it (an atexit hook joins it), not leave
+    it running into the interpreter's teardown, where a daemon thread is killed mid-call. The close is made slow
+    here so that it is certainly still running when the main thread reaches the exit."""
+    source = tmp_path / "answer.json"
+    source.write_bytes(small_answer())
+    code = """
+import tempfile
+from airflow_provider_kakaopose.tables import body, keypoints_reader, write_parquet
+from airflow_provider_kakaopose.tracking import assign_tracks_reader
+
+class SlowClose:  # the kernel freeing a large file's cached pages, made slow
+    def __init__(self, f):
+        self.f = f
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+    def close(self):
+        time.sleep(0.5)
+        self.f.close()
+        os.write(1, b"spool file closed\\n")
+
+real = tempfile.TemporaryFile
+tempfile.TemporaryFile = lambda *a, **k: SlowClose(real(*a, **k))
+body._BACKGROUND_CLOSE_BYTES = 0  # closed in the background, however small
+with body.BodySpool() as spool:
+    with open(sys.argv[1], "rb") as f:
+        spool.write(f.read())
+    rows = write_parquet(assign_tracks_reader(keypoints_reader(spool, source="v.mp4")), sys.argv[2])
+print("rows", rows, "closing in the background:", ours(), flush=True)
+"""
+    out, took = run_exit_probe(code, str(source), str(tmp_path / "k.parquet"))
+    assert "closing in the background: ['kakaopose-spool-close']" in out, out
+    assert "spool file closed" in out, out  # the close ran to its end...
+    assert "alive at exit: []" in out, out  # ...before the interpreter finalised
+    assert out.index("spool file closed") < out.index("alive at exit")
+    assert took < 60
+    assert pq.read_table(tmp_path / "k.parquet").num_rows == 3 * 17
+
+
+def test_a_spool_left_open_mid_write_has_its_pre_scan_ended_before_the_interpreter_exits():
+    """A spool still being written at exit (its pre-scan thread running) has that thread ended by the atexit hook,
+    not killed in the interpreter's teardown; the exit neither hangs nor fails, and the spool is closed by it."""
+    code = """
+from airflow_provider_kakaopose.tables import BodySpool
+spool = BodySpool()
+chunk = b'{"annotations": [' + b' ' * (1 << 20)
+for _ in range(8):
+    spool.write(chunk)
+print("scanning:", ours(), flush=True)
+"""
+    out, took = run_exit_probe(code)
+    assert "scanning: ['kakaopose-prescan']" in out, out
+    assert "alive at exit: []" in out, out
+    assert took < 60
+
+
+def test_an_interrupted_parquet_write_waits_for_its_writer_thread(tmp_path):
+    """A signal handler raising while write_parquet waits for its writer thread (Ctrl-C, a task's SIGTERM): the
+    interruption is raised once the thread ended, so that it never writes on into the closed ParquetWriter nor
+    runs on inside Arrow into the interpreter's teardown."""
+    code = """
+import signal
+import pyarrow as pa
+import pyarrow.parquet as pq
+from airflow_provider_kakaopose.tables import write_parquet
+
+real = pq.ParquetWriter.write_table
+def slow_write_table(self, *a, **k):  # a row group taking its time
+    time.sleep(1.0)
+    return real(self, *a, **k)
+pq.ParquetWriter.write_table = slow_write_table
+
+def interrupt(signum, frame):
+    raise KeyboardInterrupt
+signal.signal(signal.SIGALRM, interrupt)
+table = pa.table({"x": list(range(1000))})
+reader = pa.RecordBatchReader.from_batches(table.schema, table.to_batches(max_chunksize=100))
+signal.setitimer(signal.ITIMER_REAL, 0.3)  # while the writer thread writes (the main thread waits for it)
+try:
+    write_parquet(reader, sys.argv[1])
+except KeyboardInterrupt:
+    print("interrupted; writer threads:", ours(), flush=True)
+"""
+    out, _ = run_exit_probe(code, str(tmp_path / "k.parquet"))
+    assert "interrupted; writer threads: []" in out, out
+    assert "alive at exit: []" in out, out
+    assert not (tmp_path / "k.parquet").exists()  # interrupted: nothing published
+
+
+def test_a_spool_written_on_after_the_exit_hook_ran_starts_no_thread_and_gives_the_same_table(tmp_path):
+    """Spools used by atexit code that runs after the package's hook (or by a daemon thread of the caller's) start
+    no thread the exit would no longer wait for: the pre-scan it ended is dropped (the body is scanned from the
+    file), large spools close in the caller's thread, and the table is the same."""
+    source = tmp_path / "answer.json"
+    source.write_bytes(small_answer())
+    code = """
+from airflow_provider_kakaopose.tables import body, keypoints_reader, keypoints_table
+raw = open(sys.argv[1], "rb").read()
+body._BACKGROUND_CLOSE_BYTES = 0
+with body.BodySpool() as spool:
+    spool.write(raw[:100])
+    body._join_threads_at_exit()  # the interpreter's exit begins: the running pre-scan is ended
+    spool.write(raw[100:])
+    print("threads after the hook:", ours(), flush=True)
+    same = keypoints_reader(spool).read_all().equals(keypoints_table(raw))
+print("same table:", same, "threads after closing:", ours(), flush=True)
+"""
+    out, _ = run_exit_probe(code, str(source))
+    assert "threads after the hook: []" in out, out
+    assert "same table: True threads after closing: []" in out, out
+    assert "alive at exit: []" in out, out

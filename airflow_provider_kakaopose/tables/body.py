@@ -11,13 +11,16 @@ whose touched pages would count as the process's memory).
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import io
 import os
 import queue
 import sys
 import tempfile
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import IO, Any
 
 __all__ = ["BodySpool", "FileBody", "spool_chunks"]
@@ -28,6 +31,77 @@ _WINDOW = 1 << 16
 _QUEUED_CHUNKS = 8
 #: Spools at least this large are closed (their temporary file freed) in a background thread.
 _BACKGROUND_CLOSE_BYTES = 16 << 20
+#: Seconds the interpreter's exit waits, at most, for the spools' background threads still running then.
+_EXIT_WAIT_S = 30.0
+
+# -- background threads the interpreter's exit waits for
+#
+# A daemon thread still running when the interpreter exits is not stopped cleanly: it is killed with
+# pthread_exit (a forced unwind of its stack) wherever it next takes the GIL, or runs on while C and C++
+# static destructors (Arrow's thread pools and memory pools among them) tear down what it uses. Inside C++
+# code that can end the process with ``terminate called without an active exception`` (SIGABRT, status 134)
+# after all its work was done. So the spools' threads are daemon threads (never a reason for the
+# interpreter to hang) that an ``atexit`` hook asks to end and joins before the interpreter finalises; once
+# that hook ran, no new one is started (the work is done in the caller's thread instead).
+
+_threads_lock = threading.Lock()
+#: Running background threads, each with what asks it to end soon (or None: it ends by itself).
+_threads: dict[threading.Thread, Callable[[], None] | None] = {}
+_exiting = False
+
+
+def _start_thread(
+    target: Callable[..., None], args: tuple = (), *, name: str, stop: Callable[[], None] | None = None
+) -> threading.Thread | None:
+    """Start ``target(*args)`` in a daemon thread that the interpreter's exit asks to end (``stop()``) and
+    joins; ``None``, starting nothing, once the exit has begun (the caller then does the work itself)."""
+    with _threads_lock:
+        if _exiting or sys.is_finalizing():
+            return None
+        thread = threading.Thread(target=_run_thread, args=(target, args), name=name, daemon=True)
+        _threads[thread] = stop
+    try:
+        thread.start()
+    except BaseException:
+        with _threads_lock:
+            _threads.pop(thread, None)
+        raise
+    return thread
+
+
+def _run_thread(target: Callable[..., None], args: tuple) -> None:
+    try:
+        target(*args)
+    finally:
+        with _threads_lock:
+            _threads.pop(threading.current_thread(), None)
+
+
+def _join_threads_at_exit() -> None:
+    """The ``atexit`` hook: ask the running background threads to end, wait for them (at most
+    :data:`_EXIT_WAIT_S` in all), and start no more."""
+    global _exiting
+    with _threads_lock:
+        _exiting = True
+        running = list(_threads.items())
+    for _, stop in running:
+        if stop is not None:
+            with contextlib.suppress(Exception):  # best effort: the join below is bounded anyway
+                stop()
+    deadline = time.monotonic() + _EXIT_WAIT_S
+    for thread, _ in running:
+        thread.join(max(deadline - time.monotonic(), 0.0))
+
+
+def _forget_threads_after_fork() -> None:  # a forked child has none of its parent's threads
+    global _threads_lock
+    _threads_lock = threading.Lock()
+    _threads.clear()
+
+
+atexit.register(_join_threads_at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_threads_after_fork)
 
 
 class FileBody:
@@ -142,20 +216,32 @@ class BodySpool(io.RawIOBase):
         data = chunk if type(chunk) is bytes else bytes(chunk)  # the scanner thread keeps it: never a buffer reused
         self._file.write(data)
         if data:
-            if self._scanner is None:  # (the thread holds the queue and the scan, not the spool: close on delete)
-                self._scanner = threading.Thread(
-                    target=_scan_chunks, args=(self._chunks, self._prescan), name="kakaopose-prescan", daemon=True
+            if self._scanner is None or not self._scanner.is_alive():
+                # (the thread holds the queue and the scan, not the spool: close on delete). Ended by the exit
+                # hook, or not started once the exit began: no pre-scan, flattening scans the file itself.
+                chunks = self._chunks
+                self._scanner = _start_thread(
+                    _scan_chunks,
+                    (chunks, self._prescan),
+                    name="kakaopose-prescan",
+                    stop=lambda: chunks.put(None, timeout=_EXIT_WAIT_S),
                 )
-                self._scanner.start()
-            self._chunks.put(data)
+                if self._scanner is None:
+                    self._prescan.failed = True
+            if self._scanner is not None:
+                self._chunks.put(data)
         self._size += len(data)
         return len(data)
 
     def _stop_scanner(self) -> None:
         if self._scanner is not None:
-            self._chunks.put(None)
-            self._scanner.join()
+            if self._scanner.is_alive():
+                self._chunks.put(None)
+                self._scanner.join()
+            else:  # ended by the interpreter's exit, maybe before the last chunks: flattening scans the file
+                self._prescan.failed = True
             self._scanner = None
+            self._chunks = queue.Queue(maxsize=_QUEUED_CHUNKS)  # a fresh one: the old may hold a chunk or None
 
     def tell(self) -> int:
         return self._size
@@ -188,11 +274,12 @@ class BodySpool(io.RawIOBase):
                 self._file.close()
             else:
                 self._stop_scanner()
-                if self._size >= _BACKGROUND_CLOSE_BYTES:
-                    # The kernel frees a large unlinked file's cached pages as it is closed (0.1-0.2 s per
-                    # 200 MB here): let that happen beside the caller's next steps.
-                    threading.Thread(target=self._file.close, name="kakaopose-spool-close", daemon=True).start()
-                else:
+                # The kernel frees a large unlinked file's cached pages as it is closed (0.1-0.2 s per 200 MB
+                # here): let that happen beside the caller's next steps, in a thread the interpreter's exit
+                # waits for (at the end of a short process it used to be still running there, and killed).
+                if self._size < _BACKGROUND_CLOSE_BYTES or (
+                    _start_thread(self._file.close, name="kakaopose-spool-close") is None
+                ):
                     self._file.close()
         super().close()
 

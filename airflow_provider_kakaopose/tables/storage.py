@@ -100,6 +100,7 @@ def _write_to(sink: Any, data: pa.Table | pa.RecordBatchReader, row_group_size: 
         batches: queue.Queue[pa.RecordBatch | None] = queue.Queue(maxsize=_QUEUED_BATCHES)
         failure: list[BaseException] = []
         written = [0]
+        ended = threading.Event()
 
         def write_groups() -> None:
             pending: list[pa.RecordBatch] = []
@@ -122,6 +123,8 @@ def _write_to(sink: Any, data: pa.Table | pa.RecordBatchReader, row_group_size: 
                 failure.append(err)
                 while batches.get() is not None:  # drain so the producer never blocks
                     pass
+            finally:
+                ended.set()
 
         thread = threading.Thread(target=write_groups, name="kakaopose-parquet-writer", daemon=True)
         thread.start()
@@ -132,8 +135,26 @@ def _write_to(sink: Any, data: pa.Table | pa.RecordBatchReader, row_group_size: 
                 if batch.num_rows:
                     batches.put(batch)
         finally:
-            batches.put(None)
-            thread.join()
+            # Tell the writer thread that no batch follows and wait for it to end, even when interrupted
+            # meanwhile (Ctrl-C, a signal handler that raises, such as a task's SIGTERM): it must neither write
+            # on into the ParquetWriter closed next, nor still be inside Arrow when the interpreter exits (a
+            # daemon thread there is killed mid-call, which can abort the process). Its work left is a row
+            # group or so; the interruption is raised once it ended. (An Event, not join(): on Python 3.11 a
+            # join() interrupted by a signal marks the thread ended while it runs on.)
+            interrupted: BaseException | None = None
+            told = False
+            while True:
+                try:
+                    if not told:
+                        batches.put(None)
+                        told = True
+                    ended.wait()
+                    break
+                except BaseException as err:  # raised by a signal handler while waiting: wait on, raise it after
+                    interrupted = interrupted or err
+            thread.join()  # (it has ended its work: at once)
+            if interrupted is not None:
+                raise interrupted
         if failure:
             raise failure[0]
         rows = written[0]
