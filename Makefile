@@ -9,27 +9,29 @@ ENGINE_BIN   := $(ENGINE_VENV)/bin
 ENGINE_STAMP := $(ENGINE_VENV)/.installed
 ENGINE_PORT  ?= 8766
 
-.PHONY: install test lint demo emulator constraints clean engine-install engine demo-engine engine-constraints test-matrix
+.PHONY: install test lint demo emulator constraints clean engine-install engine demo-engine engine-constraints test-matrix dist
 
 # Airflow versions of `make test-matrix` (latest patch of each supported minor; see docs/installation.md).
 MATRIX_VERSIONS ?= 2.11.2 3.0.6 3.1.8 3.2.2 3.3.2
 
+# The package with every optional extra (the tests use them all), plus the repository's own requirements: the
+# dependency groups of pyproject.toml (PEP 735; pip >= 25.1), which are never published with the package.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,test-s3,redis,cluster]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[redis,pictures,pandas]' \
+		--group test --group test-s3 --group cluster --group dist
 	touch $(STAMP)
 
 install: $(STAMP)
 
-# The local pose engine's own environment: the `engine` extra of pyproject.toml (mediapipe needs protobuf < 5,
-# Airflow's current dependencies >= 5, so it does not belong in .venv) plus this package without its Airflow
-# dependencies.
+# The local pose engine's own environment: the `engine` dependency group of pyproject.toml (mediapipe needs
+# protobuf < 5, Airflow's current dependencies >= 5, so it does not belong in .venv) plus this package without its
+# Airflow dependencies.
 $(ENGINE_STAMP): pyproject.toml constraints-engine.txt
 	$(PYTHON) -m venv $(ENGINE_VENV)
 	$(ENGINE_BIN)/python -m pip install -q --upgrade pip
-	$(ENGINE_BIN)/python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['engine']))" > $(ENGINE_VENV)/requirements.txt
-	$(ENGINE_BIN)/python -m pip install -q -c constraints-engine.txt -r $(ENGINE_VENV)/requirements.txt
+	$(ENGINE_BIN)/python -m pip install -q -c constraints-engine.txt --group engine
 	$(ENGINE_BIN)/python -m pip install -q --no-deps -e .
 	touch $(ENGINE_STAMP)
 
@@ -45,6 +47,15 @@ lint: install
 
 test: lint engine-install
 	KAKAO_POSE_REQUIRE_ENGINE=1 $(BIN)/python -m pytest --durations=12
+
+# The release files: sdist + wheel into dist/ (built in an isolated environment, the wheel from the sdist), checked
+# by twine (--strict) and by scripts/check_dist.py (licence files, metadata, no test or tool requirements, the
+# provider entry point, what the sdist holds).
+dist: install
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/twine check --strict dist/*
+	$(BIN)/python scripts/check_dist.py dist
 
 # The Airflow-facing tests on every supported Airflow minor, one pinned environment each (.venv-matrix/),
 # and a table of version x result. `make test-matrix MATRIX_VERSIONS="2.11.2 3.0.6"` for some.
@@ -62,7 +73,7 @@ engine-constraints: engine-install
 	$(ENGINE_BIN)/python -m pip freeze --exclude-editable | grep -v '^airflow-provider-kakaopose' > constraints-engine.txt
 
 clean:
-	rm -rf $(VENV) $(ENGINE_VENV) .venv-matrix .airflow .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(ENGINE_VENV) .venv-matrix .airflow .pytest_cache .ruff_cache dist build
 
 demo: install
 	$(BIN)/python scripts/demo.py

@@ -66,7 +66,23 @@ class KakaoPoseInputError(KakaoPoseError, ValueError):
 
 
 class KakaoPoseConnectionError(KakaoPoseError):
-    """The service could not be reached or did not answer in time, after retries ran out."""
+    """The service could not be reached or did not answer in time, after retries ran out.
+
+    ``connected`` is ``False`` when the connection was never made (refused, DNS failure, connect timeout):
+    nothing reached the service. ``True`` when it was (a read timeout, a dropped connection: the request may
+    have arrived), ``None`` when not known. ``cause`` is the transport's own account of the failure, down to
+    its root (e.g. ``NameResolutionError: Failed to resolve 'x': [Errno -2] Name or service not known``).
+    """
+
+    connected: bool | None = None  # class defaults: an error pickled before these fields existed has them too
+    cause: str | None = None
+
+    def __init__(
+        self, message: str, *, connected: bool | None = None, cause: str | None = None, **kwargs: object
+    ) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.connected = connected
+        self.cause = cause
 
 
 class KakaoPoseServerError(KakaoPoseError):

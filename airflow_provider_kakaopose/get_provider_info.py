@@ -96,7 +96,6 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_provider_kakaopose.triggers.pose"],
             }
         ],
-        "extra-links": ["airflow_provider_kakaopose.operators.pose.KakaoPoseJobLink"],
         "config": {
             "kakao_pose": {
                 "description": "Settings of the Kakao Brain Pose provider for the whole deployment.\n",

@@ -6,7 +6,8 @@ the exact rules are documented in ``docs/render.md``.
 
 This module is pure (no Airflow import) and cheap to import: Pillow, numpy and pyarrow are imported inside
 the functions. Only the writing helpers (and a table passed as a URI) import :mod:`tables` for its storage
-resolution, which loads Airflow's exception class when Airflow is installed.
+resolution, which loads Airflow's exception class when Airflow is installed. Pillow is optional (the ``pictures``
+extra): without it, drawing raises ModuleNotFoundError naming the extra (:func:`require_pillow`).
 """
 
 from __future__ import annotations
@@ -77,6 +78,25 @@ _GIF_MIN_MS = 20  # browsers show GIF frames shorter than 20 ms for 100 ms
 _FORMATS = {".gif": "GIF", ".png": "PNG", ".apng": "PNG", ".webp": "WEBP"}
 
 Background = Any  # None | "source" | PIL image | path | bytes | numpy array | callable(source, frame_num)
+
+#: How to get Pillow, which pictures need and the provider does not install by default.
+PICTURES_INSTALL = "pip install 'airflow-provider-kakaopose[pictures]'"
+
+
+def require_pillow() -> None:
+    """Raise ModuleNotFoundError naming the ``pictures`` extra when Pillow is not installed.
+
+    Pillow is an optional dependency: only the drawing functions here (and ``pictures=True`` on the operators,
+    which check it before sending anything) need it.
+    """
+    try:
+        from PIL import Image  # noqa: F401
+    except ImportError as err:
+        raise ModuleNotFoundError(
+            f"Pose pictures need Pillow, which is not installed ({err}); install the pictures extra: "
+            f"{PICTURES_INSTALL}",
+            name="PIL",
+        ) from None
 
 
 def color_for(ident: Any) -> tuple[int, int, int]:
@@ -360,6 +380,7 @@ def _render(
     labels: bool,
     reference: tuple[int, int] | None = None,
 ) -> Image.Image:
+    require_pillow()
     import numpy as np
     from PIL import Image, ImageDraw
 
@@ -606,6 +627,7 @@ def contact_sheet(
     Size: ``cols * thumb_width + (cols + 1) * gap`` by ``rows * (thumb_h + label_height) + (rows + 1) * gap``
     (``label_height`` counted only with ``labels``), with ``cols = min(columns, cells)``.
     """
+    require_pillow()
     from PIL import Image, ImageDraw
 
     poses = _load(table)
@@ -719,6 +741,7 @@ def animate(
     :param format: ``"GIF"``, ``"WEBP"`` or ``"PNG"`` (APNG); default from the file suffix, else GIF.
     :param loop: GIF/WebP/APNG loop count (0 = forever).
     """
+    require_pillow()
     from PIL import ImageDraw
 
     poses = _load(table)
@@ -845,6 +868,7 @@ def write_pictures(
     ``animation_format``) the :func:`animate` output, written only for video tables with more than one frame.
     Both are written atomically on the Parquet's storage.
     """
+    require_pillow()
     poses = _load(table)
     written: dict[str, Any] = {}
     if sheet:

@@ -354,11 +354,11 @@ def apt_install(packages: Sequence[str], log: Callable[[str], None] = print) -> 
 
 
 def cluster_requirements(pyproject: Path = REPO / "pyproject.toml") -> list[str]:
-    """The ``cluster`` extra of pyproject.toml."""
+    """The ``cluster`` dependency group of pyproject.toml (plain requirement strings)."""
     import tomllib
 
     with pyproject.open("rb") as f:
-        return list(tomllib.load(f)["project"]["optional-dependencies"]["cluster"])
+        return [line for line in tomllib.load(f)["dependency-groups"]["cluster"] if isinstance(line, str)]
 
 
 def missing_requirements(requirements: Iterable[str]) -> list[str]:
@@ -382,7 +382,8 @@ def missing_requirements(requirements: Iterable[str]) -> list[str]:
 
 def ensure_installed(log: Callable[[str], None] = print, install_log: Path | None = None) -> float:
     """Install what the cluster needs and is missing: PostgreSQL and redis-server from Debian, the ``cluster``
-    extra into the running environment (``pip install -c constraints.txt -e '.[cluster]'``). Seconds spent."""
+    dependency group into the running environment (``pip install -c constraints.txt --group cluster``). Seconds
+    spent."""
     started = time.monotonic()
     debs = []
     if pg_bin_dir() is None:
@@ -394,7 +395,7 @@ def ensure_installed(log: Callable[[str], None] = print, install_log: Path | Non
     if pg_bin_dir() is None or redis_server_bin() is None:
         raise ClusterError("PostgreSQL or redis-server is still missing after apt-get install")
     if missing := missing_requirements(cluster_requirements()):
-        log(f"  pip install -e '.[cluster]' (missing: {', '.join(missing)}) ...")
+        log(f"  pip install --group cluster (missing: {', '.join(missing)}) ...")
         cmd = [
             sys.executable,
             "-m",
@@ -403,8 +404,8 @@ def ensure_installed(log: Callable[[str], None] = print, install_log: Path | Non
             "-q",
             "-c",
             str(REPO / "constraints.txt"),
-            "-e",
-            f"{REPO}[cluster]",
+            "--group",
+            f"{REPO / 'pyproject.toml'}:cluster",
         ]
         out = install_log.open("ab") if install_log else subprocess.DEVNULL
         try:

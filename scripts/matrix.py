@@ -1,12 +1,13 @@
 """``make test-matrix``: the Airflow-facing tests on every supported Airflow minor, and a table of the results.
 
 For each version (latest patch of each minor) it creates ``.venv-matrix/airflow-<version>``, installs
-``apache-airflow==<version>`` and this checkout with its ``test`` extra, pinned by the version's constraints file
-kept in the repository (``constraints/airflow-<version>.txt``; 3.3.2 uses the root ``constraints.txt`` of
-``make test``), then runs the tests that touch Airflow — hooks, trigger, sensor, operators, example and test
-DAGs under ``dag.test()``, lineage, batches, soak, secret hygiene — and on the oldest version also the
-real-deployment test (scheduler, triggerer and the rest as separate processes; the newest runs it in
-``make test``). Environments are reused while their constraints file and ``pyproject.toml`` are unchanged.
+``apache-airflow==<version>`` and this checkout with its ``test`` dependency group, pinned by the version's
+constraints file kept in the repository (``constraints/airflow-<version>.txt``; 3.3.2 uses the root
+``constraints.txt`` of ``make test``), then runs the tests that touch Airflow — hooks, trigger, sensor,
+operators, example and test DAGs under ``dag.test()``, lineage, batches, soak, secret hygiene — and on the
+oldest version also the real-deployment test (scheduler, triggerer and the rest as separate processes; the
+newest runs it in ``make test``). Environments are reused while their constraints file and ``pyproject.toml``
+are unchanged.
 
     python3 scripts/matrix.py                          # every version
     python3 scripts/matrix.py --versions 2.11.2 3.0.6  # some
@@ -46,6 +47,7 @@ AIRFLOW_TESTS = (
     "tests/test_batches.py",
     "tests/test_outputs.py",
     "tests/test_readme.py",
+    "tests/test_inputs.py",
     "tests/test_soak.py",
     "tests/test_key_guard.py",
     "tests/test_rate_limiter.py",
@@ -59,6 +61,11 @@ EXTRA_PINS = {
     "3.0.6": ("fastapi<0.118", "universal-pathlib<0.3"),
     "3.2.2": ("fastapi<0.137", "svcs<26"),
 }
+
+
+#: This checkout with the optional extras the tests use, and the test tools: pyproject.toml's ``test`` dependency
+#: group (PEP 735, read from the working directory, ROOT; never part of the published package).
+PACKAGE = ("-e", ".[pictures,pandas]", "--group", "test")
 
 
 def constraints_file(version: str) -> Path:
@@ -106,7 +113,7 @@ def install(version: str, log: Path) -> None:
     steps = [
         [sys.executable, "-m", "venv", str(venv)],
         [*pip, "--upgrade", "pip"],
-        [*pip, "-c", str(constraints), f"apache-airflow=={version}", "-e", ".[test]"],
+        [*pip, "-c", str(constraints), f"apache-airflow=={version}", *PACKAGE],
     ]
     for cmd in steps:
         if run(cmd, log):
@@ -136,7 +143,7 @@ def freeze(version: str) -> None:
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
     pins = list(EXTRA_PINS.get(version, ()))
     subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", f"apache-airflow=={version}", *pins, "-e", ".[test]"],
+        [str(python), "-m", "pip", "install", "-q", f"apache-airflow=={version}", *pins, *PACKAGE],
         check=True,
         cwd=ROOT,
     )

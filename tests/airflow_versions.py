@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from airflow_provider_kakaopose._compat import AIRFLOW_V_3_0_PLUS, LINKS_PUSHED_AS_XCOM
+from airflow_provider_kakaopose._compat import AIRFLOW_V_3_0_PLUS
 
 
 def dag_bag(folder: str) -> Any:
@@ -38,27 +38,6 @@ def xcom_rows(session: Any, **filters: Any) -> list[tuple[str, str, Any]]:
     for column, wanted in filters.items():
         query = query.filter(getattr(model, column) == wanted)
     return [(row.task_id, row.key, value(row)) for row in query]
-
-
-def job_links(dag_run: Any, dag: Any) -> dict[str, str]:
-    """The "Pose job result" link of each task of a finished run, as the UI gets it: Airflow 3 stores what the
-    worker computed when the try ended as an XCom; Airflow 2's webserver calls ``get_link`` with the task
-    instance's key."""
-    from airflow.utils.session import create_session
-
-    from airflow_provider_kakaopose.operators.pose import KakaoPoseJobLink
-
-    link = KakaoPoseJobLink()
-    if LINKS_PUSHED_AS_XCOM:
-        with create_session() as session:
-            rows = xcom_rows(session, dag_id=dag_run.dag_id, run_id=dag_run.run_id, key=link.xcom_key)
-        return {task_id: value for task_id, _, value in rows}
-    links = {}
-    for ti in dag_run.get_task_instances():
-        task = dag.get_task(ti.task_id)
-        if any(isinstance(x, KakaoPoseJobLink) for x in task.operator_extra_links):
-            links[ti.task_id] = link.get_link(task, ti_key=ti.key)
-    return links
 
 
 def asset_condition_objects(dag: Any) -> list[Any]:

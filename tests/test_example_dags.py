@@ -8,7 +8,7 @@ import sys
 
 import duckdb
 import pytest
-from airflow_versions import asset_condition_objects, dag_bag, job_links, prepare_dag_test, xcom_rows
+from airflow_versions import asset_condition_objects, dag_bag, prepare_dag_test, xcom_rows
 from conftest import API_KEY, DAGS
 
 from airflow_provider_kakaopose._compat import AIRFLOW_V_3_0_PLUS
@@ -158,19 +158,36 @@ def test_video_dag_declares_the_asset_the_consumer_waits_for(run_example):
     assert asset_condition_objects(consumer) == [outlet]
 
 
-def test_job_link_survives_a_deferral_without_output_and_a_failed_job(run_example, emulator):
-    """The link is built from the stored job id, so a task resumed after deferring keeps it even when it
-    writes no table (``output_uri=None``) or its job failed (it used to push an empty link over it)."""
+def test_deferred_tasks_return_their_job_id_store_no_link_and_render_their_connection(
+    run_example, emulator, monkeypatch
+):
+    """Deferred video tasks that end without a table (``output_uri=None``, or a job that failed after the
+    deferral) keep their job id (the ``job_id`` XCom, and the return value of the one that succeeded: a str,
+    as when it writes a table); no task stores a "Pose job result" link any more (it opened the raw API URL,
+    401 without the key); and ``kakao_pose_conn_id="{{ params.pose_conn }}"`` is rendered before the worker
+    and the trigger use it (the connection exists only under the rendered name)."""
+    from airflow.utils.session import create_session
+
+    conn = {"conn_type": "kakao_pose", "host": emulator.base_url, "password": API_KEY}
+    monkeypatch.setenv("AIRFLOW_CONN_KAKAO_POSE_TEMPLATED", json.dumps(conn))
     emulator.configure(job_waiting_s=1.0)  # both jobs are still waiting when their tasks defer
-    dag_run, _ = run_example("kakao_pose_test_links")
-    dag = sys.modules["kakao_pose_test_links"].dag
+    from airflow.models.trigger import Trigger
+
+    with create_session() as session:
+        before = max([t.id for t in session.query(Trigger).all()], default=0)  # the triggers of earlier tests
+    dag_run, _ = run_example("kakao_pose_test_deferred")
     states = {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
     assert states == {"no_output": "success", "failed_job": "failed"}
-    links = job_links(dag_run, dag)
-    assert set(links) == {"no_output", "failed_job"}
-    for task_id, link in links.items():
-        assert link.startswith(f"{emulator.base_url}/pose/job/"), (task_id, link)
-    assert links["no_output"] != links["failed_job"]
+    with create_session() as session:
+        rows = xcom_rows(session, dag_id=dag_run.dag_id, run_id=dag_run.run_id)
+        xcom = {(task_id, key): value for task_id, key, value in rows}
+        job_ids = {xcom[(task, "job_id")] for task in states}
+        assert xcom[("no_output", "return_value")] == xcom[("no_output", "job_id")]
+        assert len(job_ids) == 2 and all(isinstance(j, str) for j in job_ids)
+        assert not [key for _, key in xcom if key.startswith("_link_") or key == "job_url"], sorted(xcom)
+        if AIRFLOW_V_3_0_PLUS:  # 2.11's dag.test() runs the triggers in line without storing them
+            mine = [t for t in session.query(Trigger).filter(Trigger.id > before) if t.kwargs.get("job_id") in job_ids]
+            assert [t.kwargs["kakao_pose_conn_id"] for t in mine] == ["kakao_pose_templated"] * 2
     assert emulator.count(method="POST", path="/pose/job") == 2
 
 

@@ -685,3 +685,124 @@ def test_session_and_limiter_are_made_once_when_many_threads_ask_first(make_conn
         t.join()
     assert len(made) == 1 and len(set(seen)) == 1
     hook.close()
+
+
+# ------------------------------------------------------------------------------ transport error texts
+
+UNRESOLVABLE = "no-such-host.invalid"
+
+
+@pytest.fixture
+def resolver(monkeypatch):
+    """A resolver that answers loopback names only: any other name fails as an unknown host does, without a
+    DNS query (the real ``getaddrinfo`` is never called for it). Returns the names looked up."""
+    import socket
+
+    real = socket.getaddrinfo
+    asked: list[str] = []
+
+    def getaddrinfo(host, *args, **kwargs):
+        name = host.decode() if isinstance(host, bytes) else str(host)
+        asked.append(name)
+        if name in ("127.0.0.1", "localhost", "::1"):
+            return real(host, *args, **kwargs)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return asked
+
+
+def assert_whole_cause(message: str, root: str) -> None:
+    """The message ends with the root cause's text, says it once, and shows neither the key nor a header."""
+    assert message.endswith(root), message
+    assert message.count(root) == 1, message
+    assert API_KEY not in message and "KakaoAK" not in message and "Authorization" not in message, message
+
+
+def test_an_unresolvable_host_names_the_resolvers_message(make_conn, resolver):
+    """The message was cut at 200 characters, before the resolver's words: `…(Caused by NameResolutionError(
+    "HTTPConnection(host='no-such-host.invalid', port=80): Failed to res)`."""
+    hook = KakaoPoseHook(make_conn(host=f"http://{UNRESOLVABLE}", max_retries=0))
+    with pytest.raises(KakaoPoseConnectionError) as info:
+        hook.get_job("x")
+    message = str(info.value)
+    assert message == (
+        f"GET /pose/job/x to http://{UNRESOLVABLE} failed: NameResolutionError: Failed to resolve "
+        f"'{UNRESOLVABLE}': [Errno {socket_eai_noname()}] Name or service not known"
+    )
+    assert_whole_cause(message, "Name or service not known")
+    assert info.value.connected is False and info.value.retryable
+    assert UNRESOLVABLE in resolver
+    ok, checked = KakaoPoseHook(make_conn(host=f"http://{UNRESOLVABLE}")).test_connection()
+    assert not ok and checked.startswith("Cannot reach the Pose API: GET /pose/job/")
+    assert_whole_cause(checked, "Name or service not known")
+    assert f"Failed to resolve '{UNRESOLVABLE}'" in checked
+
+
+def socket_eai_noname() -> int:
+    import socket
+
+    return socket.EAI_NONAME
+
+
+def test_a_refused_port_names_the_refusal(make_conn):
+    """Was cut at 200 characters: `…(Caused by NewConnectionError("HTTPConnection(host='127.0.0.1',
+    port=…): Failed to establish a new conn)` — the refusal itself never showed."""
+    base = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(KakaoPoseConnectionError) as info:
+        KakaoPoseHook(make_conn(host=base, max_retries=0)).analyze_image(image_url=IMAGE_URL)
+    message = str(info.value)
+    assert message.startswith(f"POST /pose to {base} failed: NewConnectionError: Failed to establish a new ")
+    assert "Connection refused" in message
+    assert_whole_cause(message, message[message.index("[Errno") :])
+    assert info.value.connected is False
+    ok, checked = KakaoPoseHook(make_conn(host=base)).test_connection()
+    assert not ok and "Connection refused" in checked and "[Errno" in checked
+    assert_whole_cause(checked, message[message.index("[Errno") :])
+
+
+@pytest.mark.parametrize(
+    ("fault", "says", "connected"),
+    [("slow", "ReadTimeoutError: Read timed out. (read timeout=0.3)", True), ("drop", "ProtocolError: ", True)],
+)
+def test_a_connection_that_was_made_says_so(emulator, make_conn, fault, says, connected):
+    emulator.configure(slow_seconds=2.0)
+    emulator.script_faults([fault])
+    with pytest.raises(KakaoPoseConnectionError) as info:
+        KakaoPoseHook(make_conn(max_retries=0, read_timeout=0.3)).get_job("x")
+    assert says in str(info.value) and info.value.connected is connected
+    assert API_KEY not in str(info.value)
+
+
+async def test_async_unresolvable_host_and_refused_port_name_their_cause(make_conn, resolver):
+    with pytest.raises(KakaoPoseConnectionError) as info:
+        await KakaoPoseAsyncHook(make_conn(host=f"http://{UNRESOLVABLE}", max_retries=0)).get_job("x")
+    message = str(info.value)
+    assert f"Cannot connect to host {UNRESOLVABLE}:80" in message, message
+    assert_whole_cause(message, f"[Errno {socket_eai_noname()}] Name or service not known")
+    assert info.value.connected is False and UNRESOLVABLE in resolver
+    base = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(KakaoPoseConnectionError) as info:
+        await KakaoPoseAsyncHook(make_conn(host=base, max_retries=0)).get_job("x")
+    message = str(info.value)
+    assert message.startswith(f"GET /pose/job/x to {base} failed: ClientConnectorError: Cannot connect to host")
+    assert_whole_cause(message, message[message.index("[Errno") :])
+    assert info.value.connected is False
+
+
+def test_a_cause_is_never_cut_and_never_shows_a_credential():
+    """Built from a chain: every layer's own words once, the root's last, however long; a credential a library
+    might quote is masked."""
+    from airflow_provider_kakaopose.hooks._client import transport_error
+
+    root = OSError(5, "disk " * 100 + "gone")
+    middle = RuntimeError(f"proxy said Authorization: KakaoAK {API_KEY} was rejected")
+    middle.__cause__ = root
+    outer = ConnectionError("wrapped")
+    outer.__cause__ = middle
+    err = transport_error("GET", "/x", "http://h", outer)
+    text = str(err)
+    assert text.endswith("disk " * 99 + "disk gone") and len(text) > 600
+    assert API_KEY not in text and "Authorization: KakaoAK <redacted> was rejected" in text
+    assert text.startswith("GET /x to http://h failed: ConnectionError: wrapped: proxy said Authorization: ")
+    assert err.connected is True  # not a connect failure of requests or aiohttp: it may have arrived

@@ -1,4 +1,4 @@
-"""OpenLineage facets (with the OpenLineage provider installed, and without it) and the job extra link."""
+"""OpenLineage facets (with the OpenLineage provider installed, and without it); the job link is gone."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def test_image_operator_reports_inputs_and_outputs_with_schema(emulator, make_co
     assert errors.name == str(tmp_path / "_kakaopose" / "k.errors.parquet")
 
 
-def test_video_operator_lineage_and_extra_link(emulator, make_conn, tmp_path):
+def test_video_operator_lineage(emulator, make_conn, tmp_path):
     out = tmp_path / "v.parquet"
     op = KakaoPoseVideoOperator(
         task_id="v",
@@ -43,13 +43,53 @@ def test_video_operator_lineage_and_extra_link(emulator, make_conn, tmp_path):
         poll_interval=0.1,
         kakao_pose_conn_id=make_conn(),
     )
-    ctx = context()
-    summary = op.execute(ctx)
-    # What KakaoPoseJobLink reads (the link itself, end to end: test_example_dags.py).
-    assert ctx["ti"].xcom["job_url"] == f"{emulator.base_url}/pose/job/{summary['job_id']}"
+    op.execute(context())
     lineage = op.get_openlineage_facets_on_complete(None)
     assert [(d.namespace, d.name) for d in lineage.inputs] == [("https://example.com", "walk.mp4")]
     assert [(d.namespace, d.name) for d in lineage.outputs] == [("file", str(out))]
+
+
+def test_no_operator_has_the_job_link_and_dags_serialized_with_it_still_load(caplog):
+    """The "Pose job result" link opened ``GET /pose/job/{id}``, which answers 401 without the key: it is gone
+    (no class, no registration, no ``job_url`` XCom). A DAG serialized by an earlier release still names it:
+    Airflow 3 turns it into a plain XCom link (old runs keep the URL they stored, new ones have none); Airflow
+    2.11 drops it, logging that the class is not registered, until the DAG file is parsed again."""
+    import logging
+
+    import pendulum
+
+    import airflow_provider_kakaopose.operators.pose as pose_module
+    from airflow_provider_kakaopose._compat import AIRFLOW_V_3_0_PLUS, DAG
+    from airflow_provider_kakaopose.get_provider_info import get_provider_info
+    from airflow_provider_kakaopose.operators.pose import KakaoPoseJobToParquetOperator
+    from airflow_provider_kakaopose.sensors.pose import KakaoPoseJobSensor
+
+    assert "extra-links" not in get_provider_info()
+    assert not hasattr(pose_module, "KakaoPoseJobLink")
+    for cls in (KakaoPoseImageOperator, KakaoPoseVideoOperator, KakaoPoseJobToParquetOperator, KakaoPoseJobSensor):
+        assert not cls.operator_extra_links, cls.__name__
+    try:
+        from airflow.serialization.serialized_objects import DagSerialization as serializer
+    except ImportError:  # Airflow 2
+        from airflow.serialization.serialized_objects import SerializedDAG as serializer
+    with DAG("old_link", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC")) as dag:
+        KakaoPoseVideoOperator(task_id="v", video=VIDEO_URL)
+    data = serializer.to_dict(dag)
+    task = data["dag"]["tasks"][0]
+    task = task.get("__var", task)
+    assert "_operator_extra_links" not in task
+    # What releases up to 0.2 serialized for each video and load task, in each version's format:
+    if AIRFLOW_V_3_0_PLUS:
+        task["_operator_extra_links"] = {"Pose job result": "_link_KakaoPoseJobLink"}
+    else:
+        task["_operator_extra_links"] = [{"airflow_provider_kakaopose.operators.pose.KakaoPoseJobLink": {}}]
+    caplog.set_level(logging.INFO)
+    links = serializer.from_dict(data).get_task("v").operator_extra_links
+    if AIRFLOW_V_3_0_PLUS:
+        assert [(type(link).__name__, link.name) for link in links] == [("XComOperatorLink", "Pose job result")]
+    else:
+        assert list(links) == []
+        assert any("KakaoPoseJobLink' not registered" in r.getMessage() for r in caplog.records)
 
 
 def test_storage_uri_namespaces():

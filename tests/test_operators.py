@@ -322,7 +322,8 @@ def test_video_operator_defers_then_writes_parquet(emulator, make_conn, tmp_path
     assert trigger.job_id == job_id and trigger.poll_interval == 0.5
     assert trigger.end_time == pytest.approx(ctx["task_state_store"].data[JOB_STATE_KEY]["job"]["deadline"])
     wait_done(conn_id, job_id)
-    summary = op.execute_complete(ctx, {"status": "success", "job_id": job_id, "message": "ok"})
+    assert op.execute_complete(ctx, {"status": "success", "job_id": job_id, "message": "ok"}) == job_id
+    summary = ctx["ti"].xcom["summary"]
     assert summary["output_uri"] == str(out) and summary["job_id"] == job_id
     table = pq.read_table(out)
     assert summary["rows"] == table.num_rows > 0
@@ -377,8 +378,7 @@ def test_video_operator_retry_reattaches_instead_of_resubmitting(emulator, make_
         deferrable=True,
         kakao_pose_conn_id=conn_id,
     )
-    summary = op.execute(context(store))
-    assert summary["job_id"] == first.job_id
+    assert op.execute(context(store)) == first.job_id
     assert emulator.count(method="POST", path="/pose/job") == 1
 
 
@@ -405,10 +405,10 @@ def test_a_cleared_task_reuses_its_job_only_with_the_same_settings(emulator, mak
     first = KakaoPoseVideoOperator(**base, poll_interval=0.1).execute(context(store))
     assert emulator.count(method="POST", path="/pose/job") == 1
     same = KakaoPoseVideoOperator(**base, poll_interval=0.1).execute(context(store))
-    assert same["job_id"] == first["job_id"] and emulator.count(method="POST", path="/pose/job") == 1
+    assert same == first and emulator.count(method="POST", path="/pose/job") == 1
     changed = {**base, change: value if value is not None else VIDEO_URL + "&v=2"}
     other = KakaoPoseVideoOperator(**changed, poll_interval=0.1).execute(context(store))
-    assert other["job_id"] != first["job_id"]
+    assert other != first
     assert emulator.count(method="POST", path="/pose/job") == 2
     sent = [r.fields for r in emulator.requests if r.method == "POST"][-1]
     assert sent.get("smoothing") == ("false" if change == "smoothing" else "true")
@@ -433,8 +433,8 @@ def test_a_submission_with_an_unknown_outcome_is_recorded_warned_and_counted(
     assert record["unknown_submissions"] == 1 and record["pending"] is None and record["job"] is None
     capsys.readouterr()
     ctx = context(store)
-    summary = KakaoPoseVideoOperator(**op, poll_interval=0.1).execute(ctx)  # the retry
-    assert summary["unknown_submissions"] == 1 and ctx["ti"].xcom["unknown_submissions"] == 1
+    KakaoPoseVideoOperator(**op, poll_interval=0.1).execute(ctx)  # the retry
+    assert ctx["ti"].xcom["summary"]["unknown_submissions"] == 1 and ctx["ti"].xcom["unknown_submissions"] == 1
     assert emulator.count(method="POST", path="/pose/job") == 2
     logged = capsys.readouterr().out + caplog.text  # the task's log (structlog on Airflow 3, logging on 2)
     assert "1 earlier submission(s) of this task had an unknown outcome" in logged and "billed" in logged
@@ -450,8 +450,9 @@ def test_a_try_killed_mid_submission_is_counted_by_the_next_try(emulator, make_c
         task_id="v", video=VIDEO_URL, output_uri=str(tmp_path / "o.parquet"), kakao_pose_conn_id=conn_id
     )
     op.poll_interval = 0.1
-    summary = op.execute(context(store))
-    assert summary["unknown_submissions"] == 1
+    ctx = context(store)
+    op.execute(ctx)
+    assert ctx["ti"].xcom["summary"]["unknown_submissions"] == 1
     record = store.data[JOB_STATE_KEY]
     assert "before its answer was recorded" in record["last_unknown"] and record["pending"] is None
 
@@ -489,8 +490,7 @@ def test_without_a_task_state_store_the_job_record_lives_beside_the_output(emula
     assert second.job_id == first.job_id and second.end_time == first.end_time
     assert emulator.count(method="POST", path="/pose/job") == 1
     wait_done(conn_id, first.job_id)
-    summary = attempt()  # and after it finished: loads it without submitting or deferring
-    assert summary["job_id"] == first.job_id and out.exists()
+    assert attempt() == first.job_id and out.exists()  # after it finished: loaded without submitting or deferring
     assert emulator.count(method="POST", path="/pose/job") == 1
     other = FakeTI()
     other.run_id = "another_run"  # same output path, another run: not its job
@@ -508,7 +508,9 @@ def test_video_operator_waits_in_the_worker_when_not_deferrable(emulator, make_c
         poll_interval=0.1,
         kakao_pose_conn_id=conn_id,
     )
-    summary = op.execute(context())
+    ctx = context()
+    assert op.execute(ctx) == ctx["ti"].xcom["job_id"]
+    summary = ctx["ti"].xcom["summary"]
     assert summary["frames"] == 8 and pq.read_table(tmp_path / "w.parquet").num_rows == summary["rows"]
 
 
@@ -552,8 +554,8 @@ def test_video_operator_failed_job_in_worker(emulator, make_conn):
 
 
 def test_templated_fields():
-    assert set(KakaoPoseVideoOperator.template_fields) == {"video", "output_uri", "callback_url"}
-    assert set(KakaoPoseImageOperator.template_fields) == {"images", "output_uri", "errors_uri"}
+    assert set(KakaoPoseVideoOperator.template_fields) == {"video", "output_uri", "callback_url", "kakao_pose_conn_id"}
+    assert set(KakaoPoseImageOperator.template_fields) == {"images", "output_uri", "errors_uri", "kakao_pose_conn_id"}
     assert set(KakaoPoseJobToParquetOperator.template_fields) >= {"job_id", "output_uri"}
 
 
@@ -671,7 +673,9 @@ def test_video_operator_tracks_people_and_writes_pictures(emulator, make_conn, t
         pictures=True,
         kakao_pose_conn_id=make_conn(),
     )
-    summary = op.execute(context())
+    ctx = context()
+    op.execute(ctx)
+    summary = ctx["ti"].xcom["summary"]
     table = pq.read_table(out)
     assert table.column_names.index("track_id") == table.column_names.index("person_idx") + 1
     assert summary["tracks"] == len(set(table["track_id"].to_pylist())) >= 2
@@ -716,7 +720,7 @@ class FailingStore(FakeStore):
 def test_a_job_record_that_fails_to_save_once_is_saved_again(emulator, make_conn, tmp_path, capsys, caplog):
     """The record of a submitted job fails to save once: saved again, no second job, the id in the log."""
     store = FailingStore(failures=1)
-    summary = KakaoPoseVideoOperator(
+    job_id = KakaoPoseVideoOperator(
         task_id="v",
         video=VIDEO_URL,
         output_uri=str(tmp_path / "o.parquet"),
@@ -724,9 +728,9 @@ def test_a_job_record_that_fails_to_save_once_is_saved_again(emulator, make_conn
         poll_interval=0.1,
         kakao_pose_conn_id=make_conn(),
     ).execute(context(store))
-    assert store.data[JOB_STATE_KEY]["job"]["job_id"] == summary["job_id"]
+    assert store.data[JOB_STATE_KEY]["job"]["job_id"] == job_id
     assert emulator.count(method="POST", path="/pose/job") == 1
-    assert f"as job {summary['job_id']}" in capsys.readouterr().out + caplog.text
+    assert f"as job {job_id}" in capsys.readouterr().out + caplog.text
 
 
 def test_a_job_record_that_cannot_be_saved_names_the_job_in_the_log_and_the_error(emulator, make_conn, capsys, caplog):
@@ -739,3 +743,162 @@ def test_a_job_record_that_cannot_be_saved_names_the_job_in_the_log_and_the_erro
     [job_id] = {line.rsplit("as job ", 1)[1].split()[0] for line in logged.splitlines() if "Submitted" in line}
     assert job_id in str(info.value) and "could not be saved" in str(info.value)
     assert KakaoPoseHook(make_conn()).get_job_status(job_id)["status"] in ("waiting", "processing", "success")
+
+
+# ------------------------------------------------------------------------------ a wait you can watch
+
+
+def test_a_worker_waiting_25_s_logs_its_status_every_10_s(emulator, make_conn, capsys, caplog):
+    """A job processing ~25 s polled every second, by the video operator waiting in the worker and by the
+    sensor in poke mode (side by side): each logs its status at INFO at 0 s, 10 s, 20 s and when the job ends —
+    not one line per poll, and not one line and then silence until the end (what the operator used to do)."""
+    import logging
+    import threading
+
+    from conftest import allow_execute_in_this_thread
+    from test_trigger import log_text, status_lines
+
+    caplog.set_level(logging.INFO)
+    emulator.configure(job_waiting_s=0, job_processing_s=25)
+    conn_id = make_conn()
+    sensed = KakaoPoseHook(conn_id).submit_video_job(video_url=VIDEO_URL + "&sensed=1")
+    sensor = KakaoPoseJobSensor(
+        task_id="s", job_id=sensed, kakao_pose_conn_id=conn_id, deferrable=False, poke_interval=1, timeout=600
+    )
+    errors: list[BaseException] = []
+
+    def sense() -> None:
+        allow_execute_in_this_thread()
+        try:
+            sensor.execute(context())
+        except BaseException as err:
+            errors.append(err)
+
+    thread = threading.Thread(target=sense)
+    thread.start()
+    ctx = context()
+    op = KakaoPoseVideoOperator(
+        task_id="v", video=VIDEO_URL, deferrable=False, poll_interval=1, timeout=600, kakao_pose_conn_id=conn_id
+    )
+    job_id = op.execute(ctx)
+    thread.join(60)
+    assert not errors and not thread.is_alive()
+    text = log_text(capsys, caplog)
+    for job in (job_id, sensed):
+        lines = status_lines(text, job)
+        processing = [line for line in lines if " is processing: waited " in line]
+        assert len(processing) == 3, lines  # 0 s, 10 s, 20 s
+        assert all("deadline 20" in line and ("(in 9 m " in line or "(in 10 m " in line) for line in processing)
+        assert [line for line in lines if " is success: waited 2" in line], lines  # the end, after 25-26 s
+        assert len(lines) == 4, lines
+    assert emulator.count(method="GET") >= 40  # both polled every second
+
+
+# ----------------------------------------------------------------------------------- return values
+
+
+def test_the_video_operator_always_returns_the_job_id(emulator, make_conn, tmp_path):
+    """Like dbt Cloud's run id: the job id whether the task waited or not, deferred or not, with a table or
+    without; the table's summary is the ``summary`` XCom."""
+    conn_id = make_conn()
+    base = {"video": VIDEO_URL, "poll_interval": 0.1, "kakao_pose_conn_id": conn_id}
+
+    def run(**kwargs: Any) -> tuple[Any, dict]:
+        ctx = context()
+        op = KakaoPoseVideoOperator(task_id="v", **base, **kwargs)
+        try:
+            returned = op.execute(ctx)
+        except TaskDeferred as deferred:
+            job_id = deferred.trigger.job_id
+            wait_done(conn_id, job_id)
+            returned = op.execute_complete(ctx, {"status": "success", "job_id": job_id, "message": "ok"})
+        assert isinstance(returned, str) and returned == ctx["ti"].xcom["job_id"], returned
+        return returned, ctx["ti"].xcom
+
+    _, xcom = run(wait_for_completion=False)
+    assert "summary" not in xcom
+    _, xcom = run(deferrable=False)  # waited, no table
+    assert "summary" not in xcom
+    job_id, xcom = run(deferrable=False, output_uri=str(tmp_path / "w.parquet"))
+    assert xcom["summary"]["job_id"] == job_id and xcom["summary"]["output_uri"] == str(tmp_path / "w.parquet")
+    keys = {"output_uri", "job_id", "frames", "persons", "rows", "tracks", "unknown_submissions"}
+    assert set(xcom["summary"]) == keys
+    job_id, xcom = run(deferrable=True, output_uri=str(tmp_path / "d.parquet"))
+    assert xcom["summary"]["rows"] == pq.read_table(tmp_path / "d.parquet").num_rows
+    assert "job_url" not in xcom  # the link it fed is gone
+
+
+# ------------------------------------------------------------------------------ templated connection
+
+
+def test_every_operator_and_the_sensor_template_their_connection_id():
+    for cls in (KakaoPoseImageOperator, KakaoPoseVideoOperator, KakaoPoseJobToParquetOperator, KakaoPoseJobSensor):
+        assert "kakao_pose_conn_id" in cls.template_fields, cls.__name__
+
+
+def test_a_templated_connection_id_is_rendered_before_it_is_used(emulator, make_conn, tmp_path):
+    """``kakao_pose_conn_id="{{ params.pose_conn }}"``: every operator and the sensor use the rendered id (a
+    connection that exists only under that name), in the worker and in the trigger they defer to."""
+    conn_id = make_conn()
+    templated = {"kakao_pose_conn_id": "{{ params.pose_conn }}"}
+
+    def rendered(op: Any) -> dict[str, Any]:
+        ctx = context()
+        ctx["params"] = {"pose_conn": conn_id}
+        op.render_template_fields(ctx)
+        assert op.kakao_pose_conn_id == conn_id
+        return ctx
+
+    video = KakaoPoseVideoOperator(task_id="v", video=VIDEO_URL, deferrable=True, poll_interval=0.1, **templated)
+    with pytest.raises(TaskDeferred) as info:
+        video.execute(rendered(video))
+    trigger = info.value.trigger
+    assert trigger.kakao_pose_conn_id == conn_id
+    wait_done(conn_id, trigger.job_id)
+    sensor = KakaoPoseJobSensor(task_id="s", job_id=trigger.job_id, deferrable=False, poke_interval=0.1, **templated)
+    sensor.execute(rendered(sensor))
+    load = KakaoPoseJobToParquetOperator(
+        task_id="l", job_id=trigger.job_id, output_uri=str(tmp_path / "l.parquet"), **templated
+    )
+    assert load.execute(rendered(load))["job_id"] == trigger.job_id
+    images = KakaoPoseImageOperator(
+        task_id="i", images=["https://example.com/a.jpg"], output_uri=str(tmp_path / "i.parquet"), **templated
+    )
+    assert images.execute(rendered(images))["succeeded"] == 1
+    assert emulator.count(method="POST", path="/pose") == 1 and emulator.count(method="POST", path="/pose/job") == 1
+
+
+# ----------------------------------------------------------------------- the connection's documented forms
+
+
+@pytest.mark.parametrize("form", ["json", "uri"])
+def test_the_documented_connection_forms_and_the_airflow_2_scheme_warning(emulator, monkeypatch, caplog, form):
+    """docs/connection.md's two forms, read by a hook on the Airflow under test. Airflow 2.11 logs "Connection
+    schemes (type: kakao_pose) shall not contain '_'" at every lookup whatever the form: after any lookup
+    ``Connection.get_connection_from_secrets`` calls ``get_uri()`` (to fill its secrets cache, even when the
+    cache is off), which warns for any type with ``_``, and both forms end as ``kakao_pose`` (2.11 turns
+    ``kakao-pose://`` and ``"conn_type": "kakao-pose"`` into it). Harmless, as the page says; 3.0 logs it too
+    (measured: 3.0.6), 3.1 and later do not."""
+    import json
+    import logging
+    from urllib.parse import quote, urlsplit
+
+    from conftest import API_KEY
+
+    from airflow_provider_kakaopose._compat import AIRFLOW_V_3_1_PLUS
+
+    if form == "json":
+        value = json.dumps({"conn_type": "kakao_pose", "host": emulator.base_url, "password": API_KEY})
+    else:
+        netloc = urlsplit(emulator.base_url).netloc
+        value = f"kakao-pose://:{quote(API_KEY, safe='')}@{netloc}?scheme=http&read_timeout=30"
+    monkeypatch.setenv("AIRFLOW_CONN_POSE_FORM", value)
+    caplog.set_level(logging.WARNING)
+    with KakaoPoseHook("pose_form") as hook:
+        assert hook.settings.base_url == emulator.base_url
+        assert hook.get_job_status("00000000-0000-4000-8000-000000000000")["status"] == "not found"
+    warned = [r for r in caplog.records if "shall not contain '_'" in r.getMessage()]
+    if AIRFLOW_V_3_1_PLUS:
+        assert warned == []
+    else:
+        assert warned and all("kakao_pose" in r.getMessage() for r in warned)

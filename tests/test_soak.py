@@ -353,6 +353,8 @@ def test_soak_video_jobs_end_in_parquet_or_the_right_error(emulator, soak_conn, 
         if expected is None:  # the service's last answer was a real one: the job's own outcome
             if video["kind"] == "success":
                 assert status == "ok", (what, result)
+                assert result == job_id, (what, result)  # the video operator returns the job id
+                result = video["ctx"]["ti"].xcom["summary"]  # and pushes the table's summary
                 table = pq.read_table(result["output_uri"])
                 assert set(table["job_id"].to_pylist()) == {job_id}
                 assert set(table["source"].to_pylist()) == {url}

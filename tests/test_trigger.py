@@ -247,3 +247,140 @@ def test_dag_files_do_not_import_the_trigger_module():
         "airflow_provider_kakaopose.operators.pose, airflow_provider_kakaopose.sensors.pose"
     )
     assert not loaded & {"redis", "redis.asyncio", "aiohttp", "airflow_provider_kakaopose.triggers.pose"}
+
+
+# ------------------------------------------------------------------------------ a wait you can watch
+
+
+class FakeClock:
+    """Drives :mod:`airflow_provider_kakaopose._waitlog`'s clocks: ``advance`` moves both."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, wall: float = 1_767_261_600.0) -> None:  # 2026-01-01 10:00Z
+        from airflow_provider_kakaopose import _waitlog
+
+        self.mono, self.wall = 1000.0, wall
+        monkeypatch.setattr(_waitlog, "_monotonic", lambda: self.mono)
+        monkeypatch.setattr(_waitlog, "_wall", lambda: self.wall)
+
+    def advance(self, seconds: float) -> None:
+        self.mono += seconds
+        self.wall += seconds
+
+
+class Lines:
+    """A logger that keeps the lines (and the fake clock's time of each)."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock, self.lines, self.times = clock, [], []
+
+    def info(self, msg: str, *args: object) -> None:
+        self.lines.append(msg % args)
+        self.times.append(self.clock.mono - 1000.0)
+
+
+@pytest.mark.parametrize(
+    ("poll", "every"),
+    [(0.1, 10), (1, 10), (2, 10), (3.3, 10), (5, 15), (10, 30), (20, 60), (30, 60), (60, 60), (120, 120), (600, 600)],
+)
+def test_the_status_rhythm_for_any_poll_interval(poll, every):
+    """Every third poll, never more often than every 10 s, at least once a minute (or every poll beyond)."""
+    from airflow_provider_kakaopose._waitlog import log_every
+
+    assert log_every(poll) == pytest.approx(every)
+
+
+@pytest.mark.parametrize("poll", [0.5, 1, 2, 5, 10, 30, 120])
+def test_a_long_wait_logs_at_a_steady_rhythm_with_a_fake_clock(monkeypatch, poll):
+    """An hour of ``processing`` polled every ``poll`` seconds: a line at the first poll, then one each time
+    the rhythm's interval has passed — never two closer than 10 s (nor than a poll), never a gap longer than
+    the interval plus one poll — and the end at once."""
+    from airflow_provider_kakaopose._waitlog import WaitLog, log_every
+
+    clock = FakeClock(monkeypatch)
+    log = Lines(clock)
+    wait = WaitLog(log, "j", clock.wall + 7200, poll)
+    for _ in range(int(3600 / poll)):
+        wait.log("processing")
+        clock.advance(poll)
+    wait.log("success")
+    every = log_every(poll)
+    gaps = [b - a for a, b in zip(log.times, log.times[1:-1], strict=False)]
+    assert log.times[0] == 0
+    assert min(gaps) >= max(10.0, poll) - 1e-6 and max(gaps) <= every + poll + 1e-6
+    assert len(log.lines) == pytest.approx(3600 / (poll * -(-every // poll)) + 1, abs=2)
+    assert log.lines[-1] == "Pose job j is success: waited 1 h 00 m"
+
+
+def test_the_status_line_says_how_long_and_until_when(monkeypatch):
+    from airflow_provider_kakaopose._waitlog import WaitLog
+
+    clock = FakeClock(monkeypatch)
+    log = Lines(clock)
+    wait = WaitLog(log, "4a6f", clock.wall + 1800, poll_interval=1)
+    assert wait.log("waiting")
+    clock.advance(0.4)
+    assert wait.log("processing")  # a change: at once
+    clock.advance(5)
+    assert not wait.log("processing")  # 5 s after the last line: nothing
+    clock.advance(94.6)
+    assert wait.log("processing")
+    clock.advance(3)
+    assert wait.log("failed")
+    assert log.lines == [
+        "Pose job 4a6f is waiting: waited 0 s, deadline 2026-01-01T10:30:00Z (in 30 m 00 s)",
+        "Pose job 4a6f is processing: waited 0 s, deadline 2026-01-01T10:30:00Z (in 30 m 00 s)",
+        "Pose job 4a6f is processing: waited 1 m 40 s, deadline 2026-01-01T10:30:00Z (in 28 m 20 s)",
+        "Pose job 4a6f is failed: waited 1 m 43 s",
+    ]
+    # Without a deadline, and past it.
+    no_deadline = WaitLog(log, "x", None, 1)
+    no_deadline.log("processing")
+    assert log.lines[-1] == "Pose job x is processing: waited 0 s, no deadline"
+    late = WaitLog(log, "y", clock.wall - 5, 1)
+    late.log("processing")
+    assert log.lines[-1].endswith("(in 0 s)")
+    # Hours.
+    clock.advance(2 * 3600 + 5 * 60)
+    late.log("processing")
+    assert "waited 2 h 05 m" in log.lines[-1]
+
+
+def test_the_wait_log_is_a_few_slots():
+    """A triggerer holds thousands of waits: no per-instance dict, a few references and floats."""
+    import sys
+
+    from airflow_provider_kakaopose._waitlog import WaitLog
+
+    wait = WaitLog(logging.getLogger("x"), "j", 1.0, 1.0)
+    assert not hasattr(wait, "__dict__")
+    assert sys.getsizeof(wait) <= 100
+
+
+def log_text(capsys, caplog) -> str:
+    """What a task's or trigger's log shows: structlog prints it on Airflow 3, logging records it on 2."""
+    printed = capsys.readouterr().out
+    recorded = "\n".join(r.getMessage() for r in caplog.records)
+    return printed if len(printed) > len(recorded) else recorded
+
+
+def status_lines(text: str, job_id: str) -> list[str]:
+    return [line for line in text.splitlines() if f"Pose job {job_id} is " in line]
+
+
+async def test_a_trigger_waiting_25_s_logs_its_status_every_10_s(emulator, make_conn, capsys, caplog):
+    """A job processing ~25 s polled every second: the trigger logs its status at INFO at 0 s, 10 s and 20 s
+    and when it ends — not at each of the ~25 polls (it used to log them at DEBUG only: nothing at INFO)."""
+    caplog.set_level(logging.INFO)
+    emulator.configure(job_waiting_s=0, job_processing_s=25)
+    conn_id = make_conn()
+    job_id = KakaoPoseHook(conn_id).submit_video_job(video_url=VIDEO_URL)
+    capsys.readouterr()
+    [event] = await events_of(KakaoPoseJobTrigger(job_id, conn_id, poll_interval=1, end_time=time.time() + 600))
+    assert event["status"] == "success"
+    lines = status_lines(log_text(capsys, caplog), job_id)
+    processing = [line for line in lines if " is processing: waited " in line]
+    assert len(processing) == 3, lines  # 0 s, 10 s, 20 s
+    assert [line for line in lines if " is success: waited 2" in line], lines  # and the end (25-26 s)
+    assert len(lines) == 4, lines
+    assert all("deadline 20" in line for line in processing)
+    assert emulator.count(method="GET") >= 20  # while it polled every second

@@ -13,6 +13,8 @@ import json
 import logging
 import math
 import os
+import re
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -220,13 +222,114 @@ def _snippet(body: bytes, limit: int = 200) -> str:
 
 
 def transport_error(method: str, path: str, base_url: str, err: BaseException) -> KakaoPoseConnectionError:
-    """A retryable error for a connection failure or timeout (the message names the host, never headers)."""
-    reason = type(err).__name__
-    detail = str(err).split("\n")[0][:200]
+    """A retryable error for a connection failure or timeout: the message names the call and the host and ends
+    with the whole cause, down to its root (e.g. the resolver's own message); never a request header.
+
+    ``connected`` says whether the connection was made at all (see :func:`never_connected`)."""
+    cause = describe_transport_failure(err)
     return KakaoPoseConnectionError(
-        f"{_describe(method, path)} to {base_url} failed: {reason}" + (f" ({detail})" if detail else ""),
+        f"{_describe(method, path)} to {base_url} failed: {cause}",
         retryable=True,
+        connected=not never_connected(err),
+        cause=cause,
     )
+
+
+#: The most characters kept of one exception's text in a described chain (the root's is always kept whole).
+_LAYER_LIMIT = 500
+#: ``HTTPConnection(host='h', port=80): `` / ``HTTPSConnectionPool(host='h', port=443): `` — the host is named
+#: already (the base URL).
+_CONNECTION_PREFIX = re.compile(r"^\w*Connection(?:Pool)?\(host=[^)]*\):\s*")
+_CAUSED_BY = re.compile(r"\s*\(Caused by .*\)\s*$", re.S)
+#: A credential that a library might one day quote: never shown.
+_CREDENTIAL = re.compile(r"(?i)(\bauthorization\b[\s:='\"]*(?:\w+\s+)?|\bkakaoak\s+)[^\s,;)'\"]+")
+
+
+def exception_chain(err: BaseException, limit: int = 12) -> list[BaseException]:
+    """``err`` and the exceptions it wraps, outermost first: requests keeps urllib3's error in its args, urllib3's
+    ``MaxRetryError`` in ``reason``, aiohttp's connector errors in ``os_error``; then ``__cause__`` and an
+    unsuppressed ``__context__``."""
+    chain: list[BaseException] = []
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen and len(chain) < limit:
+        seen.add(id(current))
+        chain.append(current)
+        inner = next((a for a in current.args if isinstance(a, BaseException)), None)
+        for name in ("reason", "os_error"):
+            if inner is None and isinstance(getattr(current, name, None), BaseException):
+                inner = getattr(current, name)
+        if inner is None:
+            inner = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+        current = inner
+    return chain
+
+
+def _own_text(err: BaseException) -> str:
+    """What one exception says itself, without the exceptions it wraps or objects' reprs."""
+    if type(err).__name__ == "MaxRetryError":
+        return ""  # "Max retries exceeded" (urllib3 retries are off: one try) around the real cause
+    if type(err).__str__ not in (BaseException.__str__, OSError.__str__) or (
+        isinstance(err, OSError) and err.errno is not None
+    ):
+        text = str(err)  # its own formatting (aiohttp's connector errors), or "[Errno 111] Connection refused"
+    else:
+        text = ": ".join(a.strip() for a in err.args if isinstance(a, str) and a.strip())
+    text = _CAUSED_BY.sub("", _CONNECTION_PREFIX.sub("", " ".join(text.split())))
+    return text.strip()
+
+
+def describe_transport_failure(err: BaseException) -> str:
+    """A one-line account of a transport failure that keeps its whole cause: the most specific library error's
+    class, then what each exception of the chain adds, ending with the root cause's text, e.g.
+    ``NameResolutionError: Failed to resolve 'api.example': [Errno -2] Name or service not known``. Text an
+    inner exception says is not repeated by the outer ones."""
+    chain = exception_chain(err)
+    kept: list[tuple[BaseException, str]] = []  # innermost first
+    for exc in reversed(chain):
+        text = _own_text(exc)
+        for inner, inner_text in list(kept):
+            quoted = [inner_text]
+            strerror = getattr(inner, "strerror", None)
+            if isinstance(strerror, str) and strerror:
+                quoted.append(strerror)
+            for q in quoted:  # "… (inner)", "… [strerror]", "…: inner" say it again: cut it here
+                for form in (f"({q})", f"[{q}]"):
+                    text = text.replace(form, "")
+                if text.rstrip().endswith(q) and text.strip() != q:
+                    text = text.rstrip()[: -len(q)]
+            text = text.strip().rstrip(":;,").strip()
+            if text and inner_text in text:  # the outer one says it in its own words: keep that
+                kept.remove((inner, inner_text))
+        if not text or any(text == t or text in t for _, t in kept):
+            continue
+        kept.insert(0, (exc, text))
+    named = next((e for e, _ in kept if type(e).__module__ != "builtins"), chain[0])
+    parts = [t if n == len(kept) - 1 else _shorten(t).rstrip(".") for n, (_, t) in enumerate(kept)]
+    text = f"{type(named).__name__}: " + ": ".join(parts) if parts else type(named).__name__
+    return _CREDENTIAL.sub(r"\1<redacted>", text)
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= _LAYER_LIMIT else text[: _LAYER_LIMIT - 1] + "…"
+
+
+def never_connected(err: BaseException) -> bool:
+    """True only when the connection was never made — refused, DNS failure, connect timeout (requests/urllib3
+    or aiohttp): nothing reached the service, so the request is safe to resend. Anything else (a read timeout,
+    a dropped connection, a broken body, an unknown error) may have reached it."""
+    urllib3_errors = sys.modules.get("urllib3.exceptions")
+    requests_errors = sys.modules.get("requests.exceptions")
+    aiohttp = sys.modules.get("aiohttp")
+    never: tuple[type, ...] = ()
+    if requests_errors is not None:
+        never += (requests_errors.ConnectTimeout,)
+    if urllib3_errors is not None:  # NewConnectionError and NameResolutionError are ConnectTimeoutErrors too
+        never += (urllib3_errors.ConnectTimeoutError,)
+    if aiohttp is not None:
+        connect_timeout = getattr(aiohttp, "ConnectionTimeoutError", aiohttp.ClientConnectorError)  # aiohttp 3.10+
+        never += (aiohttp.ClientConnectorError, connect_timeout)
+    return bool(never) and any(isinstance(e, never) for e in exception_chain(err))
 
 
 def outcome_unknown(err: KakaoPoseError) -> KakaoPoseError:
@@ -349,6 +452,86 @@ def retry_kwargs(settings: ConnSettings, log: logging.Logger, what: str) -> dict
         "before_sleep": before_sleep,
         "reraise": True,
     }
+
+
+class UnreachableBreaker:
+    """Stops a batch whose service cannot be reached at all, instead of retrying every request of it.
+
+    One breaker is shared by the requests of one batch (the image operator sets it on its hook, read by every
+    attempt in every thread). It opens when **nothing of the batch has reached the service yet** (no answer of
+    any kind, no connection made) and the connection could not even be made (refused, DNS failure, connect
+    timeout: :func:`never_connected`)
+
+    * for ``min(3, total)`` requests of the batch (several inputs, not one unlucky request), and
+    * on ``min(3, max_retries + 1)`` attempts in a row of one request: its first try and two retries, so the
+      endpoint stayed unreachable through two backoff waits (with the default retry settings 3-5 s after the
+      batch started, instead of every request's whole retry budget: about 34 s each).
+
+    Once open, every attempt still to come raises one :class:`KakaoPoseConnectionError` (not retryable) and
+    backoff waits end at once, so the threads of the batch stop within moments. Once any request of the batch
+    has reached the service, it never opens: a flaky network is left to the per-request retries and the
+    per-image errors table.
+    """
+
+    def __init__(self, total: int, *, noun: str = "image") -> None:
+        self.total = total
+        self.noun = noun
+        self.need_requests = min(3, max(total, 1))
+        self.reached = False  # some request of the batch connected (or was answered)
+        self.failed_requests = 0  # requests whose first attempt could not connect
+        self.failed_attempts = 0
+        self.longest = 0  # the most attempts one request made, none of which connected
+        self.message: str | None = None
+        self._open = threading.Event()
+        self._lock = threading.Lock()
+        self._start = time.monotonic()
+
+    @property
+    def is_open(self) -> bool:
+        return self._open.is_set()
+
+    def stopped(self) -> KakaoPoseConnectionError:
+        """The batch's error (a new instance for each thread that raises it)."""
+        return KakaoPoseConnectionError(self.message or "the batch was stopped", retryable=False, connected=False)
+
+    def check(self) -> None:
+        """Before an attempt: raise the batch's error if the breaker is open."""
+        if self._open.is_set():
+            raise self.stopped()
+
+    def on_reached(self) -> None:
+        """A request connected or was answered: the service is reachable, the breaker never opens."""
+        self.reached = True
+
+    def on_error(self, error: KakaoPoseError, attempt: int, settings: ConnSettings) -> KakaoPoseError:
+        """Count a failed attempt; return the error to raise (the batch's error once the breaker opened)."""
+        if not isinstance(error, KakaoPoseConnectionError) or error.connected is not False:
+            self.reached = True
+            return error
+        with self._lock:
+            if self._open.is_set():
+                return self.stopped()
+            if self.reached:
+                return error
+            self.failed_attempts += 1
+            self.failed_requests += attempt == 1
+            self.longest = max(self.longest, attempt)
+            if self.failed_requests < self.need_requests or self.longest < min(3, settings.max_retries + 1):
+                return error
+            self.message = (
+                f"cannot reach {settings.base_url}: {self._count(self.failed_requests)} in a row could not connect "
+                f"({error.cause or error.message}); stopped the batch of {self._count(self.total)} after "
+                f"{time.monotonic() - self._start:.1f} s and {self.failed_attempts} attempts; nothing was answered"
+            )
+            self._open.set()
+        return self.stopped()
+
+    def sleep(self, seconds: float) -> None:
+        """Tenacity's sleep between attempts: ends at once when the breaker opens."""
+        self._open.wait(seconds)
+
+    def _count(self, n: int) -> str:
+        return f"{n} {self.noun}" + ("" if n == 1 else "s")
 
 
 class RateLimiter:

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import IO, Any
 
 import requests
-import urllib3
 from tenacity import AsyncRetrying, Retrying
 
 from airflow_provider_kakaopose import __version__
@@ -39,6 +38,7 @@ from airflow_provider_kakaopose.hooks._client import (
     STATUS_CHUNK,
     ConnSettings,
     RateLimiter,
+    UnreachableBreaker,
     Upload,
     answer_leaves_outcome_unknown,
     check_image_input,
@@ -48,6 +48,7 @@ from airflow_provider_kakaopose.hooks._client import (
     check_response,
     check_video_input,
     job_path,
+    never_connected,
     new_rate_limiter,
     one_of,
     outcome_unknown,
@@ -209,6 +210,9 @@ class KakaoPoseHook(_KakaoPoseHookBase):
 
     # ------------------------------------------------------------------------------------------ transport
 
+    #: Set by a batch (the image operator) on its hook: stops every request once the service proved unreachable.
+    breaker: UnreachableBreaker | None = None
+
     def _request(
         self,
         method: str,
@@ -239,11 +243,14 @@ class KakaoPoseHook(_KakaoPoseHookBase):
         url = s.base_url + path
         attempts = 0
         download = _Download(sink, f"{method} {path}") if sink is not None else None  # one for all attempts
+        breaker = self.breaker
 
         def attempt() -> Any:
             nonlocal attempts
             attempts += 1
             self.rate_limiter.acquire()
+            if breaker is not None:
+                breaker.check()
             files = {"file": (upload.name, upload.data, upload.content_type)} if upload else None
             resp = reader = None
             try:
@@ -256,6 +263,8 @@ class KakaoPoseHook(_KakaoPoseHookBase):
                     timeout=(s.connect_timeout, s.read_timeout),
                     stream=status_only or sink is not None,
                 )
+                if breaker is not None:
+                    breaker.on_reached()
                 if download is not None and 200 <= resp.status_code < 300:
                     body = _download(resp, download)
                 elif status_only and 200 <= resp.status_code < 300:
@@ -274,6 +283,8 @@ class KakaoPoseHook(_KakaoPoseHookBase):
                 error = transport_error(method, path, s.base_url, err)
                 if not resend_if_unsure and _may_have_arrived(err):
                     error = outcome_unknown(error)
+                if breaker is not None:
+                    error = breaker.on_error(error, attempts, s)
                 raise _with_attempts(error, attempts) from None
             except requests.exceptions.RequestException as err:
                 raise KakaoPoseError(f"{method} {path} to {s.base_url} failed: {err}") from None
@@ -295,7 +306,8 @@ class KakaoPoseHook(_KakaoPoseHookBase):
             self.rate_limiter.on_success()
             return result
 
-        return Retrying(**retry_kwargs(s, self.log, f"{method} {path}"))(attempt)
+        wait = {"sleep": breaker.sleep} if breaker is not None else {}  # an open breaker ends the backoff waits
+        return Retrying(**retry_kwargs(s, self.log, f"{method} {path}"), **wait)(attempt)
 
     # --------------------------------------------------------------------------------------------- API
 
@@ -651,17 +663,7 @@ def _download(resp: requests.Response, download: _Download) -> int:
 
 def _may_have_arrived(err: BaseException) -> bool:
     """False only when the connection was never made (refused, DNS, connect timeout): safe to resend."""
-    if isinstance(err, requests.exceptions.ConnectTimeout):
-        return False
-    cause: BaseException | None = err
-    for _ in range(10):  # requests wraps urllib3's MaxRetryError, whose .reason is the real failure
-        if cause is None:
-            break
-        if isinstance(cause, urllib3.exceptions.NewConnectionError | urllib3.exceptions.NameResolutionError):
-            return False
-        inner = cause.args[0] if cause.args and isinstance(cause.args[0], BaseException) else None
-        cause = inner or cause.__cause__ or getattr(cause, "reason", None)
-    return True
+    return not never_connected(err)
 
 
 def _settle_error(limiter: RateLimiter, err: KakaoPoseError) -> KakaoPoseError:

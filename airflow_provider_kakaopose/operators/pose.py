@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from datetime import UTC, timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_kakaopose._compat import BaseOperator, BaseOperatorLink, conf
+from airflow_provider_kakaopose._compat import BaseOperator, conf
 from airflow_provider_kakaopose.exceptions import KakaoPoseAuthError, KakaoPoseError, KakaoPoseInputError
 from airflow_provider_kakaopose.get_provider_info import DEFAULT_CONN_ID
 from airflow_provider_kakaopose.operators._batch import (
@@ -65,6 +65,18 @@ def output_uri_of(output: Any) -> str | None:
     return str(uri if uri is not None else output)
 
 
+def _check_pictures_dependency(pictures: bool) -> None:
+    """``pictures=True`` needs Pillow (the ``pictures`` extra): checked before anything is sent, so a missing
+    library costs no request."""
+    if pictures:
+        from airflow_provider_kakaopose.render import require_pillow
+
+        try:
+            require_pillow()
+        except ImportError as err:
+            raise KakaoPoseInputError(f"pictures=True: {err}") from None
+
+
 def _is_url(item: Any) -> bool:
     return isinstance(item, str) and item.lower().startswith(("http://", "https://"))
 
@@ -84,38 +96,6 @@ def open_input(item: Any) -> tuple[str, dict[str, Any]]:
     if isinstance(item, str | os.PathLike) or hasattr(item, "read_bytes"):
         return str(item), {"file": item}
     raise KakaoPoseInputError(f"Cannot read input {item!r}: give an http(s) URL, a path or a storage URI")
-
-
-class KakaoPoseJobLink(BaseOperatorLink):
-    """ "Pose job result": the job's ``GET /pose/job/{id}`` URL on the connection's base URL.
-
-    Built from what the task stored (the ``job_url`` XCom, pushed as soon as the job id is known, else the
-    ``job_id`` XCom), never from the operator instance: a deferred task resumes in a new instance, and a
-    failed job or a task without output still has its job. (The service asks for the key on that URL too,
-    so a browser shows 401: use it with ``curl -H``.)
-    """
-
-    name = "Pose job result"
-
-    def get_link(self, operator: BaseOperator, *, ti_key: Any) -> str:
-        from airflow_provider_kakaopose._compat import XCom
-
-        url = XCom.get_value(ti_key=ti_key, key="job_url")
-        if url:
-            return str(url)
-        job_id = XCom.get_value(ti_key=ti_key, key="job_id")
-        if not job_id:
-            return ""
-        from airflow_provider_kakaopose.hooks.pose import KakaoPoseHook
-
-        return _job_url(KakaoPoseHook(getattr(operator, "kakao_pose_conn_id", DEFAULT_CONN_ID)), str(job_id)) or ""
-
-
-def _job_url(hook: KakaoPoseHook, job_id: str) -> str | None:
-    try:
-        return f"{hook.settings.base_url}/pose/job/{job_id}"
-    except KakaoPoseError:
-        return None
 
 
 def _ol_dataset(uri: str, schema: Any = None) -> Any:
@@ -196,28 +176,32 @@ class KakaoPoseImageOperator(_PoseLineage, BaseOperator):
 
     :param images: one item or a list (templated). http(s) URLs are passed to the service as ``image_url``;
         anything else (local path, ``file://``, ``s3://conn_id@bucket/key``, …) is read through
-        ObjectStoragePath and uploaded.
+        ObjectStoragePath and uploaded. The text of a list (what a Jinja template makes of an upstream task's
+        list, ``"['a.jpg', 'b.jpg']"``) is read as that list (docs/image-operator.md).
     :param output_uri: where the keypoints Parquet goes (templated): local path or any
         ObjectStoragePath/fsspec URI, or an ``Asset`` (then it is also added to the task's outlets).
-    :param errors_uri: where the errors Parquet goes (templated); default ``<output stem>.errors.parquet``.
+    :param errors_uri: where the errors Parquet goes (templated); default ``_kakaopose/<output stem>.errors.parquet``
+        beside the output (out of the keypoints dataset).
         Always written (empty when nothing failed), so a rerun never leaves a stale one.
     :param max_concurrency: requests in flight at once; the connection's ``rate_limit_per_second`` still
         caps the pace for the whole batch, and quota answers slow the whole batch down.
     :param max_failed_ratio: share of images allowed to fail before the task fails (default 0: any failure
         fails the task — after both tables are written).
-    :param pictures: also write a PNG contact sheet of the poses next to the Parquet (``<stem>.png``), drawn
-        over each image when it is a readable local file, else on a blank canvas.
-    :param kakao_pose_conn_id: the ``kakao_pose`` connection.
+    :param pictures: also write a PNG contact sheet of the poses beside the Parquet (``_kakaopose/<stem>.png``),
+        drawn over each image when it is a readable local file, else on a blank canvas (needs the ``pictures``
+        extra).
+    :param kakao_pose_conn_id: the ``kakao_pose`` connection (templated).
 
     An image that fails for good (a broken input rule, a 4xx other than quota, retries exhausted) becomes a
-    row of the errors table and the batch goes on; a refused key stops the batch at once. A retry of the
+    row of the errors table and the batch goes on; a refused key stops the batch at once, and so does a service
+    the batch never reached (:class:`~..hooks._client.UnreachableBreaker`). A retry of the
     same task instance re-sends only the images its previous try did not finish (see the docs).
 
-    Returns (XCom) ``{"output_uri", "errors_uri", "images", "succeeded", "failed", "persons", "rows",
-    "reused"}`` (plus ``"pictures"`` when asked) — never the raw answers.
+    Returns (XCom) ``{"output_uri", "errors_uri", "images", "duplicates", "succeeded", "failed", "persons",
+    "rows", "reused"}`` (plus ``"pictures"`` when asked) — never the raw answers.
     """
 
-    template_fields: Sequence[str] = ("images", "output_uri", "errors_uri")
+    template_fields: Sequence[str] = ("images", "output_uri", "errors_uri", "kakao_pose_conn_id")
     ui_color = "#fee500"
 
     def __init__(
@@ -246,8 +230,53 @@ class KakaoPoseImageOperator(_PoseLineage, BaseOperator):
         self.kakao_pose_conn_id = kakao_pose_conn_id
         _add_asset_outlet(self, output_uri)
 
+    #: How to hand a list to ``images`` without rendering it to text first (named by the log line and the error).
+    LIST_FIXES = (
+        "set render_template_as_native_obj=True on the DAG, or pass the upstream task's output itself "
+        '(images=read_urls.output, or images=read_urls() in TaskFlow) instead of a "{{ ti.xcom_pull(...) }}" string'
+    )
+
+    @staticmethod
+    def parse_rendered_list(text: str) -> list[str]:
+        """The list a Jinja template rendered to text — ``"['a.jpg', 'b.jpg']"`` (Python) or ``'["a.jpg"]'``
+        (JSON) — as a list of strings; :class:`KakaoPoseInputError` naming the fixes when it is not one.
+
+        JSON is tried first: where both read a text of strings they agree, except on JSON's escapes (``\\/``),
+        which Python keeps as a backslash; a Python list's text (single quotes) is no JSON and is read as a
+        literal (``ast.literal_eval``: literals only, nothing is run)."""
+        import ast
+        import warnings
+
+        try:
+            value = json.loads(text)
+        except ValueError:
+            try:
+                with warnings.catch_warnings():  # "invalid escape sequence" in a Windows path's text
+                    warnings.simplefilter("ignore")
+                    value = ast.literal_eval(text.strip())
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as err:
+                raise KakaoPoseInputError(
+                    f"images is a string that starts with '[' but is not a list of URLs or paths ({err}): "
+                    f"{text[:200]!r}. A list from an upstream task was probably rendered to text by a template: "
+                    f"{KakaoPoseImageOperator.LIST_FIXES}"
+                ) from None
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise KakaoPoseInputError(
+                f"images is a string that starts with '[' but is not a list of URLs or paths: {text[:200]!r}. "
+                f"Give a list of strings; for a list from an upstream task, {KakaoPoseImageOperator.LIST_FIXES}"
+            )
+        return list(value)
+
     def _items(self) -> list[Any]:
         items = self.images
+        if isinstance(items, str) and items.strip().startswith("[") and not os.path.exists(items):
+            items = self.parse_rendered_list(items)
+            self.log.info(
+                "images was rendered to the text of a list; read it as that list of %d item(s). To hand the list "
+                "over without the round trip through text, %s",
+                len(items),
+                self.LIST_FIXES,
+            )
         if items is None or isinstance(items, str | bytes | os.PathLike) or not hasattr(items, "__iter__"):
             items = [items]
         items = list(items)
@@ -257,6 +286,11 @@ class KakaoPoseImageOperator(_PoseLineage, BaseOperator):
 
     def analyze_one(self, hook: KakaoPoseHook, item: Any) -> ImageOutcome:
         """Analyse one image; a failure that is the image's own becomes the outcome's error."""
+        from airflow_provider_kakaopose.exceptions import KakaoPoseConnectionError
+
+        breaker = getattr(hook, "breaker", None)
+        if breaker is not None:
+            breaker.check()  # the service proved unreachable: this image is not sent
         try:
             source, kwargs = open_input(item)
         except KakaoPoseError as err:
@@ -268,6 +302,10 @@ class KakaoPoseImageOperator(_PoseLineage, BaseOperator):
                 persons = hook.analyze_image(file=kwargs["file"])
         except KakaoPoseAuthError:
             raise  # the key is wrong for every image: stop the batch
+        except KakaoPoseConnectionError as err:
+            if breaker is not None and breaker.is_open:
+                raise  # the service cannot be reached at all: stop the batch
+            return ImageOutcome(source=source, error=err)
         except (KakaoPoseError, OSError) as err:
             return ImageOutcome(source=source, error=err)
         return ImageOutcome(source=source, persons=persons)
@@ -275,6 +313,7 @@ class KakaoPoseImageOperator(_PoseLineage, BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_provider_kakaopose.tables import errors_table, owned_writes, write_parquet
 
+        _check_pictures_dependency(self.pictures)
         output_uri = output_uri_of(self.output_uri)
         if not output_uri:
             raise KakaoPoseInputError("output_uri is required")
@@ -327,6 +366,7 @@ class KakaoPoseImageOperator(_PoseLineage, BaseOperator):
         """Send ``todo`` concurrently; keep each answer in ``answers`` (checkpointed); return the failures."""
         from concurrent.futures import ThreadPoolExecutor, as_completed
 
+        from airflow_provider_kakaopose.hooks._client import UnreachableBreaker
         from airflow_provider_kakaopose.hooks.pose import KakaoPoseHook
 
         self.log.info(
@@ -339,6 +379,9 @@ class KakaoPoseImageOperator(_PoseLineage, BaseOperator):
         progress = Progress(len(todo), "image", self.log)
         workers = min(self.max_concurrency, max(len(todo), 1))
         with KakaoPoseHook(self.kakao_pose_conn_id) as hook, ThreadPoolExecutor(max_workers=workers) as pool:
+            # An endpoint that refuses every connection from the start stops the batch with one error within
+            # seconds, instead of every image failing on its own after all its retries (docs/troubleshooting.md).
+            hook.breaker = UnreachableBreaker(len(todo))
             futures = [pool.submit(self.analyze_one, hook, item) for item in todo]
             try:
                 for future in as_completed(futures):
@@ -350,7 +393,7 @@ class KakaoPoseImageOperator(_PoseLineage, BaseOperator):
                         failures.append(outcome)
                     progress.step()
             except BaseException:
-                for future in futures:  # e.g. a refused key: do not send the rest
+                for future in futures:  # e.g. a refused key, an unreachable service: do not send the rest
                     future.cancel()
                 try:
                     answers.checkpoint(force=True)  # what was answered is kept for the retry
@@ -458,23 +501,29 @@ class KakaoPoseVideoOperator(_JobLoader, BaseOperator):
     :param output_uri: where the Parquet goes (templated); ``None`` to only wait. May be an ``Asset``.
     :param smoothing: smooth keypoints between frames (the service's default, true).
     :param callback_url: the service calls it once when the job ends (templated).
-    :param wait_for_completion: ``False`` returns the job id at once (submit → sensor → load DAGs).
+    :param wait_for_completion: ``False`` returns right after the submission (submit → sensor → load DAGs).
     :param deferrable: wait in the triggerer; defaults to ``[operators] default_deferrable``.
     :param poll_interval: seconds between status checks.
     :param timeout: how long to wait for the job (seconds or timedelta), an absolute deadline from the
         first attempt's submission.
     :param track_people: add a ``track_id`` column that follows each person across frames (default true;
         set false for very large results to stream them into Parquet with the least memory).
-    :param pictures: also write a PNG contact sheet and an animated GIF of the poses next to the Parquet.
-    :param kakao_pose_conn_id: the ``kakao_pose`` connection.
+    :param pictures: also write a PNG contact sheet and an animated GIF of the poses beside the Parquet
+        (``_kakaopose/<stem>.png``, ``.gif``; needs the ``pictures`` extra).
+    :param kakao_pose_conn_id: the ``kakao_pose`` connection (templated).
 
     A retried task does not submit the same video again: the job id is kept in the task state store
     (Airflow 3.3+) and a retry re-attaches while the job is waiting, processing or succeeded.
+
+    Returns (XCom ``return_value``) the job id, whether it waited or not. The id is also pushed as the
+    ``job_id`` XCom as soon as it is known; a task that waited and wrote a table pushes its ``summary`` XCom,
+    ``{"output_uri", "job_id", "frames", "persons", "rows", "unknown_submissions"}`` (plus ``"tracks"``,
+    ``"pictures"``). While it waits in the worker, the status is logged every third poll, never more often
+    than every 10 s (:class:`~airflow_provider_kakaopose._waitlog.WaitLog`).
     """
 
-    template_fields: Sequence[str] = ("video", "output_uri", "callback_url")
+    template_fields: Sequence[str] = ("video", "output_uri", "callback_url", "kakao_pose_conn_id")
     ui_color = "#fee500"
-    operator_extra_links = (KakaoPoseJobLink(),)
 
     def __init__(
         self,
@@ -508,8 +557,22 @@ class KakaoPoseVideoOperator(_JobLoader, BaseOperator):
         self.kakao_pose_conn_id = kakao_pose_conn_id
         _add_asset_outlet(self, output_uri)
 
+    def _video(self) -> Any:
+        """``video``, refused before anything is sent when it is a list or the text of one (a rendered template)."""
+        video = self.video
+        if isinstance(video, list | tuple) or (
+            isinstance(video, str) and video.strip().startswith("[") and not os.path.exists(video)
+        ):
+            raise KakaoPoseInputError(
+                f"video is {'the text of ' if isinstance(video, str) else ''}a list ({str(video)[:200]!r}), but a "
+                "video operator takes one video: for many, map it over the list "
+                "(KakaoPoseVideoOperator.partial(...).expand(video=read_urls.output)); for one video from an "
+                "upstream task, pull that one item (e.g. \"{{ ti.xcom_pull(task_ids='read_urls')[0] }}\")"
+            )
+        return video
+
     def _source(self) -> str:
-        return open_input(self.video)[0]
+        return open_input(self._video())[0]
 
     def _settings(self) -> dict[str, Any]:
         """What a stored job must match to be reused: the video and every setting sent with it."""
@@ -540,7 +603,7 @@ class KakaoPoseVideoOperator(_JobLoader, BaseOperator):
     def _submit(self, store: JobRecordStore, hook: KakaoPoseHook, record: dict[str, Any]) -> dict:
         """Submit the video. The record says "a submission is under way" before the request is sent, so a
         try cut off mid-request (a killed worker) leaves a trace the next try counts and warns about."""
-        source, kwargs = open_input(self.video)
+        source, kwargs = open_input(self._video())
         unknown = _settle_pending(record, self.log)
         if unknown:
             self.log.warning(
@@ -581,13 +644,14 @@ class KakaoPoseVideoOperator(_JobLoader, BaseOperator):
             ) from err
         return job
 
-    def execute(self, context: Context) -> Any:
+    def execute(self, context: Context) -> str:
         from airflow_provider_kakaopose.hooks.pose import KakaoPoseHook
 
+        _check_pictures_dependency(self.pictures)
         with KakaoPoseHook(self.kakao_pose_conn_id) as hook:
             return self._execute(context, hook)
 
-    def _execute(self, context: Context, hook: KakaoPoseHook) -> Any:
+    def _execute(self, context: Context, hook: KakaoPoseHook) -> str:
         output_uri = output_uri_of(self.output_uri)
         if output_uri is not None and self.wait_for_completion:
             prepare_outputs({"output_uri": output_uri}, run_identity(context), self.log, claim=output_uri)
@@ -598,7 +662,6 @@ class KakaoPoseVideoOperator(_JobLoader, BaseOperator):
         self.lineage_inputs = [self._source()]
         ti = context["ti"]
         ti.xcom_push(key="job_id", value=job_id)
-        ti.xcom_push(key="job_url", value=_job_url(hook, job_id))
         unknown = int(record.get("unknown_submissions") or 0)
         if unknown:
             ti.xcom_push(key="unknown_submissions", value=unknown)
@@ -620,31 +683,40 @@ class KakaoPoseVideoOperator(_JobLoader, BaseOperator):
                 method_name="execute_complete",
                 timeout=timedelta(seconds=max(deadline - time.time(), 0) + 300),
             )
-        status = body["status"]
-        self.log.info("Pose job %s is %s; waiting in the worker", job_id, status)
-        while not raise_for_job(job_id, body):
+        from airflow_provider_kakaopose._waitlog import WaitLog
+
+        wait = WaitLog(self.log, job_id, deadline, self.poll_interval)
+        if body["status"] in ("waiting", "processing"):
+            self.log.info("Waiting in the worker for Pose job %s; its status is logged every %g s", job_id, wait.every)
+        while True:
+            wait.log(body["status"])
+            if raise_for_job(job_id, body):
+                break
             if time.time() >= deadline:
                 raise KakaoPoseError(f"Pose job {job_id} was still {body['status']} after {self.timeout:g} s")
             time.sleep(min(self.poll_interval, max(deadline - time.time(), 0.01)))
             body = hook.get_job_status(job_id)
-            if body["status"] != status:
-                status = body["status"]
-                self.log.info("Pose job %s is now %s", job_id, status)
-        return self._load(job_id, store, unknown)
+        self._load(job_id, store, unknown, context)
+        return job_id
 
-    def _load(self, job_id: str, store: JobRecordStore, unknown_submissions: int) -> Any:
+    def _load(self, job_id: str, store: JobRecordStore, unknown_submissions: int, context: Context) -> None:
+        """Write the finished job's table (if there is an ``output_uri``) and push its summary as the
+        ``summary`` XCom."""
         summary = self.load_job(job_id, output_uri_of(self.output_uri), self._source(), store.run)
-        summary["unknown_submissions"] = unknown_submissions
+        if summary.get("output_uri") is not None:
+            summary["unknown_submissions"] = unknown_submissions
+            context["ti"].xcom_push(key="summary", value=summary)
         store.done()
-        return summary
 
-    def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
-        """Resume in a worker after the trigger fired; fetch and write the result on success."""
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> str:
+        """Resume in a worker after the trigger fired; fetch and write the result on success; return the job
+        id."""
         if event.get("status") == "timeout":
             raise KakaoPoseError(event.get("message") or "Pose job timed out")
         job_id = raise_for_event(event)
         store = self._records(context)
-        return self._load(job_id, store, int(store.load().get("unknown_submissions") or 0))
+        self._load(job_id, store, int(store.load().get("unknown_submissions") or 0), context)
+        return job_id
 
 
 #: Settings a job record from before they were stored is taken to have had.
@@ -789,12 +861,16 @@ class KakaoPoseJobToParquetOperator(_JobLoader, BaseOperator):
     :param output_uri: where the Parquet goes (templated); may be an ``Asset``.
     :param source: what was analysed, stored in the table's ``source`` column (templated, optional).
     :param track_people: add a ``track_id`` column (default true).
-    :param pictures: also write a PNG contact sheet and an animated GIF next to the Parquet.
+    :param pictures: also write a PNG contact sheet and an animated GIF beside the Parquet
+        (``_kakaopose/<stem>.png``, ``.gif``; needs the ``pictures`` extra).
+    :param kakao_pose_conn_id: the ``kakao_pose`` connection (templated).
+
+    Returns (XCom) the summary ``{"output_uri", "job_id", "frames", "persons", "rows"}`` (plus ``"tracks"``,
+    ``"pictures"``): its input is the job id, so there is no id to return.
     """
 
-    template_fields: Sequence[str] = ("job_id", "output_uri", "source")
+    template_fields: Sequence[str] = ("job_id", "output_uri", "source", "kakao_pose_conn_id")
     ui_color = "#fee500"
-    operator_extra_links = (KakaoPoseJobLink(),)
 
     def __init__(
         self,
@@ -817,14 +893,12 @@ class KakaoPoseJobToParquetOperator(_JobLoader, BaseOperator):
         _add_asset_outlet(self, output_uri)
 
     def execute(self, context: Context) -> dict[str, Any]:
+        _check_pictures_dependency(self.pictures)
         output_uri = output_uri_of(self.output_uri)
         if not output_uri:
             raise KakaoPoseInputError("output_uri is required")
-        from airflow_provider_kakaopose.hooks.pose import KakaoPoseHook
-
         run = run_identity(context)
         prepare_outputs({"output_uri": output_uri}, run, self.log, claim=output_uri)
-        context["ti"].xcom_push(key="job_url", value=_job_url(KakaoPoseHook(self.kakao_pose_conn_id), self.job_id))
         return self.load_job(self.job_id, output_uri, self.source, run)
 
 

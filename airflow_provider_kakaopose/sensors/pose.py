@@ -17,6 +17,7 @@ from airflow_provider_kakaopose.get_provider_info import DEFAULT_CONN_ID
 
 if TYPE_CHECKING:
     from airflow_provider_kakaopose._compat import Context
+    from airflow_provider_kakaopose._waitlog import WaitLog
     from airflow_provider_kakaopose.hooks.pose import KakaoPoseHook
 
 
@@ -59,7 +60,7 @@ class KakaoPoseJobSensor(BaseSensorOperator):
     """Wait until a Pose video job is ``success``.
 
     :param job_id: the job to wait for (templated), e.g. ``"{{ ti.xcom_pull('submit') }}"``.
-    :param kakao_pose_conn_id: the ``kakao_pose`` connection.
+    :param kakao_pose_conn_id: the ``kakao_pose`` connection (templated).
     :param deferrable: wait in the triggerer instead of a worker slot; defaults to the
         ``[operators] default_deferrable`` setting. The sensor checks once, then defers with an absolute
         deadline of now + ``timeout``.
@@ -74,10 +75,12 @@ class KakaoPoseJobSensor(BaseSensorOperator):
       turns into SKIPPED (``never_fail`` keeps Airflow's meaning: skip on any failure).
 
     Each status check reads only the job's status (the body is scanned in chunks, never held), and one
-    hook (one HTTP session) serves all the pokes of a try.
+    hook (one HTTP session) serves all the pokes of a try. In ``poke`` mode the status is logged when it
+    changes and otherwise every third poke, never more often than every 10 s
+    (:class:`~airflow_provider_kakaopose._waitlog.WaitLog`); in ``reschedule`` mode each poke logs it.
     """
 
-    template_fields: Sequence[str] = ("job_id",)
+    template_fields: Sequence[str] = ("job_id", "kakao_pose_conn_id")
     ui_color = "#fee500"
 
     def __init__(
@@ -95,6 +98,7 @@ class KakaoPoseJobSensor(BaseSensorOperator):
             conf.getboolean("operators", "default_deferrable", fallback=False) if deferrable is None else deferrable
         )
         self._pose_hook: KakaoPoseHook | None = None
+        self._wait: WaitLog | None = None
 
     @property
     def hook(self) -> KakaoPoseHook:
@@ -107,16 +111,24 @@ class KakaoPoseJobSensor(BaseSensorOperator):
 
     def poke(self, context: Context) -> bool:
         body = self.hook.get_job_status(self.job_id)
-        self.log.info("Pose job %s is %s", self.job_id, body.get("status"))
+        if self._wait is not None:  # poke mode: a steady rhythm, not a line per poke
+            self._wait.log(str(body.get("status")))
+        else:  # reschedule mode (each poke its own short run) and the deferrable mode's first check
+            self.log.info("Pose job %s is %s", self.job_id, body.get("status"))
         return raise_for_job(self.job_id, body)
 
     def execute(self, context: Context) -> Any:
         try:
             if not self.deferrable:
+                if self.mode == "poke":
+                    from airflow_provider_kakaopose._waitlog import WaitLog
+
+                    self._wait = WaitLog(self.log, self.job_id, time.time() + self.timeout, self.poke_interval)
                 return super().execute(context)
             if self.poke(context):
                 return None
         finally:
+            self._wait = None
             if self._pose_hook is not None:
                 self._pose_hook.close()
                 self._pose_hook = None

@@ -52,7 +52,14 @@ def _columns(table: Any) -> tuple[dict[str, np.ndarray], dict[str, Any], np.ndar
                     else:
                         cols[name] = np.asarray(pc.fill_null(column.cast("float64"), math.nan).to_numpy())
     else:  # a pandas DataFrame (e.g. from read_keypoints)
-        import pandas as pd
+        try:
+            import pandas as pd
+        except ImportError as err:  # optional (the pandas extra); a pyarrow.Table needs none
+            raise ModuleNotFoundError(
+                f"to_coco got a {type(table).__name__}, not a pyarrow.Table: reading a DataFrame needs pandas, "
+                f"which is not installed ({err}); pip install 'airflow-provider-kakaopose[pandas]'",
+                name="pandas",
+            ) from None
 
         meta = dict(table.attrs.get("kakaopose") or {})
         for name in needed:

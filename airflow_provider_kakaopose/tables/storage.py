@@ -450,8 +450,17 @@ def read_keypoints(uri: str | os.PathLike | Any) -> pd.DataFrame:
 
     Null ``x``/``y`` (undetected keypoints) and ``time_s`` (images) become NaN; ``source``, ``job_id`` and
     ``keypoint`` are categoricals. The table's metadata (video, info, categories, skeleton, …) is in
-    ``df.attrs["kakaopose"]``, so ``to_coco(df)`` works too.
+    ``df.attrs["kakaopose"]``, so ``to_coco(df)`` works too. Needs pandas, an optional dependency (the
+    ``pandas`` extra); without it this raises ModuleNotFoundError naming the extra, before reading anything.
     """
+    try:
+        import pandas  # noqa: F401
+    except ImportError as err:
+        raise ModuleNotFoundError(
+            f"read_keypoints returns a pandas DataFrame, and pandas is not installed ({err}); install the pandas "
+            "extra: pip install 'airflow-provider-kakaopose[pandas]' (or read the Parquet with pyarrow, DuckDB, …)",
+            name="pandas",
+        ) from None
     table = _read_table(uri)
     df = table.to_pandas()
     df.attrs["kakaopose"] = _read_metadata(table.schema.metadata)

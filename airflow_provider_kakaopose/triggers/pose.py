@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp  # noqa: F401  (imported with the trigger class: a first import on the event loop stalls it ~0.25 s)
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_kakaopose._waitlog import WaitLog
 from airflow_provider_kakaopose.get_provider_info import DEFAULT_CONN_ID
 from airflow_provider_kakaopose.hooks.pose import KakaoPoseAsyncHook
 
@@ -30,6 +31,10 @@ class KakaoPoseJobTrigger(BaseTrigger):
     :param kakao_pose_conn_id: the ``kakao_pose`` connection (looked up asynchronously in the triggerer).
     :param poll_interval: seconds between status checks.
     :param end_time: absolute deadline, seconds since the epoch (UTC); a re-created trigger keeps it.
+
+    The status is logged at INFO when it changes and otherwise every third poll, never more often than every
+    10 s and at least once a minute (:class:`~airflow_provider_kakaopose._waitlog.WaitLog`): ``Pose job … is
+    processing: waited 1 m 40 s, deadline 2026-01-01T10:00:00Z (in 28 m 20 s)``.
 
     The event's payload is ``{"status": "success" | "failed" | "not found" | "timeout" | "error",
     "job_id": ..., "message": ...}`` (an ``error`` also names the ``error_type``) — never the result itself
@@ -71,9 +76,11 @@ class KakaoPoseJobTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
             async with KakaoPoseAsyncHook(self.kakao_pose_conn_id) as hook:
+                wait = WaitLog(self.log, self.job_id, self.end_time, self.poll_interval)
                 while True:
                     body = await hook.get_job_status(self.job_id)  # never the result itself
                     status = body["status"]
+                    wait.log(status)  # INFO at a steady rhythm, not at every poll
                     if status == "success":
                         yield self._event("success", f"Job {self.job_id} succeeded")
                         return
@@ -90,7 +97,6 @@ class KakaoPoseJobTrigger(BaseTrigger):
                     if remaining is not None and remaining <= 0:
                         yield self._event("timeout", f"Job {self.job_id} was still {status} at the deadline")
                         return
-                    self.log.debug("Job %s is %s; next check in %.1f s", self.job_id, status, self.poll_interval)
                     delay = self.poll_interval if remaining is None else min(self.poll_interval, remaining)
                     await asyncio.sleep(delay)
         except Exception as err:
