@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[redis,pictures,pandas]' \
-		--group test --group test-s3 --group cluster --group dist
+		--group test --group test-s3 --group cluster --group dist --group lint
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -44,6 +44,7 @@ engine: engine-install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test: lint engine-install
 	KAKAO_POSE_REQUIRE_ENGINE=1 $(BIN)/python -m pytest --durations=12

@@ -9,12 +9,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from airflow_provider_kakaopose.jobs import ENDED
+
 #: Never more than one line per this many seconds (status changes aside).
 MIN_EVERY = 10.0
 #: At least one line per this many seconds when the polls are closer together than that.
 MAX_EVERY = 60.0
-#: Statuses after which a job never changes again.
-TERMINAL = ("success", "failed", "not found")
 
 # The clocks, module attributes so a test can drive them (elapsed time: monotonic; the deadline: epoch).
 _monotonic = time.monotonic
@@ -93,7 +93,7 @@ class WaitLog:
             return False
         self._status, self._last = status, now
         waited = duration(now - self._start)
-        if status in TERMINAL:
+        if status in ENDED:
             self.logger.info("Pose job %s is %s: waited %s", self.job_id, status, waited)
         elif self.end_time is None:
             self.logger.info("Pose job %s is %s: waited %s, no deadline", self.job_id, status, waited)

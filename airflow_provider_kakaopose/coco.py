@@ -1,9 +1,13 @@
-"""The COCO person category the Pose API answers with (keypoint names and skeleton), and the frame-number runs.
+"""The COCO person category the Pose API answers with (keypoint names and skeleton), the frame-number runs, and
+the decoding of a keypoints table's ``kakaopose:*`` schema metadata.
 
-No imports at all: the tables, the pictures and the emulator (which must not import Airflow) share it.
+Standard library only: the tables, the pictures and the emulator (which must not import Airflow) share it.
 """
 
 from __future__ import annotations
+
+import json
+from typing import Any
 
 #: The 17 keypoint names, in id order (id = index + 1).
 KEYPOINT_NAMES: tuple[str, ...] = (
@@ -90,4 +94,27 @@ def expand_frame_runs(runs: list[list[int]]) -> list[int]:
         if step < 1 or count < 1 or first < (out[-1] + 1 if out else 0):
             raise ValueError(f"frame runs must give increasing frame numbers from 0 up, got {run!r}")
         out.extend(range(first, first + step * count, step))
+    return out
+
+
+#: The prefix of a keypoints table's schema metadata keys (``kakaopose:video``, ``kakaopose:skeleton``, …).
+METADATA_PREFIX = "kakaopose:"
+
+
+def decode_metadata(metadata: dict | None, *, skip_invalid: bool = False) -> dict[str, Any]:
+    """The ``kakaopose:*`` entries of a schema's metadata (``bytes`` or ``str`` keys), JSON-decoded, by key without
+    the prefix: ``{b"kakaopose:video": b'{"fps": 30}'}`` → ``{"video": {"fps": 30}}``.
+
+    :param skip_invalid: leave out a value that is not valid JSON (or not UTF-8) instead of raising
+        ``ValueError`` (the pictures draw what they can from a damaged file).
+    """
+    out: dict[str, Any] = {}
+    for k, v in (metadata or {}).items():
+        key = k.decode() if isinstance(k, bytes) else str(k)
+        if key.startswith(METADATA_PREFIX):
+            try:
+                out[key[len(METADATA_PREFIX) :]] = json.loads(v)
+            except ValueError:
+                if not skip_invalid:
+                    raise
     return out

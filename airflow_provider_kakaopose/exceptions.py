@@ -18,6 +18,10 @@ except ImportError:  # pragma: no cover - exercised only without Airflow (a note
 class KakaoPoseError(_Base):
     """Any failure talking to the Pose API or reading its answers."""
 
+    #: The Pose API's HTTP status (None when no answer came). It replaces AirflowException's own
+    #: ``status_code`` (an ``HTTPStatus`` for Airflow's API answers), hence the different type.
+    status_code: int | None  # type: ignore[assignment]
+
     def __init__(
         self,
         message: str,

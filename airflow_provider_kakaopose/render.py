@@ -15,12 +15,13 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
-import json
 import math
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import unquote, urlsplit
+
+from airflow_provider_kakaopose.coco import SKELETON, decode_metadata, expand_frame_runs
 
 if TYPE_CHECKING:
     import numpy as np
@@ -144,17 +145,14 @@ class _Poses:
         self.y = np.asarray(cols["y"], dtype=np.float64)
         self.score = np.asarray(cols["score"], dtype=np.float64)
         self.track = None if cols.get("track_id") is None else np.asarray(cols["track_id"], dtype=np.float64)
-        self.src = None if src is None else np.array([None if s is None else str(s) for s in src], dtype=object)
-        if self.src is not None:
+        self.src: np.ndarray | None = None
+        if src is not None:
+            self.src = np.array([None if s is None else str(s) for s in src], dtype=object)
             self.src[[isinstance(s, float) for s in src]] = None
         video = meta.get("video") or {}
         self.fps = float(video["fps"]) if video.get("fps") else None
         self.video_size = (int(video["width"]), int(video["height"])) if video.get("width") else None
-        skeleton = meta.get("skeleton")
-        if not skeleton:
-            from airflow_provider_kakaopose.tables import SKELETON
-
-            skeleton = SKELETON
+        skeleton = meta.get("skeleton") or SKELETON
         self.skeleton = [(int(a), int(b)) for a, b in skeleton]
 
     # -- selections
@@ -180,8 +178,6 @@ class _Poses:
         """Frame numbers of a source: a video's frames from the metadata (``frame_nums`` runs, else 0..N-1
         with N = ``annotations``) plus any other frame with rows; else the frames with rows."""
         import numpy as np
-
-        from airflow_provider_kakaopose.coco import expand_frame_runs
 
         present = np.unique(self.frame[self.source_mask(source)]).tolist()
         if self.is_video_source(source):
@@ -231,10 +227,24 @@ class _Poses:
         return math.ceil(max(r.max(), 0)) + _FIT_MARGIN, math.ceil(max(b.max(), 0)) + _FIT_MARGIN
 
     def reference_size(self, source: str | None) -> tuple[int, int]:
+        """The size of the space a source's coordinates are in: the video's size, else :meth:`extent`."""
         if self.is_video_source(source):
             assert self.video_size is not None
             return self.video_size
         return self.extent(source)
+
+    def coordinate_size(self, source: str | None, background: Image.Image | None) -> tuple[int, int]:
+        """:meth:`reference_size`, but an image's keypoints are in the pixels of its background image, if any."""
+        return self.reference_size(source) if self.is_video_source(source) or background is None else background.size
+
+    def tracks_of(self, source: str | None) -> np.ndarray | None:
+        """The ``track_id`` column, or None when nobody of ``source`` is tracked (an image, which the tracker
+        leaves null): then persons are coloured by ``person_idx``."""
+        import numpy as np
+
+        if self.track is not None and not np.isfinite(self.track[self.source_mask(source)]).any():
+            return None
+        return self.track
 
     def rows(self, source: str | None, frame_num: int) -> np.ndarray:
         import numpy as np
@@ -242,55 +252,56 @@ class _Poses:
         return np.flatnonzero(self.source_mask(source) & (self.frame == frame_num))
 
 
-def _decode_meta(metadata: dict | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in (metadata or {}).items():
-        key = k.decode() if isinstance(k, bytes) else str(k)
-        if key.startswith("kakaopose:"):
-            with contextlib.suppress(ValueError):
-                out[key[len("kakaopose:") :]] = json.loads(v)
-    return out
-
-
 def _load(data: Any) -> _Poses:
-    import numpy as np
-
+    """The poses of a keypoints ``pyarrow.Table``, a ``read_keypoints`` DataFrame or the URI of a Parquet file."""
     if isinstance(data, _Poses):
         return data
     if isinstance(data, (str, bytes, os.PathLike)) or (hasattr(data, "fs") and hasattr(data, "path")):
-        from airflow_provider_kakaopose.tables.storage import _read_table
+        from airflow_provider_kakaopose.tables import read_table
 
-        data = _read_table(data)
-    cols: dict[str, Any] = {}
+        data = read_table(data)
     if hasattr(data, "schema") and hasattr(data, "column") and hasattr(data, "num_rows"):  # pyarrow
-        import pyarrow as pa
+        # the pictures draw what they can from a damaged file: a value that does not decode is left out
+        return _Poses(_arrow_columns(data), decode_metadata(data.schema.metadata, skip_invalid=True))
+    if hasattr(data, "columns") and hasattr(data, "attrs"):  # pandas
+        return _Poses(_pandas_columns(data), dict(data.attrs.get("kakaopose") or {}))
+    raise TypeError(f"expected a keypoints pyarrow.Table, pandas.DataFrame or URI, got {type(data).__name__}")
 
-        meta = _decode_meta(data.schema.metadata)
-        names = set(data.schema.names)
-        for name in _REQUIRED + _OPTIONAL:
-            if name not in names:
-                if name in _REQUIRED:
-                    raise ValueError(f"not a keypoints table: no column {name!r}")
-                continue
-            col = data.column(name)
-            if pa.types.is_dictionary(col.type):
-                col = col.cast(col.type.value_type)
-            cols[name] = np.asarray(col.to_numpy(zero_copy_only=False))
-    elif hasattr(data, "columns") and hasattr(data, "attrs"):  # pandas
-        meta = dict(data.attrs.get("kakaopose") or {})
-        for name in _REQUIRED + _OPTIONAL:
-            if name not in data.columns:
-                if name in _REQUIRED:
-                    raise ValueError(f"not a keypoints table: no column {name!r}")
-                continue
-            series = data[name]
-            if name == "source":
-                cols[name] = np.array([None if v is None or v != v else str(v) for v in series], dtype=object)
-            else:
-                cols[name] = series.to_numpy(dtype=np.float64, na_value=np.nan)
-    else:
-        raise TypeError(f"expected a keypoints pyarrow.Table, pandas.DataFrame or URI, got {type(data).__name__}")
-    return _Poses(cols, meta)
+
+def _present_columns(names: Any) -> list[str]:
+    """The columns the drawing uses that are among ``names``; ``ValueError`` if a required one is not."""
+    for name in _REQUIRED:
+        if name not in names:
+            raise ValueError(f"not a keypoints table: no column {name!r}")
+    return [name for name in _REQUIRED + _OPTIONAL if name in names]
+
+
+def _arrow_columns(table: Any) -> dict[str, Any]:
+    """The columns of a ``pyarrow.Table`` as numpy arrays (dictionary columns decoded)."""
+    import numpy as np
+    import pyarrow as pa
+
+    cols: dict[str, Any] = {}
+    for name in _present_columns(set(table.schema.names)):
+        col = table.column(name)
+        if pa.types.is_dictionary(col.type):
+            col = col.cast(col.type.value_type)
+        cols[name] = np.asarray(col.to_numpy(zero_copy_only=False))
+    return cols
+
+
+def _pandas_columns(df: Any) -> dict[str, Any]:
+    """The columns of a DataFrame as numpy arrays: ``source`` as objects (``None`` for NA), the others as floats."""
+    import numpy as np
+
+    cols: dict[str, Any] = {}
+    for name in _present_columns(df.columns):
+        series = df[name]
+        if name == "source":
+            cols[name] = np.array([None if v is None or v != v else str(v) for v in series], dtype=object)
+        else:
+            cols[name] = series.to_numpy(dtype=np.float64, na_value=np.nan)
+    return cols
 
 
 # --------------------------------------------------------------------------------------------- images
@@ -328,10 +339,10 @@ def _as_image(value: Any) -> Image.Image:
     if isinstance(value, (str, os.PathLike)):
         text = os.fspath(value)
         if len(urlsplit(text).scheme) > 1:
-            from airflow_provider_kakaopose.tables.storage import _is_local, _resolve
+            from airflow_provider_kakaopose.tables import is_local, resolve_storage
 
-            fs, path = _resolve(text)
-            if not _is_local(fs):
+            fs, path = resolve_storage(text)
+            if not is_local(fs):
                 return _as_image(fs.cat_file(path))
             text = path
         with Image.open(os.path.expanduser(text)) as im:
@@ -366,28 +377,90 @@ def _font(size: int) -> Any:
         return ImageFont.load_default()
 
 
+class _Style(NamedTuple):
+    """How the persons are drawn (the drawing options of :func:`draw_frame`)."""
+
+    threshold: float = DEFAULT_THRESHOLD
+    line_width: int | None = None
+    point_radius: int | None = None
+    boxes: bool = False
+    labels: bool = False
+
+
+class _Pen(NamedTuple):
+    """The scale from coordinates to canvas pixels, the stroke sizes, and the area outside which nothing is drawn
+    (the canvas plus a margin wider than any stroke)."""
+
+    sx: float
+    sy: float
+    width: int
+    radius: int
+    clip: tuple[float, float, float, float]
+
+    @classmethod
+    def for_canvas(cls, canvas_size: tuple[int, int], reference: tuple[int, int], style: _Style) -> _Pen:
+        sx = canvas_size[0] / reference[0]
+        sy = canvas_size[1] / reference[1]
+        short = min(canvas_size)
+        lw = max(1, int(style.line_width)) if style.line_width is not None else max(2, round(short / 240))
+        r = max(0, int(style.point_radius)) if style.point_radius is not None else max(3, round(short / 160))
+        margin = lw + r + 2
+        return cls(sx, sy, lw, r, (-margin, -margin, canvas_size[0] + margin, canvas_size[1] + margin))
+
+
 def _render(
     poses: _Poses,
     source: str | None,
     frame_num: int,
     *,
     background: Background,
-    threshold: float,
+    style: _Style,
     size: tuple[int, int] | None,
-    line_width: int | None,
-    point_radius: int | None,
-    boxes: bool,
-    labels: bool,
     reference: tuple[int, int] | None = None,
 ) -> Image.Image:
+    """Draw every person of one frame of one source.
+
+    :param size: the canvas size (default: the background's, else :meth:`_Poses.reference_size` bounded).
+    :param reference: the size of the coordinates' space (default :meth:`_Poses.coordinate_size`).
+    """
     require_pillow()
-    import numpy as np
-    from PIL import Image, ImageDraw
+    from PIL import ImageDraw
+
+    img, reference = _canvas(poses, source, frame_num, background, size, reference)
+    pen = _Pen.for_canvas(img.size, reference, style)
+    draw = ImageDraw.Draw(img)
+    rows = poses.rows(source, frame_num)
+    if not len(rows):
+        return img
+    font = _font(max(10, pen.width * 6)) if style.labels else None
+    tracks = poses.tracks_of(source)
+    for idx in _by_person(poses, rows):
+        ident = tracks[idx[0]] if tracks is not None else poses.person[idx[0]]
+        color = color_for(ident)
+        points = _points(poses, idx, style.threshold, pen)
+        if style.boxes and poses.cols.get("bbox_x") is not None:
+            _draw_box(draw, poses, idx[0], pen, color)
+        _draw_skeleton(draw, poses.skeleton, points, pen, color)
+        if font is not None:
+            _draw_ident(draw, poses, idx[0], ident, points, pen, color, font, img.size)
+    return img
+
+
+def _canvas(
+    poses: _Poses,
+    source: str | None,
+    frame_num: int,
+    background: Background,
+    size: tuple[int, int] | None,
+    reference: tuple[int, int] | None,
+) -> tuple[Image.Image, tuple[int, int]]:
+    """The image to draw on (the background scaled to the canvas size, or a blank canvas) and the size of the
+    coordinates' space (``reference`` if given)."""
+    from PIL import Image
 
     bg = _background(background, source, frame_num)
     if reference is None:
-        # an image's keypoints are in the pixels of the image itself
-        reference = poses.reference_size(source) if poses.is_video_source(source) or bg is None else bg.size
+        reference = poses.coordinate_size(source, bg)
     if size is not None:
         canvas_size = (int(size[0]), int(size[1]))
         if max(canvas_size) > MAX_CANVAS_SIDE:
@@ -397,81 +470,101 @@ def _render(
     if canvas_size[0] < 1 or canvas_size[1] < 1:
         raise ValueError(f"size must be positive, got {canvas_size}")
     if bg is None:
-        img = Image.new("RGB", canvas_size, BLANK_COLOR)
-    else:
-        img = bg if bg.size == canvas_size else bg.resize(canvas_size, Image.Resampling.BILINEAR)
-    sx = canvas_size[0] / reference[0]
-    sy = canvas_size[1] / reference[1]
-    short = min(canvas_size)
-    lw = max(1, int(line_width)) if line_width is not None else max(2, round(short / 240))
-    r = max(0, int(point_radius)) if point_radius is not None else max(3, round(short / 160))
-    draw = ImageDraw.Draw(img)
-    # What lies outside the canvas (plus a margin wider than any stroke) is clipped or skipped.
-    margin = lw + r + 2
-    clip = (-margin, -margin, canvas_size[0] + margin, canvas_size[1] + margin)
-    rows = poses.rows(source, frame_num)
-    if not len(rows):
-        return img
+        return Image.new("RGB", canvas_size, BLANK_COLOR), reference
+    return (bg if bg.size == canvas_size else bg.resize(canvas_size, Image.Resampling.BILINEAR)), reference
+
+
+def _by_person(poses: _Poses, rows: np.ndarray) -> list[np.ndarray]:
+    """The rows of a frame grouped by person (``person_idx`` order, row order within a person)."""
+    import numpy as np
+
     persons = poses.person[rows]
     order = np.argsort(persons, kind="stable")
     rows = rows[order]
     persons = persons[order]
     starts = np.flatnonzero(np.r_[True, persons[1:] != persons[:-1]])
     ends = np.r_[starts[1:], len(rows)]
-    font = _font(max(10, lw * 6)) if labels else None
-    # a source nobody of which is tracked (e.g. an image, which the tracker leaves null) colours by person_idx
-    tracks = poses.track
-    if tracks is not None and not np.isfinite(tracks[poses.source_mask(source)]).any():
-        tracks = None
-    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
-        idx = rows[a:b]
-        ident = tracks[idx[0]] if tracks is not None else poses.person[idx[0]]
-        color = color_for(ident)
-        x, y, s = poses.x[idx], poses.y[idx], poses.score[idx]
-        ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(s) & (s >= threshold)
-        points = {
-            int(k): (float(px) * sx, float(py) * sy)
-            for k, px, py, good in zip(poses.kp_id[idx], x, y, ok, strict=True)
-            if good
-        }
-        if boxes and poses.cols.get("bbox_x") is not None:
-            bx, by, bw, bh = (float(poses.cols[c][idx[0]]) for c in ("bbox_x", "bbox_y", "bbox_w", "bbox_h"))
-            if all(math.isfinite(v) for v in (bx, by, bw, bh)):
-                # between the box's two corners, whatever the sign of its size; clamped to the clip area
-                left, right = sorted((bx * sx, (bx + bw) * sx))
-                top, bottom = sorted((by * sy, (by + bh) * sy))
-                if left <= clip[2] and right >= clip[0] and top <= clip[3] and bottom >= clip[1]:
-                    corners = [
-                        max(left, clip[0]),
-                        max(top, clip[1]),
-                        min(right, clip[2]),
-                        min(bottom, clip[3]),
-                    ]
-                    draw.rectangle(corners, outline=color, width=max(1, lw // 2))
-        for k1, k2 in poses.skeleton:
-            if k1 in points and k2 in points:
-                part = _clip_segment(points[k1], points[k2], clip)
-                if part is not None:
-                    draw.line(list(part), fill=color, width=lw)
-        for px, py in points.values():
-            if not (clip[0] <= px <= clip[2] and clip[1] <= py <= clip[3]):
-                continue
-            if r:
-                draw.ellipse([px - r, py - r, px + r, py + r], fill=color)
-            else:
-                draw.point((px, py), fill=color)
-        if labels and font is not None:
-            text = f"#{int(ident)}" if ident is not None and math.isfinite(float(ident)) else "#?"
-            if poses.cols.get("bbox_x") is not None and math.isfinite(float(poses.cols["bbox_x"][idx[0]])):
-                anchor = (float(poses.cols["bbox_x"][idx[0]]) * sx, float(poses.cols["bbox_y"][idx[0]]) * sy)
-            elif points:
-                anchor = min(points.values(), key=lambda p: p[1])
-            else:
-                continue
-            if not (-canvas_size[0] <= anchor[0] <= canvas_size[0] and anchor[1] <= canvas_size[1] + font.size + 2):
-                continue  # off the canvas (Pillow fails on text at coordinates beyond C's int)
-            draw.text((anchor[0] + 2, max(0.0, anchor[1] - font.size - 2)), text, fill=color, font=font)
-    return img
+    return [rows[a:b] for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
+
+
+def _points(poses: _Poses, idx: np.ndarray, threshold: float, pen: _Pen) -> dict[int, tuple[float, float]]:
+    """Keypoint id → canvas position of a person's keypoints that are drawn (finite, score ``>= threshold``)."""
+    import numpy as np
+
+    x, y, s = poses.x[idx], poses.y[idx], poses.score[idx]
+    ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(s) & (s >= threshold)
+    return {
+        int(k): (float(px) * pen.sx, float(py) * pen.sy)
+        for k, px, py, good in zip(poses.kp_id[idx], x, y, ok, strict=True)
+        if good
+    }
+
+
+def _draw_box(draw: Any, poses: _Poses, row: int, pen: _Pen, color: tuple[int, int, int]) -> None:
+    """A person's bounding box (of row ``row``), between its two corners whatever the sign of its size, clamped
+    to the clip area."""
+    bx, by, bw, bh = (float(poses.cols[c][row]) for c in ("bbox_x", "bbox_y", "bbox_w", "bbox_h"))
+    if not all(math.isfinite(v) for v in (bx, by, bw, bh)):
+        return
+    clip = pen.clip
+    left, right = sorted((bx * pen.sx, (bx + bw) * pen.sx))
+    top, bottom = sorted((by * pen.sy, (by + bh) * pen.sy))
+    if left <= clip[2] and right >= clip[0] and top <= clip[3] and bottom >= clip[1]:
+        corners = [
+            max(left, clip[0]),
+            max(top, clip[1]),
+            min(right, clip[2]),
+            min(bottom, clip[3]),
+        ]
+        draw.rectangle(corners, outline=color, width=max(1, pen.width // 2))
+
+
+def _draw_skeleton(
+    draw: Any,
+    skeleton: list[tuple[int, int]],
+    points: dict[int, tuple[float, float]],
+    pen: _Pen,
+    color: tuple[int, int, int],
+) -> None:
+    """The limbs whose two ends are drawn (clipped), then the keypoints' dots (those in the clip area)."""
+    clip = pen.clip
+    for k1, k2 in skeleton:
+        if k1 in points and k2 in points:
+            part = _clip_segment(points[k1], points[k2], clip)
+            if part is not None:
+                draw.line(list(part), fill=color, width=pen.width)
+    r = pen.radius
+    for px, py in points.values():
+        if not (clip[0] <= px <= clip[2] and clip[1] <= py <= clip[3]):
+            continue
+        if r:
+            draw.ellipse([px - r, py - r, px + r, py + r], fill=color)
+        else:
+            draw.point((px, py), fill=color)
+
+
+def _draw_ident(
+    draw: Any,
+    poses: _Poses,
+    row: int,
+    ident: Any,
+    points: dict[int, tuple[float, float]],
+    pen: _Pen,
+    color: tuple[int, int, int],
+    font: Any,
+    canvas_size: tuple[int, int],
+) -> None:
+    """``#<track_id>`` (or ``#<person_idx>``) above a person: at its box's top-left corner, else its top keypoint."""
+    text = f"#{int(ident)}" if ident is not None and math.isfinite(float(ident)) else "#?"
+    if poses.cols.get("bbox_x") is not None and math.isfinite(float(poses.cols["bbox_x"][row])):
+        anchor = (float(poses.cols["bbox_x"][row]) * pen.sx, float(poses.cols["bbox_y"][row]) * pen.sy)
+    elif points:
+        anchor = min(points.values(), key=lambda p: p[1])
+    else:
+        return
+    if not (-canvas_size[0] <= anchor[0] <= canvas_size[0] and anchor[1] <= canvas_size[1] + font.size + 2):
+        return  # off the canvas (Pillow fails on text at coordinates beyond C's int)
+    draw.text((anchor[0] + 2, max(0.0, anchor[1] - font.size - 2)), text, fill=color, font=font)
 
 
 def draw_frame(
@@ -507,19 +600,8 @@ def draw_frame(
     :raises ValueError: ``size`` is not positive or exceeds :data:`MAX_CANVAS_SIDE`.
     """
     poses = _load(table)
-    src = poses.pick_source(source)
-    return _render(
-        poses,
-        src,
-        int(frame_num),
-        background=background,
-        threshold=threshold,
-        size=size,
-        line_width=line_width,
-        point_radius=point_radius,
-        boxes=boxes,
-        labels=labels,
-    )
+    style = _Style(threshold, line_width, point_radius, boxes, labels)
+    return _render(poses, poses.pick_source(source), int(frame_num), background=background, style=style, size=size)
 
 
 def _select(cells: list, frames: int | Sequence[int] | None, default: int | None, single: bool) -> list:
@@ -635,51 +717,70 @@ def contact_sheet(
     cells = _select(poses.cells(source), frames, _DEFAULT_SHEET_FRAMES, single)
     if not cells:
         raise ValueError("no frames to draw")
-    if columns < 1 or thumb_width < 1:
-        raise ValueError("columns and thumb_width must be positive")
-    if thumb_width > MAX_CANVAS_SIDE:
-        raise ValueError(f"thumb_width must be at most {MAX_CANVAS_SIDE} px (MAX_CANVAS_SIDE), got {thumb_width}")
-    first_ref = poses.reference_size(cells[0][0])
-    thumb_w = int(thumb_width)
-    # a very tall reference (e.g. one outlier keypoint far below) must not make a cell taller than the limit
-    thumb_h = min(MAX_CANVAS_SIDE, max(1, round(thumb_w * first_ref[1] / first_ref[0])))
-    strip = int(label_height) if labels else 0
-    cols = min(int(columns), len(cells))
-    rows = math.ceil(len(cells) / cols)
-    sheet = Image.new(
-        "RGB",
-        (cols * thumb_w + (cols + 1) * gap, rows * (thumb_h + strip) + (rows + 1) * gap),
-        _SHEET_COLOR,
-    )
+    grid = _Grid.of(poses.reference_size(cells[0][0]), len(cells), columns, thumb_width, gap, label_height, labels)
+    sheet = Image.new("RGB", grid.size(), _SHEET_COLOR)
     draw = ImageDraw.Draw(sheet)
-    font = _font(max(6, strip - 6))
+    font = _font(max(6, grid.strip - 6))
+    style = _Style(threshold, line_width, point_radius)
     for i, (src, f) in enumerate(cells):
+        left, top = grid.corner(i)
         bg = _background(background, src, f)
-        ref = poses.reference_size(src) if poses.is_video_source(src) or bg is None else bg.size
-        fit = _fit(ref, (thumb_w, thumb_h))
-        thumb = _render(
-            poses,
-            src,
-            f,
-            background=bg,
-            threshold=threshold,
-            size=fit,
-            line_width=line_width,
-            point_radius=point_radius,
-            boxes=False,
-            labels=False,
-            reference=ref,
-        )
-        col, row = i % cols, i // cols
-        left = gap + col * (thumb_w + gap)
-        top = gap + row * (thumb_h + strip + gap)
-        sheet.paste(thumb, (left + (thumb_w - fit[0]) // 2, top + (thumb_h - fit[1]) // 2))
-        if strip:
+        ref = poses.coordinate_size(src, bg)
+        fit = _fit(ref, (grid.thumb_w, grid.thumb_h))
+        thumb = _render(poses, src, f, background=bg, style=style, size=fit, reference=ref)
+        sheet.paste(thumb, (left + (grid.thumb_w - fit[0]) // 2, top + (grid.thumb_h - fit[1]) // 2))
+        if grid.strip:
             text = _label(poses, src, f, not single)
-            while len(text) > 4 and draw.textlength(text, font=font) > thumb_w - 4:
+            while len(text) > 4 and draw.textlength(text, font=font) > grid.thumb_w - 4:
                 text = text[: len(text) - 2] + "…"
-            draw.text((left + 2, top + thumb_h + (strip - font.size) // 2 - 1), text, fill=_TEXT_COLOR, font=font)
+            y = top + grid.thumb_h + (grid.strip - font.size) // 2 - 1
+            draw.text((left + 2, y), text, fill=_TEXT_COLOR, font=font)
     return sheet
+
+
+class _Grid(NamedTuple):
+    """A contact sheet's layout: ``cols`` x ``rows`` cells of ``thumb_w`` x ``thumb_h`` px, each with a label strip
+    of ``strip`` px below it, ``gap`` px between the cells and around them."""
+
+    thumb_w: int
+    thumb_h: int
+    strip: int
+    cols: int
+    rows: int
+    gap: int
+
+    @classmethod
+    def of(
+        cls,
+        first_ref: tuple[int, int],
+        cells: int,
+        columns: int,
+        thumb_width: int,
+        gap: int,
+        label_height: int,
+        labels: bool,
+    ) -> _Grid:
+        """The layout of ``cells`` cells whose height follows the aspect ratio ``first_ref`` (the first cell's)."""
+        if columns < 1 or thumb_width < 1:
+            raise ValueError("columns and thumb_width must be positive")
+        if thumb_width > MAX_CANVAS_SIDE:
+            raise ValueError(f"thumb_width must be at most {MAX_CANVAS_SIDE} px (MAX_CANVAS_SIDE), got {thumb_width}")
+        thumb_w = int(thumb_width)
+        # a very tall reference (e.g. one outlier keypoint far below) must not make a cell taller than the limit
+        thumb_h = min(MAX_CANVAS_SIDE, max(1, round(thumb_w * first_ref[1] / first_ref[0])))
+        cols = min(int(columns), cells)
+        return cls(thumb_w, thumb_h, int(label_height) if labels else 0, cols, math.ceil(cells / cols), gap)
+
+    def size(self) -> tuple[int, int]:
+        return (
+            self.cols * self.thumb_w + (self.cols + 1) * self.gap,
+            self.rows * (self.thumb_h + self.strip) + (self.rows + 1) * self.gap,
+        )
+
+    def corner(self, i: int) -> tuple[int, int]:
+        """The top-left corner of cell ``i`` (row by row)."""
+        col, row = i % self.cols, i // self.cols
+        return self.gap + col * (self.thumb_w + self.gap), self.gap + row * (self.thumb_h + self.strip + self.gap)
 
 
 def _durations(frame_nums: list[int], fps: float, unit: int, whole: bool) -> list[int]:
@@ -742,8 +843,6 @@ def animate(
     :param loop: GIF/WebP/APNG loop count (0 = forever).
     """
     require_pillow()
-    from PIL import ImageDraw
-
     poses = _load(table)
     fmt = _format_for(path_or_file, format)
     single = source is not None or len(poses.sources) <= 1
@@ -751,39 +850,14 @@ def animate(
     rate = float(fps) if fps else (poses.fps or 1.0)
     if rate <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
-    if frames is None:
-        limit = max(1, int(max_frames))
-        if fmt == "GIF" and rate * _GIF_MIN_MS > 1000:
-            stride = math.ceil(rate * _GIF_MIN_MS / 1000)
-            limit = min(limit, math.ceil(len(cells) / stride))
-        cells = _select(cells, limit, limit, single)
-    else:
-        cells = _select(cells, frames, None, single)
+    cells = _animation_cells(cells, frames, max_frames, rate if fmt == "GIF" else None, single)
     if not cells:
         raise ValueError("no frames to draw")
     ref = poses.reference_size(cells[0][0])
     factor = float(scale) if scale is not None else min(1.0, 640 / max(ref))
     out_size = (max(1, round(ref[0] * factor)), max(1, round(ref[1] * factor)))
-    images = []
-    font = _font(max(10, out_size[1] // 30)) if label else None
-    for src, f in cells:
-        img = _render(
-            poses,
-            src,
-            f,
-            background=background,
-            threshold=threshold,
-            size=out_size,
-            line_width=line_width,
-            point_radius=point_radius,
-            boxes=False,
-            labels=False,
-            reference=ref if poses.is_video_source(src) else None,
-        )
-        if font is not None:
-            text = _label(poses, src, f, not single)
-            ImageDraw.Draw(img).text((6, 4), text, fill=_TEXT_COLOR, font=font, stroke_width=1, stroke_fill=(0, 0, 0))
-        images.append(img)
+    style = _Style(threshold, line_width, point_radius)
+    images = _animation_frames(poses, cells, background, style, out_size, ref, label, not single)
     durations = _durations([f for _, f in cells], rate, 10 if fmt == "GIF" else 1, frames is None)
     buf = io.BytesIO()
     params: dict[str, Any] = {"save_all": True, "append_images": images[1:], "duration": durations, "loop": loop}
@@ -794,28 +868,56 @@ def animate(
     return len(images)
 
 
+def _animation_cells(
+    cells: list, frames: int | Sequence[int] | None, max_frames: int, gif_rate: float | None, single: bool
+) -> list:
+    """The cells :func:`animate` draws: ``frames`` as asked; by default every cell, evenly thinned to at most
+    ``max_frames`` and, for a GIF of a video at ``gif_rate`` frames/s, to at most 50 frames/s."""
+    if frames is not None:
+        return _select(cells, frames, None, single)
+    limit = max(1, int(max_frames))
+    if gif_rate is not None and gif_rate * _GIF_MIN_MS > 1000:
+        stride = math.ceil(gif_rate * _GIF_MIN_MS / 1000)
+        limit = min(limit, math.ceil(len(cells) / stride))
+    return _select(cells, limit, limit, single)
+
+
+def _animation_frames(
+    poses: _Poses,
+    cells: list[tuple[str | None, int]],
+    background: Background,
+    style: _Style,
+    out_size: tuple[int, int],
+    ref: tuple[int, int],
+    label: bool,
+    several: bool,
+) -> list[Image.Image]:
+    """The drawn frames of an animation, each labelled ``frame N · t s`` in its top-left corner if ``label``."""
+    from PIL import ImageDraw
+
+    images = []
+    font = _font(max(10, out_size[1] // 30)) if label else None
+    for src, f in cells:
+        reference = ref if poses.is_video_source(src) else None
+        img = _render(poses, src, f, background=background, style=style, size=out_size, reference=reference)
+        if font is not None:
+            text = _label(poses, src, f, several)
+            ImageDraw.Draw(img).text((6, 4), text, fill=_TEXT_COLOR, font=font, stroke_width=1, stroke_fill=(0, 0, 0))
+        images.append(img)
+    return images
+
+
 # --------------------------------------------------------------------------------------------- writing
 
 
 def _emit(data: bytes, target: Any) -> None:
+    """Write ``data`` to a binary file object, or atomically to a path or URI (any storage the tables write)."""
     if hasattr(target, "write") and not (hasattr(target, "fs") and hasattr(target, "path")):
         target.write(data)
     else:
-        _write_bytes(data, target)
+        from airflow_provider_kakaopose.tables import write_bytes
 
-
-def _write_bytes(data: bytes, uri: Any) -> None:
-    """Write ``data`` atomically on any storage (see :func:`~airflow_provider_kakaopose.tables.write_atomically`)."""
-    from airflow_provider_kakaopose.tables import write_atomically
-
-    def write(sink: Any) -> None:
-        if isinstance(sink, str):
-            with open(sink, "wb") as f:
-                f.write(data)
-        else:
-            sink.write(data)
-
-    write_atomically(uri, write)
+        write_bytes(target, data)
 
 
 def save_image(image: Image.Image, uri: Any, *, format: str | None = None, **params: Any) -> None:
@@ -842,16 +944,6 @@ def save_png(image: Image.Image, uri: Any) -> None:
     save_image(image, uri, format="PNG")
 
 
-def _sibling(uri: Any, suffix: str) -> Any:
-    """``uri`` with its ``.parquet`` suffix (if any) replaced by ``suffix``."""
-    if hasattr(uri, "fs") and hasattr(uri, "path") and hasattr(uri, "with_suffix"):
-        return uri.with_suffix(suffix) if str(uri.path).endswith(".parquet") else uri.with_name(uri.name + suffix)
-    text = os.fspath(uri)
-    if isinstance(text, bytes):
-        text = text.decode()
-    return (text[: -len(".parquet")] if text.endswith(".parquet") else text) + suffix
-
-
 def write_pictures(
     table: Any,
     parquet_uri: Any,
@@ -869,16 +961,18 @@ def write_pictures(
     Both are written atomically on the Parquet's storage.
     """
     require_pillow()
+    from airflow_provider_kakaopose.tables import sibling_uri
+
     poses = _load(table)
     written: dict[str, Any] = {}
     if sheet:
-        png_uri = _sibling(parquet_uri, ".png")
+        png_uri = sibling_uri(parquet_uri, ".png")
         save_png(contact_sheet(poses, threshold=threshold, background=background), png_uri)
         written["png"] = png_uri
     single = len(poses.sources) <= 1
     if animation and single and poses.is_video_source(poses.sources[0]) and len(poses.cells(None)) > 1:
         ext = animation_format.lower().lstrip(".")
-        anim_uri = _sibling(parquet_uri, f".anim.{ext}" if ext == "png" else f".{ext}")
+        anim_uri = sibling_uri(parquet_uri, f".anim.{ext}" if ext == "png" else f".{ext}")
         animate(poses, anim_uri, threshold=threshold, background=background)
         written[ext if ext != "png" else "apng"] = anim_uri
     return written

@@ -23,7 +23,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from airflow_provider_kakaopose._arrowcodes import value_codes
 
@@ -180,153 +180,246 @@ def _gather_floats(column: pa.ChunkedArray, rows: np.ndarray, step: int = 0) -> 
     return out
 
 
-class _People:
-    """One entry per person-frame (a *detection*), sorted by (video, frame, person_idx)."""
+class _RowLayout(NamedTuple):
+    """How the rows of a keypoints table make detections. A detection is a *run* of rows (one person in one
+    frame of one video) in *sorted-row order*: the table's own order when ``canonical``, else ``row_order``.
+    The runs are in sorted-row order too, not necessarily in (video, frame, person_idx) order (see
+    :func:`_detection_order`).
+    """
+
+    #: The usual layout (that of keypoints_table): 17 rows per person, keypoints 1..17 in order.
+    canonical: bool
+    #: The table row at each sorted row (a stable sort by video, frame, person_idx, keypoint_id); None if canonical.
+    row_order: np.ndarray | None
+    #: The run of each sorted row; None if canonical.
+    row_run: np.ndarray | None
+    #: The first sorted row of each run, and the table row it is.
+    starts: np.ndarray
+    first_rows: np.ndarray
+    #: The keypoint_id of each sorted row.
+    kp_id: np.ndarray
+    #: Per run: the video's code (from source and job_id), frame_num and person_idx (int64).
+    group: np.ndarray
+    frame: np.ndarray
+    person: np.ndarray
+
+
+def _row_layout(table: pa.Table) -> _RowLayout:
+    """Find the runs of rows that make each detection: cut every 17 rows when the table is canonical, else
+    sort the rows (stable) so that each person's rows are together and cut where the person changes."""
+    import numpy as np
+
+    n = table.num_rows
+    frame = _numpy(table, "frame_num")
+    person = _numpy(table, "person_idx")
+    kp_id = _numpy(table, "keypoint_id")
+    known: dict[Any, int] = {}
+    src_code = _column_codes(table, "source", known)
+    job_code = _column_codes(table, "job_id", known)
+    if _is_canonical(kp_id, (frame, person, src_code, job_code)):
+        starts = np.arange(0, n, _N_KP)
+        group = _codes_every(src_code, _N_KP).astype(np.int64) * (1 << 31) + _codes_every(job_code, _N_KP)
+        run_frame, run_person = frame[starts].astype(np.int64), person[starts].astype(np.int64)
+        return _RowLayout(True, None, None, starts, starts, kp_id, group, run_frame, run_person)
+    group = _codes_per_row(src_code).astype(np.int64) * (1 << 31) + _codes_per_row(job_code)
+    row_order = np.lexsort((kp_id, person, frame, group))
+    frame, person, kp_id, group = frame[row_order], person[row_order], kp_id[row_order], group[row_order]
+    change = np.ones(n, dtype=bool)
+    change[1:] = (frame[1:] != frame[:-1]) | (person[1:] != person[:-1]) | (group[1:] != group[:-1])
+    starts = np.flatnonzero(change)
+    row_run = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, n)))
+    run_frame, run_person = frame[starts].astype(np.int64), person[starts].astype(np.int64)
+    return _RowLayout(False, row_order, row_run, starts, row_order[starts], kp_id, group[starts], run_frame, run_person)
+
+
+def _is_canonical(kp_id: np.ndarray, per_person: Iterable[Any]) -> bool:
+    """Whether the rows are 17 per person with keypoints 1..17 in order, each of the ``per_person`` columns
+    (arrays, or per-chunk codes from :func:`_column_codes`) constant within each 17 (an empty table is)."""
+    import numpy as np
+
+    n = len(kp_id)
+    if n % _N_KP:
+        return False
+    if not n:
+        return True
+    blocks = n // _N_KP
+    if not (kp_id.reshape(blocks, _N_KP) == np.arange(1, _N_KP + 1, dtype=kp_id.dtype)).all():
+        return False
+    for a in per_person:
+        if isinstance(a, tuple):  # per-chunk codes: they may change only between people
+            values, ends = a
+            if not (ends[:-1][values[1:] != values[:-1]] % _N_KP == 0).all():
+                return False
+        else:
+            a2 = a.reshape(blocks, _N_KP)
+            if not (a2 == a2[:, :1]).all():
+                return False
+    return True
+
+
+def _detection_order(group: np.ndarray, frame: np.ndarray, person: np.ndarray) -> np.ndarray | None:
+    """The permutation that sorts the runs by (video, frame, person_idx); ``None`` when they already are (as
+    for a table from keypoints_table)."""
+    import numpy as np
+
+    if len(group) < 2:
+        return None
+    later = (group[1:] > group[:-1]) | (
+        (group[1:] == group[:-1])
+        & ((frame[1:] > frame[:-1]) | ((frame[1:] == frame[:-1]) & (person[1:] > person[:-1])))
+    )
+    return None if bool(later.all()) else np.lexsort((person, frame, group))
+
+
+def _row_keypoints(table: pa.Table, pool: Executor | None) -> tuple[Any, Any, Any, np.ndarray | None]:
+    """x, y (nulls as 0) and seen (1 where x is valid, else 0) of every row, in table order. Float columns are
+    written straight into one (3, rows) float32 array (the three are its rows), which is returned too (else
+    ``None``): for a canonical table it is the (3, detections, 17) keypoints, without a copy."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    x_col, y_col = table.column("x"), table.column("y")
+    if not (pa.types.is_floating(x_col.type) and pa.types.is_floating(y_col.type)):
+        x = pc.fill_null(x_col, 0).to_numpy()
+        y = pc.fill_null(y_col, 0).to_numpy()
+        seen = np.asarray(x_col.is_valid().to_numpy(zero_copy_only=False), dtype=np.float32)
+        return x, y, seen, None
+    flat_kp = np.empty((3, table.num_rows), dtype=np.float32)
+    fills = (
+        (_fill_floats, flat_kp[0], x_col),
+        (_fill_floats, flat_kp[1], y_col),
+        (_fill_valid, flat_kp[2], x_col),
+    )
+    if pool is not None:  # memory-bound copies: in threads
+        list(pool.map(lambda job: job[0](job[1], job[2]), fills))
+    else:
+        for fill, dst, col in fills:
+            fill(dst, col)
+    return flat_kp[0], flat_kp[1], flat_kp[2], flat_kp
+
+
+def _keypoint_arrays(
+    table: pa.Table, rows: _RowLayout, pool: Executor | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """x, y and seen (1/0) of the 17 keypoints of each run, as (runs, 17) arrays (a keypoint without a row: 0),
+    and the (3, rows) float32 array of :func:`_row_keypoints` (or ``None``)."""
+    import numpy as np
+
+    x, y, seen, flat_kp = _row_keypoints(table, pool)
+    n_runs = len(rows.starts)
+    if rows.canonical:  # views: run k is rows 17k..17k+16
+        return x.reshape(n_runs, _N_KP), y.reshape(n_runs, _N_KP), seen.reshape(n_runs, _N_KP), flat_kp
+    row_order, row_run, kp_id = rows.row_order, rows.row_run, rows.kp_id
+    assert row_order is not None and row_run is not None  # (not canonical)
+    x, y, seen = x[row_order], y[row_order], seen[row_order]
+    ok = (kp_id >= 1) & (kp_id <= _N_KP)
+    kx, ky, km = (np.zeros((n_runs, _N_KP), dtype=np.float32) for _ in range(3))
+    for dst, src in ((kx, x), (ky, y), (km, seen)):
+        dst[row_run[ok], kp_id[ok].astype(np.int64) - 1] = src[ok]
+    return kx, ky, km, flat_kp
+
+
+def _box_and_is_video(table: pa.Table, rows: _RowLayout) -> tuple[list[np.ndarray], np.ndarray]:
+    """The box (bbox_x, bbox_y, bbox_w, bbox_h; float32) of each run, read at its first row, and whether the run
+    is a video frame (``time_s`` not null: images are not tracked)."""
+    import numpy as np
+    import pyarrow as pa
+
+    take = pa.array(rows.first_rows, type=pa.int64())
+    box = []
+    for c in _BOX:
+        col = table.column(c)
+        if rows.canonical and not col.null_count and pa.types.is_floating(col.type):  # every 17th row: no copy
+            box.append(_gather_floats(col, rows.first_rows, _N_KP))
+        else:
+            box.append(np.asarray(col.take(take).to_numpy(), np.float32))
+    time_col = table.column("time_s")
+    if time_col.null_count:
+        is_video = np.asarray(time_col.take(take).is_valid().to_numpy(zero_copy_only=False), bool)
+    else:
+        is_video = np.ones(len(rows.starts), dtype=bool)
+    return box, is_video
+
+
+def _frame_axis(group: np.ndarray, frame: np.ndarray, max_gap: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """The largest gap that can link anything, and for each detection its frame on one axis over all videos
+    (``gframe``) and its video's number (``gcode``, from 0 in order).
+
+    A gap of g frames joins frames g + 1 apart, so no gap reaches past the frame span of the table (a huge
+    ``max_gap``, meaning "never drop an id", costs nothing more). On the frame axis the videos follow one
+    another with a spacer wider than that gap, so that no link crosses from one video to the next.
+    """
+    import numpy as np
+
+    n = len(frame)
+    frame_range = int(frame.max() - frame.min()) if n else 0
+    useful_gap = min(max_gap, max(frame_range - 1, 0))
+    if not n:
+        none = np.zeros(0, dtype=np.int64)
+        return useful_gap, none, none
+    gstart = np.flatnonzero(np.append(True, group[1:] != group[:-1]))
+    gcode = np.repeat(np.arange(len(gstart)), np.diff(np.append(gstart, n)))
+    span = frame_range + useful_gap + 2
+    return useful_gap, frame - frame.min() + gcode * span, gcode
+
+
+def _keypoint_centres(kp: np.ndarray, box: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Centre (float32) of each detection's detected keypoints (``kp``: (3, n, 17)); the box centre when none is."""
+    import numpy as np
+
+    kx, ky, km = kp
+    bx, by, bw, bh = box
+    count = np.einsum("pk->p", km)  # a count: exact in any order (and faster than .sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cx = np.einsum("pk,pk->p", kx, km) / count
+        cy = np.einsum("pk,pk->p", ky, km) / count
+    none = count == 0
+    return np.where(none, bx + bw / 2, cx).astype(np.float32), np.where(none, by + bh / 2, cy).astype(np.float32)
+
+
+class _Detections:
+    """The detections (person-frames) of a keypoints table, one entry each, sorted by (video, frame,
+    person_idx), with what the tracker compares.
+
+    Per detection: ``kp`` (3, n, 17), x, y and seen (1/0) of the keypoints (``kx``, ``ky``, ``km`` are its
+    rows); the box ``bx``, ``by``, ``bw``, ``bh`` (and ``x1``, ``y1``, ``area``); ``cx``, ``cy``, the centre
+    of the keypoints; ``scale``, ``sqrt(bw * bh)`` (at least 1); ``feat``, those box/centre features stacked;
+    ``frame``, ``gframe`` and ``gcode`` (see :func:`_frame_axis`); ``is_video`` (False for images).
+    ``max_gap``: the largest gap that can link anything. :meth:`row_values` spreads a per-detection array
+    back to the table's rows (in any layout of the table).
+    """
 
     def __init__(self, table: pa.Table, max_gap: int, pool: Executor | None = None) -> None:
         import numpy as np
-        import pyarrow as pa
-        import pyarrow.compute as pc
 
-        n = table.num_rows
-        frame = _numpy(table, "frame_num")
-        person = _numpy(table, "person_idx")
-        kp_id = _numpy(table, "keypoint_id")
-        known: dict[Any, int] = {}
-        src_code = _column_codes(table, "source", known)
-        job_code = _column_codes(table, "job_id", known)
-        # The usual layout: 17 rows per person, keypoints 1..17 in order.
-        canonical = n % _N_KP == 0
-        if canonical and n:
-            blocks = n // _N_KP
-            canonical = bool((kp_id.reshape(blocks, _N_KP) == np.arange(1, _N_KP + 1, dtype=kp_id.dtype)).all())
-            for a in (frame, person, src_code, job_code) if canonical else ():
-                if isinstance(a, tuple):  # per-chunk codes: they may change only between people
-                    values, ends = a
-                    if not (ends[:-1][values[1:] != values[:-1]] % _N_KP == 0).all():
-                        canonical = False
-                        break
-                    continue
-                a2 = a.reshape(blocks, _N_KP)
-                if not (a2 == a2[:, :1]).all():
-                    canonical = False
-                    break
-        self.row_order: np.ndarray | None = None
-        if canonical:
-            starts = np.arange(0, n, _N_KP)
-            seg_group = _codes_every(src_code, _N_KP).astype(np.int64) * (1 << 31) + _codes_every(job_code, _N_KP)
-        else:
-            group = _codes_per_row(src_code).astype(np.int64) * (1 << 31) + _codes_per_row(job_code)
-            # Any other layout: sort the rows (stable) so that each person's rows are together.
-            row_order = np.lexsort((kp_id, person, frame, group))
-            self.row_order = row_order
-            frame, person, kp_id, group = frame[row_order], person[row_order], kp_id[row_order], group[row_order]
-            change = np.ones(n, dtype=bool)
-            change[1:] = (frame[1:] != frame[:-1]) | (person[1:] != person[:-1]) | (group[1:] != group[:-1])
-            starts = np.flatnonzero(change)
-            seg_group = group[starts]
-        n_seg = len(starts)
-        seg_frame = frame[starts].astype(np.int64)
-        seg_person = person[starts].astype(np.int64)
-        first_rows = starts if self.row_order is None else self.row_order[starts]
-        take = pa.array(first_rows, type=pa.int64())
-        # Detections in (group, frame, person) order (already so for a table from keypoints_table).
-        in_order = n_seg < 2 or bool(
-            (
-                (seg_group[1:] > seg_group[:-1])
-                | (
-                    (seg_group[1:] == seg_group[:-1])
-                    & (
-                        (seg_frame[1:] > seg_frame[:-1])
-                        | ((seg_frame[1:] == seg_frame[:-1]) & (seg_person[1:] > seg_person[:-1]))
-                    )
-                )
-            ).all()
-        )
-        order = None if in_order else np.lexsort((seg_person, seg_frame, seg_group))
-        x_col, y_col = table.column("x"), table.column("y")
-        flat_kp = None
-        if pa.types.is_floating(x_col.type) and pa.types.is_floating(y_col.type):
-            # x, y and seen straight into one (3, n) float32 array (the (3, n, 17) keypoints when canonical).
-            flat_kp = np.empty((3, n), dtype=np.float32)
-            fills = (
-                (_fill_floats, flat_kp[0], x_col),
-                (_fill_floats, flat_kp[1], y_col),
-                (_fill_valid, flat_kp[2], x_col),
-            )
-            if pool is not None:  # memory-bound copies: in threads
-                list(pool.map(lambda job: job[0](job[1], job[2]), fills))
-            else:
-                for fill, dst, col in fills:
-                    fill(dst, col)
-            x, y, seen = flat_kp
-        else:
-            x = pc.fill_null(x_col, 0).to_numpy()
-            y = pc.fill_null(y_col, 0).to_numpy()
-            seen = np.asarray(x_col.is_valid().to_numpy(zero_copy_only=False), dtype=np.float32)
-        if canonical:
-            kx, ky, km = (a.reshape(n_seg, _N_KP) for a in (x, y, seen))
-        else:
-            x, y, seen = x[self.row_order], y[self.row_order], seen[self.row_order]
-            seg_of_row = np.repeat(np.arange(n_seg), np.diff(np.append(starts, n)))
-            ok = (kp_id >= 1) & (kp_id <= _N_KP)
-            kx, ky, km = (np.zeros((n_seg, _N_KP), dtype=np.float32) for _ in range(3))
-            for dst, src in ((kx, x), (ky, y), (km, seen)):
-                dst[seg_of_row[ok], kp_id[ok].astype(np.int64) - 1] = src[ok]
-            self.row_seg = seg_of_row
-        ascending = self.row_order is None
-        box = []
-        for c in _BOX:
-            col = table.column(c)
-            if ascending and not col.null_count and pa.types.is_floating(col.type):
-                box.append(_gather_floats(col, first_rows, _N_KP if canonical else 0))
-            else:
-                box.append(np.asarray(col.take(take).to_numpy(), np.float32))
-        time_col = table.column("time_s")
-        if time_col.null_count:
-            is_video = np.asarray(time_col.take(take).is_valid().to_numpy(zero_copy_only=False), bool)
-        else:
-            is_video = np.ones(n_seg, dtype=bool)
+        rows = _row_layout(table)
+        kx, ky, km, flat_kp = _keypoint_arrays(table, rows, pool)
+        box, is_video = _box_and_is_video(table, rows)
+        group, frame = rows.group, rows.frame
+        order = _detection_order(group, frame, rows.person)
         if order is not None:
             kx, ky, km = kx[order], ky[order], km[order]
             box = [b[order] for b in box]
-            seg_group, seg_frame, is_video = seg_group[order], seg_frame[order], is_video[order]
-        # seg_to_det: detection of each run of rows (in sorted-row order).
-        self.seg_to_det = None if order is None else np.argsort(order)
-        self.canonical = canonical
-        # x, y and seen (1/0) of the 17 keypoints, as one (3, n, 17) array: one gather for all three.
-        if canonical and order is None and flat_kp is not None:
-            self.kp = flat_kp.reshape(3, n_seg, _N_KP)
+            group, frame, is_video = group[order], frame[order], is_video[order]
+        # Where the rows are (see row_values): run_to_det is the detection of each run (None: the same).
+        self.canonical = rows.canonical
+        self.row_order, self.row_run = rows.row_order, rows.row_run
+        self.run_to_det = None if order is None else np.argsort(order)
+        self.n = len(frame)
+        # x, y and seen (1/0) of the 17 keypoints, as one (3, n, 17) float32 array: one gather for all three.
+        if rows.canonical and order is None and flat_kp is not None:
+            self.kp = flat_kp.reshape(3, self.n, _N_KP)
         else:
             self.kp = np.stack([np.asarray(a, dtype=np.float32) for a in (kx, ky, km)])
         self.kx, self.ky, self.km = self.kp
         self.bx, self.by, self.bw, self.bh = box
-        self.frame = seg_frame
+        self.frame = frame
         self.is_video = is_video
-        # The largest gap that can link anything: a gap of g frames joins frames g + 1 apart, so no gap reaches
-        # past the frame span of the table (a huge max_gap, meaning "never drop an id", costs nothing more).
-        frame_range = int(seg_frame.max() - seg_frame.min()) if n_seg else 0
-        self.max_gap = min(max_gap, max(frame_range - 1, 0))
-        # A frame axis over all videos, with a spacer so that no link crosses from one video to the next.
-        if n_seg:
-            gstart = np.flatnonzero(np.append(True, seg_group[1:] != seg_group[:-1]))
-            gcode = np.repeat(np.arange(len(gstart)), np.diff(np.append(gstart, n_seg)))
-            span = frame_range + self.max_gap + 2
-            self.gframe = seg_frame - seg_frame.min() + gcode * span
-        else:
-            gcode = self.gframe = np.zeros(0, dtype=np.int64)
-        self.gcode = gcode
-        # Centre of the detected keypoints (the box centre when none is detected).
-        count = np.einsum("pk->p", self.km)  # a count: exact in any order (and faster than .sum(axis=1))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            cx = np.einsum("pk,pk->p", self.kx, self.km) / count
-            cy = np.einsum("pk,pk->p", self.ky, self.km) / count
-        none = count == 0
-        self.cx = np.where(none, self.bx + self.bw / 2, cx).astype(np.float32)
-        self.cy = np.where(none, self.by + self.bh / 2, cy).astype(np.float32)
+        self.max_gap, self.gframe, self.gcode = _frame_axis(group, frame, max_gap)
+        self.cx, self.cy = _keypoint_centres(self.kp, box)
         self.x1, self.y1, self.area = self.bx + self.bw, self.by + self.bh, self.bw * self.bh
         self.scale = np.maximum(np.sqrt(np.maximum(self.bw, 0) * np.maximum(self.bh, 0)), 1.0).astype(np.float32)
-        self.n = n_seg
         self._bounded: bool | None = None
         # The box/centre features stacked, for one gather per side in _benefit.
         # bw, bh last: only a moving previous side needs them, so the others gather just the first 8 rows.
@@ -347,11 +440,12 @@ class _People:
         """Spread a per-detection array to the table's rows, in the table's row order."""
         import numpy as np
 
-        per_seg = per_det if self.seg_to_det is None else per_det[self.seg_to_det]
+        per_run = per_det if self.run_to_det is None else per_det[self.run_to_det]
         if self.canonical:  # 17 rows per detection: a broadcast copy (faster than np.repeat)
-            return np.broadcast_to(per_seg[:, None], (len(per_seg), _N_KP)).reshape(-1)
-        out = np.empty(len(self.row_seg), dtype=per_seg.dtype)
-        out[self.row_order] = per_seg[self.row_seg]
+            return np.broadcast_to(per_run[:, None], (len(per_run), _N_KP)).reshape(-1)
+        assert self.row_order is not None and self.row_run is not None  # (not canonical)
+        out = np.empty(len(self.row_run), dtype=per_run.dtype)
+        out[self.row_order] = per_run[self.row_run]
         return out
 
 
@@ -377,7 +471,7 @@ def _n_assignments(a: int, b: int) -> int:
     return perm(max(a, b), min(a, b))
 
 
-def _velocity(p: _People, pred: np.ndarray, dets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _velocity(p: _Detections, pred: np.ndarray, dets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Velocity (px per frame) of ``dets`` along their links: mean shift of the keypoints seen at both ends."""
     import numpy as np
 
@@ -423,12 +517,11 @@ def _contested(allowed: np.ndarray) -> np.ndarray:
 
 
 def _benefit(
-    p: _People,
+    p: _Detections,
     prev: np.ndarray,
     cur: np.ndarray,
     gap: int,
-    vx: np.ndarray | None,
-    vy: np.ndarray | None,
+    velocity: tuple[np.ndarray, np.ndarray] | None,
     min_iou: float,
     max_distance: float,
     use_keypoints: bool,
@@ -440,67 +533,25 @@ def _benefit(
     predicted and the actual centre of the keypoints; allowed when the distance is within the (gap-widened)
     gate and, between consecutive frames, the IoU is at least ``min_iou``. With ``use_keypoints``, the
     problems where someone has more than one allowed link are scored again with the mean distance of the
-    keypoints seen in both detections instead of the centres. ``vx is None``: no motion (all velocities 0).
+    keypoints seen in both detections instead of the centres. ``velocity`` ``(vx, vy)`` per detection, or
+    ``None``: no motion (all velocities 0).
 
     The problems are on the last axis so that every elementwise operation runs over long contiguous rows.
     """
     import numpy as np
 
-    dt = gap + 1
-    # One gather of all the box/centre features of each side: (F, a, 1, G) and (F, 1, b, G).
-    fp = (p.feat if vx is not None else p.feat[:8]).take(prev.T, axis=1)[:, :, None, :]
-    fc = p.feat[:8].take(cur.T, axis=1)[:, None, :, :]
-    bx_p, by_p, x1_p, y1_p, area_p, cx_p, cy_p, scale_p = fp[:8]
-    bx_c, by_c, x1_c, y1_c, area_c, cx_c, cy_c, scale_c = fc
-    if vx is None:
-        # Zero velocity: adding 0 changes nothing, so the prediction is the box itself (bx + bw == x1).
-        sx = sy = None
-        ax0, ay0, ax1, ay1, pcx, pcy = bx_p, by_p, x1_p, y1_p, cx_p, cy_p
-    else:
-        sx = (vx[prev.T] * dt)[:, None, :]
-        sy = (vy[prev.T] * dt)[:, None, :]
-        bw_p, bh_p = fp[8:]
-        ax0, ay0 = bx_p + sx, by_p + sy
-        ax1, ay1 = ax0 + bw_p, ay0 + bh_p
-        pcx, pcy = cx_p + sx, cy_p + sy
-    # Predicted box of the previous detection vs the current box.
-    iw = np.minimum(ax1, x1_c)
-    iw -= np.maximum(ax0, bx_c)
-    ih = np.minimum(ay1, y1_c)
-    ih -= np.maximum(ay0, by_c)
-    np.maximum(iw, 0, out=iw)
-    np.maximum(ih, 0, out=ih)
-    inter = np.multiply(iw, ih, out=iw)
-    union = area_p + area_c
-    union -= inter
-    iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-    scale = scale_p + scale_c
+    ahead = _predicted(p, prev, gap, velocity)
+    fc = p.feat[:8].take(cur.T, axis=1)[:, None, :, :]  # (8, 1, b, G): the current side as it is
+    iou = _iou(ahead, fc)
+    scale = ahead.scale + fc[7]  # the mean box scale of the two sides
     scale *= 0.5
-    dx = pcx - cx_c
-    dy = pcy - cy_c
-    norm = np.hypot(dx, dy, out=dx)
-    norm /= scale
+    norm = _centre_distance(ahead.centre, fc, scale)
     gate = max_distance * (1 + GAP_WIDENING * gap)
     base = iou >= min_iou if gap == 0 else np.ones(iou.shape, dtype=bool)
     allowed = norm <= gate
     allowed &= base
     if use_keypoints and (prev.shape[1] > 1 or cur.shape[1] > 1):
-        contested = np.flatnonzero(_contested(allowed))
-        if len(contested):
-            # The cells (row, col, problem) of the contested problems whose distance matters: only those the
-            # IoU gate lets through (the others stay disallowed, and their benefit is 0 whatever the distance,
-            # as long as every value is finite: else all cells, as a NaN distance would give a NaN benefit).
-            cells = base[:, :, contested] if p.bounded() else np.ones((*base.shape[:2], len(contested)), bool)
-            i, j, c = np.nonzero(cells)
-            g = contested[c]
-            csx = csy = None
-            if sx is not None:
-                csx, csy = sx[i, 0, g], sy[i, 0, g]
-            kd = _keypoint_distance(p, prev[g, i], cur[g, j], csx, csy)
-            kd /= scale[i, j, g]
-            norm[i, j, g] = kd
-            allowed[:, :, contested] = False
-            allowed[i, j, g] = base[i, j, g] & (kd <= gate)
+        _rescore_contested(p, prev, cur, ahead.shift, scale, gate, base, norm, allowed)
     limit = np.float32(2 + gate)
     # limit - (1 - iou) - norm where allowed, else 0 (in place, float32 throughout).
     out = np.subtract(1, iou, out=iou)
@@ -510,11 +561,108 @@ def _benefit(
     return out, allowed
 
 
+class _Prediction(NamedTuple):
+    """Where the previous side of the problems is predicted to be, as (a, 1, G) arrays (see :func:`_predicted`)."""
+
+    #: (x0, y0, x1, y1), moved by the shift.
+    box: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+    #: (cx, cy): the centre of the keypoints, moved by the shift.
+    centre: tuple[np.ndarray, np.ndarray]
+    #: Area and scale of the box (the shift does not change them).
+    area: np.ndarray
+    scale: np.ndarray
+    #: (sx, sy): the shift (velocity x frames), or None without velocities.
+    shift: tuple[np.ndarray, np.ndarray] | None
+
+
+def _predicted(
+    p: _Detections, prev: np.ndarray, gap: int, velocity: tuple[np.ndarray, np.ndarray] | None
+) -> _Prediction:
+    """Where the ``prev`` (G, a) detections are predicted ``gap + 1`` frames later, with ``velocity``."""
+    # One gather of all the box/centre features: (F, a, 1, G).
+    fp = (p.feat if velocity is not None else p.feat[:8]).take(prev.T, axis=1)[:, :, None, :]
+    bx, by, x1, y1, area, cx, cy, scale = fp[:8]
+    if velocity is None:
+        # Zero velocity: adding 0 changes nothing, so the prediction is the box itself (bx + bw == x1).
+        return _Prediction((bx, by, x1, y1), (cx, cy), area, scale, None)
+    dt = gap + 1
+    vx, vy = velocity
+    sx = (vx[prev.T] * dt)[:, None, :]
+    sy = (vy[prev.T] * dt)[:, None, :]
+    bw, bh = fp[8:]
+    x0, y0 = bx + sx, by + sy
+    return _Prediction((x0, y0, x0 + bw, y0 + bh), (cx + sx, cy + sy), area, scale, (sx, sy))
+
+
+def _iou(ahead: _Prediction, fc: np.ndarray) -> np.ndarray:
+    """IoU of each predicted box (a, 1, G) with each current box (features ``fc``: (8, 1, b, G))."""
+    import numpy as np
+
+    ax0, ay0, ax1, ay1 = ahead.box
+    bx_c, by_c, x1_c, y1_c, area_c = fc[:5]
+    iw = np.minimum(ax1, x1_c)
+    iw -= np.maximum(ax0, bx_c)
+    ih = np.minimum(ay1, y1_c)
+    ih -= np.maximum(ay0, by_c)
+    np.maximum(iw, 0, out=iw)
+    np.maximum(ih, 0, out=ih)
+    inter = np.multiply(iw, ih, out=iw)
+    union = ahead.area + area_c
+    union -= inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def _centre_distance(centre_p: tuple[np.ndarray, np.ndarray], fc: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Distance from each predicted centre ``centre_p`` (a, 1, G) to each current one (in ``fc``), in ``scale``s."""
+    import numpy as np
+
+    pcx, pcy = centre_p
+    dx = pcx - fc[5]
+    dy = pcy - fc[6]
+    norm = np.hypot(dx, dy, out=dx)
+    norm /= scale
+    return norm
+
+
+def _rescore_contested(
+    p: _Detections,
+    prev: np.ndarray,
+    cur: np.ndarray,
+    shift: tuple[np.ndarray, np.ndarray] | None,
+    scale: np.ndarray,
+    gate: float,
+    base: np.ndarray,
+    norm: np.ndarray,
+    allowed: np.ndarray,
+) -> None:
+    """In the problems where someone has more than one allowed link, replace (in place) the centre distance
+    ``norm`` by the keypoint distance (:func:`_keypoint_distance`, in ``scale``s) and ``allowed`` accordingly
+    (``base``: the IoU gate). ``shift``: the predicted shifts of the previous side (a, 1, G), or ``None``."""
+    import numpy as np
+
+    contested = np.flatnonzero(_contested(allowed))
+    if not len(contested):
+        return
+    # The cells (row, col, problem) of the contested problems whose distance matters: only those the
+    # IoU gate lets through (the others stay disallowed, and their benefit is 0 whatever the distance,
+    # as long as every value is finite: else all cells, as a NaN distance would give a NaN benefit).
+    cells = base[:, :, contested] if p.bounded() else np.ones((*base.shape[:2], len(contested)), bool)
+    i, j, c = np.nonzero(cells)
+    g = contested[c]
+    cell_shift = None if shift is None else (shift[0][i, 0, g], shift[1][i, 0, g])
+    kd = _keypoint_distance(p, prev[g, i], cur[g, j], cell_shift)
+    kd /= scale[i, j, g]
+    norm[i, j, g] = kd
+    allowed[:, :, contested] = False
+    allowed[i, j, g] = base[i, j, g] & (kd <= gate)
+
+
 def _keypoint_distance(
-    p: _People, prev: np.ndarray, cur: np.ndarray, sx: np.ndarray | None, sy: np.ndarray | None
+    p: _Detections, prev: np.ndarray, cur: np.ndarray, shift: tuple[np.ndarray, np.ndarray] | None
 ) -> np.ndarray:
     """Mean distance (px) of the keypoints seen in both, from each predicted ``prev`` (M,) to ``cur`` (M,);
-    ``sx``/``sy`` (M,): the predicted shifts (``None``: no shift). The centre distance where none is shared.
+    ``shift``: the predicted shifts ``(sx, sy)``, (M,) each (``None``: no shift). The centre distance where
+    none is shared.
     """
     import numpy as np
 
@@ -523,7 +671,8 @@ def _keypoint_distance(
     dx = np.subtract(kxp, kxc, out=kxp)
     dy = np.subtract(kyp, kyc, out=kyp)
     pcx, pcy = p.cx.take(prev), p.cy.take(prev)
-    if sx is not None:
+    if shift is not None:
+        sx, sy = shift
         dx += sx[:, None]
         dy += sy[:, None]
         pcx += sx
@@ -609,7 +758,7 @@ def _runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _link_pass(
-    p: _People,
+    p: _Detections,
     pred: np.ndarray,
     succ: np.ndarray,
     gap: int,
@@ -623,9 +772,9 @@ def _link_pass(
 ) -> None:
     """Link unlinked ends of frame ``f`` to unlinked starts of frame ``f + gap + 1``, for every f at once.
 
-    ``pred``/``succ``: the linked detection before/after each detection, -1 for none, -2 for images.
-    ``velocity``: per-detection velocities ``(vx, vy)`` (px per frame) used to predict where people went
-    (``None``: nobody moves).
+    ``pred``/``succ``: the linked detection before/after each detection, -1 for none, -2 for images (updated
+    in place). ``velocity``: per-detection velocities ``(vx, vy)`` (px per frame) used to predict where people
+    went (``None``: nobody moves). ``candidates``: the unlinked ``(ends, starts)`` if the caller knows them.
     """
     import numpy as np
 
@@ -633,34 +782,13 @@ def _link_pass(
         ends, starts = candidates
     else:
         ends, starts = np.flatnonzero(succ == -1), np.flatnonzero(pred == -1)
-    if not len(ends) or not len(starts):
-        return
-    # Candidate counts per frame (gframe), and where each frame's candidates begin.
-    e_frames, e_first, e_count = _runs(p.gframe[ends])
-    s_frames, s_first, s_count = _runs(p.gframe[starts])
-    target = e_frames + gap + 1
-    pos = np.minimum(np.searchsorted(s_frames, target), len(s_frames) - 1)
-    hit = s_frames[pos] == target
-    ei, si = np.flatnonzero(hit), pos[hit]
-    if not len(ei):
-        return
-    vx, vy = velocity if velocity is not None else (None, None)
-    a_all, b_all = e_count[ei], s_count[si]
-    shapes = a_all * 65536 + b_all
-    blocks = []
-    for shape in np.unique(shapes):
-        sel = shapes == shape
-        a, b = int(shape // 65536), int(shape % 65536)
-        prev = ends[e_first[ei[sel]][:, None] + np.arange(a)]
-        cur = starts[s_first[si[sel]][:, None] + np.arange(b)]
-        # In blocks of problems, so that the temporaries stay in the CPU cache (the problems are independent).
-        step = max(1, _BLOCK_CELLS // (a * b))
-        blocks += [(prev[lo : lo + step], cur[lo : lo + step]) for lo in range(0, len(prev), step)]
+    blocks = _problem_blocks(p, ends, starts, gap)
+    gate = max_distance * (1 + GAP_WIDENING * gap)
 
     def solve(block: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         prev_b, cur_b = block
-        benefit, allowed = _benefit(p, prev_b, cur_b, gap, vx, vy, min_iou, max_distance, use_keypoints)
-        g, r, c = _links(benefit, allowed, max_distance * (1 + GAP_WIDENING * gap))
+        benefit, allowed = _benefit(p, prev_b, cur_b, gap, velocity, min_iou, max_distance, use_keypoints)
+        g, r, c = _links(benefit, allowed, gate)
         return prev_b[g, r], cur_b[g, c]
 
     # Each detection is in one problem of a pass, and solving only reads features: the blocks can be solved in
@@ -671,7 +799,40 @@ def _link_pass(
         succ[linked_prev] = linked_cur
 
 
-def _next_gap(p: _People, ends: np.ndarray, starts: np.ndarray, gap: int) -> int | None:
+def _problem_blocks(
+    p: _Detections, ends: np.ndarray, starts: np.ndarray, gap: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The assignment problems of a pass: for each frame f with track ends (``ends``, ascending) and starts
+    (``starts``, ascending) in frame ``f + gap + 1``, the ends (a,) and the starts (b,). Problems of the same
+    shape are stacked, (G, a) and (G, b), in blocks of at most ``_BLOCK_CELLS`` links (so that the temporaries
+    stay in the CPU cache); in order of shape, then of frame."""
+    import numpy as np
+
+    if not len(ends) or not len(starts):
+        return []
+    # Candidate counts per frame (gframe), and where each frame's candidates begin.
+    e_frames, e_first, e_count = _runs(p.gframe[ends])
+    s_frames, s_first, s_count = _runs(p.gframe[starts])
+    target = e_frames + gap + 1
+    pos = np.minimum(np.searchsorted(s_frames, target), len(s_frames) - 1)
+    hit = s_frames[pos] == target
+    ei, si = np.flatnonzero(hit), pos[hit]
+    if not len(ei):
+        return []
+    a_all, b_all = e_count[ei], s_count[si]
+    shapes = a_all * 65536 + b_all
+    blocks = []
+    for shape in np.unique(shapes):
+        sel = shapes == shape
+        a, b = int(shape // 65536), int(shape % 65536)
+        prev = ends[e_first[ei[sel]][:, None] + np.arange(a)]
+        cur = starts[s_first[si[sel]][:, None] + np.arange(b)]
+        step = max(1, _BLOCK_CELLS // (a * b))  # the problems are independent
+        blocks += [(prev[lo : lo + step], cur[lo : lo + step]) for lo in range(0, len(prev), step)]
+    return blocks
+
+
+def _next_gap(p: _Detections, ends: np.ndarray, starts: np.ndarray, gap: int) -> int | None:
     """The smallest gap ``>= gap`` at which some track end (``ends``) has a start (``starts``) to link to,
     i.e. a start ``gap + 1`` frames after it on the frame axis; ``None`` when there is none.
 
@@ -691,7 +852,7 @@ def _next_gap(p: _People, ends: np.ndarray, starts: np.ndarray, gap: int) -> int
 
 
 class _Links:
-    """The links of detections, pass by pass, and what a later chunk needs of them (see :class:`_Context`).
+    """The links of detections, pass by pass, and what a later chunk needs of them (see :class:`_StreamTracker`).
 
     ``pred1``/``succ1``: pass 1 (frame to frame, no motion); ``v1x``/``v1y``: the velocities from it;
     ``pred2``/``succ2``: pass 2 (frame to frame with those velocities); ``vcx``/``vcy``: the velocities of
@@ -702,16 +863,32 @@ class _Links:
 
     __slots__ = ("pred", "pred1", "pred2", "succ", "succ1", "succ2", "v1x", "v1y", "vcx", "vcy")
 
-    def __init__(self, **arrays: np.ndarray) -> None:
-        for name in self.__slots__:
-            setattr(self, name, arrays[name])
+    def __init__(
+        self,
+        *,
+        pred1: np.ndarray,
+        succ1: np.ndarray,
+        v1x: np.ndarray,
+        v1y: np.ndarray,
+        pred2: np.ndarray,
+        succ2: np.ndarray,
+        vcx: np.ndarray,
+        vcy: np.ndarray,
+        pred: np.ndarray,
+        succ: np.ndarray,
+    ) -> None:
+        self.pred1, self.succ1 = pred1, succ1
+        self.v1x, self.v1y = v1x, v1y
+        self.pred2, self.succ2 = pred2, succ2
+        self.vcx, self.vcy = vcx, vcy
+        self.pred, self.succ = pred, succ
 
     @classmethod
     def empty(cls) -> _Links:
         import numpy as np
 
         i, f = np.zeros(0, np.int64), np.zeros(0, np.float32)
-        return cls(**{n: (f if n[0] == "v" else i) for n in cls.__slots__})
+        return cls(pred1=i, succ1=i, v1x=f, v1y=f, pred2=i, succ2=i, vcx=f, vcy=f, pred=i, succ=i)
 
     def take(self, keep: np.ndarray, n: int) -> _Links:
         """The links of detections ``keep`` (ascending) of ``n``, renumbered (links outside ``keep``: see above)."""
@@ -719,16 +896,31 @@ class _Links:
 
         new = np.full(n + 1, -1, dtype=np.int64)
         new[keep] = np.arange(len(keep))
-        out = {}
-        for name in self.__slots__:
-            a = getattr(self, name)[keep]
-            at = new[np.where((a >= 0) & (a < n), a, n)] if name[0] in "ps" else None  # new index, -1 if gone
-            if name[0] == "p":  # predecessors: renumbered, -1 when gone
-                a = np.where(a >= 0, at, a)
-            elif name[0] == "s":  # successors: only "linked or not" matters later
-                a = np.where(a >= 0, np.where(at >= 0, at, _GONE), a)
-            out[name] = a
-        return _Links(**out)
+
+        def kept(links: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # the links of keep, and their new index
+            a = links[keep]
+            return a, new[np.where((a >= 0) & (a < n), a, n)]  # -1 if gone
+
+        def predecessors(links: np.ndarray) -> np.ndarray:  # renumbered, -1 when gone
+            a, at = kept(links)
+            return np.where(a >= 0, at, a)
+
+        def successors(links: np.ndarray) -> np.ndarray:  # only "linked or not" matters later
+            a, at = kept(links)
+            return np.where(a >= 0, np.where(at >= 0, at, _GONE), a)
+
+        return _Links(
+            pred1=predecessors(self.pred1),
+            succ1=successors(self.succ1),
+            v1x=self.v1x[keep],
+            v1y=self.v1y[keep],
+            pred2=predecessors(self.pred2),
+            succ2=successors(self.succ2),
+            vcx=self.vcx[keep],
+            vcy=self.vcy[keep],
+            pred=predecessors(self.pred),
+            succ=successors(self.succ),
+        )
 
 
 #: A successor link to a detection a context no longer holds ("linked": such an end is not a candidate).
@@ -736,7 +928,7 @@ _GONE = 1 << 62
 
 
 def _link(
-    p: _People,
+    p: _Detections,
     ctx: _Links,
     max_gap: int,
     min_iou: float,
@@ -792,7 +984,7 @@ def _link(
 
 
 def _track_ids(
-    p: _People, max_gap: int, min_iou: float, max_distance: float, pool: Executor | None = None
+    p: _Detections, max_gap: int, min_iou: float, max_distance: float, pool: Executor | None = None
 ) -> np.ndarray:
     """Track id per detection (int64, numbered from 0 per video by first appearance; -1 for images)."""
     import numpy as np
@@ -863,15 +1055,12 @@ def assign_tracks(
     # small tables stay in this thread.
     threads = min(2, os.cpu_count() or 1) if table.num_rows >= _THREADED_ROWS else 1
     with ThreadPoolExecutor(threads) if threads > 1 else nullcontext() as pool:
-        people = _People(table, int(max_gap), pool)
-        if people.n:
-            per_det = _track_ids(people, int(max_gap), float(min_iou), distance, pool)
-        else:
-            per_det = np.zeros(0, np.int64)
+        dets = _Detections(table, int(max_gap), pool)
+        per_det = _track_ids(dets, int(max_gap), float(min_iou), distance, pool) if dets.n else np.zeros(0, np.int64)
     # int32 and the null mask per detection first, then spread to the rows (fewer large temporaries).
     null = per_det < 0
-    values = people.row_values(per_det.astype(np.int32))
-    mask = people.row_values(null) if null.any() else None
+    values = dets.row_values(per_det.astype(np.int32))
+    mask = dets.row_values(null) if null.any() else None
     column = pa.array(values, type=pa.int32(), mask=mask)
     at = table.column_names.index("person_idx") + 1
     table = table.add_column(at, pa.field(TRACK_COLUMN, pa.int32()), column)
@@ -941,9 +1130,11 @@ class _StreamTracker:
         self._reset()
 
     def _reset(self) -> None:
+        import numpy as np
+
         self.ctx_table: pa.Table | None = None
         self.ctx = _Links.empty()
-        self.ctx_ids = _np().zeros(0, dtype=_np().int64)
+        self.ctx_ids = np.zeros(0, dtype=np.int64)
         self.next_id = 0
         self.last_frame: int | None = None
 
@@ -1019,8 +1210,8 @@ class _StreamTracker:
 
         c = len(self.ctx.pred)
         combined = chunk if self.ctx_table is None else pa.concat_tables([self.ctx_table, chunk])
-        p = _People(combined, self.max_gap, self.pool)
-        if not p.canonical or p.seg_to_det is not None:
+        p = _Detections(combined, self.max_gap, self.pool)
+        if not p.canonical or p.run_to_det is not None:
             raise ValueError(
                 "assign_tracks_reader needs keypoints_reader's layout (17 rows per person, in person_idx order "
                 "within a frame); use assign_tracks on the whole table"
@@ -1060,12 +1251,6 @@ class _StreamTracker:
         at = chunk.column_names.index("person_idx") + 1
         out = chunk.add_column(at, pa.field(TRACK_COLUMN, pa.int32()), column)
         return out.replace_schema_metadata(self.out_schema.metadata)
-
-
-def _np() -> Any:
-    import numpy as np
-
-    return np
 
 
 def assign_tracks_reader(

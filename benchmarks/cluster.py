@@ -39,24 +39,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+sys.path.append(str(Path(__file__).resolve().parents[1] / "scripts"))  # the package behind scripts/cluster.py
+
+from kakaopose_cluster import Cluster, host_kill
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _cluster_script() -> Any:
-    """scripts/cluster.py, under a name of its own (this file is also called ``cluster``)."""
-    import importlib.util
-
-    name = "kakaopose_cluster_script"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / "cluster.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-Cluster = _cluster_script().Cluster
-host_kill = _cluster_script().host_kill
 
 DAG_ID = "kakao_pose_cluster_bench"
 DAG_FILE = ROOT / "benchmarks" / "dags" / "kakao_pose_cluster_bench.py"

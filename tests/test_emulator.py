@@ -395,6 +395,19 @@ def test_key_never_recorded(emu):
     assert KEY not in requests.get(emu.base_url + "/_emulator/config").text
 
 
+def test_user_agent_and_accept_are_recorded(emu):
+    requests.post(
+        emu.base_url + "/pose",
+        data={"image_url": URL},
+        headers={**AUTH, "User-Agent": "probe/1.0", "Accept": "application/json"},
+        timeout=10,
+    )
+    [rec] = emu.requests
+    assert (rec.user_agent, rec.accept) == ("probe/1.0", "application/json")
+    [recorded] = requests.get(emu.base_url + "/_emulator/requests", timeout=10).json()
+    assert (recorded["user_agent"], recorded["accept"]) == ("probe/1.0", "application/json")
+
+
 def test_control_endpoints(emu):
     base = emu.base_url
     assert requests.get(base + "/_emulator/health").json()["status"] == "ok"

@@ -585,6 +585,43 @@ async def test_async_connection_lookup_does_not_block_the_loop(emulator, make_co
     assert loop_thread not in callers
 
 
+async def test_both_hooks_send_the_same_user_agent_and_accept(emulator, make_conn):
+    """The sync session, the async hook's shared session and its own per-call session send one User-Agent."""
+    from airflow_provider_kakaopose import __version__
+
+    conn_id = make_conn()
+    KakaoPoseHook(conn_id).get_job("nope")
+    async with KakaoPoseAsyncHook(conn_id) as hook:
+        await hook.get_job("nope")
+    await KakaoPoseAsyncHook(conn_id).get_job_status("nope")
+    sent = {(r.user_agent, r.accept) for r in emulator.requests}
+    assert len(emulator.requests) == 3
+    assert sent == {(f"airflow-provider-kakaopose/{__version__}", "application/json")}
+
+
+def test_compat_exports_every_name_it_lists_and_types_them():
+    """``_compat.__all__`` is its one list of names: each resolves on this Airflow, and the names it imports
+    only for type checkers (``if TYPE_CHECKING:``) are exactly its lazily imported ones."""
+    import ast
+    import inspect
+
+    from airflow_provider_kakaopose import _compat
+
+    for name in _compat.__all__:
+        assert getattr(_compat, name) is not None, name
+    tree = ast.parse(inspect.getsource(_compat))
+    [block] = [n for n in tree.body if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING"]
+    typed = {
+        alias.asname or alias.name
+        for node in ast.walk(block)
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assigned = {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+    imported = {alias.asname or alias.name for n in tree.body if isinstance(n, ast.ImportFrom) for alias in n.names}
+    assert typed == set(_compat.__all__) - assigned - imported
+
+
 def test_malformed_answer_carries_attempts_and_status(emulator, make_conn):
     emulator.script_faults(["500", "malformed"])
     with pytest.raises(KakaoPoseResponseError) as info:

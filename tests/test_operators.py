@@ -348,6 +348,41 @@ def test_video_operator_execute_complete_failures(status, error):
         op.execute_complete(context(), {"status": status, "job_id": "j", "message": f"boom {status}"})
 
 
+@pytest.mark.parametrize(
+    "event",
+    [None, "success", {}, {"job_id": "j"}, {"status": "success"}, {"status": "done", "job_id": "j"}],
+    ids=["none", "not-a-dict", "empty", "no-status", "success-without-id", "unknown-status"],
+)
+def test_execute_complete_refuses_a_missing_or_malformed_event(event):
+    """The video operator and the sensor validate the trigger's event in one place
+    (:func:`airflow_provider_kakaopose.jobs.job_id_from_event`): nothing goes on with a job id it never had."""
+    op = KakaoPoseVideoOperator(task_id="v", video=VIDEO_URL, output_uri="/tmp/never.parquet")
+    sensor = KakaoPoseJobSensor(task_id="s", job_id="j")
+    for task in (op, sensor):
+        with pytest.raises(KakaoPoseError, match="Unexpected trigger event") as info:
+            task.execute_complete(context(), event)
+        assert type(info.value) is KakaoPoseError
+    with pytest.raises(KakaoPoseError, match="Unexpected trigger event None"):
+        sensor.execute_complete(context())  # no event at all
+
+
+def test_dag_files_import_no_heavy_library():
+    """DAG parsing imports the operators and the sensor: none of pyarrow, pandas, numpy, aiohttp, redis (nor
+    the trigger or table modules) comes with them."""
+    import subprocess
+    import sys
+
+    heavy = ("pyarrow", "pandas", "numpy", "aiohttp", "redis", "PIL", "airflow_provider_kakaopose.tables")
+    code = (
+        "import sys\n"
+        "import airflow_provider_kakaopose.operators.pose, airflow_provider_kakaopose.sensors.pose\n"
+        f"print('loaded:', *(m for m in {heavy!r} if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "loaded:"  # (Airflow may log to stdout before it)
+
+
 def test_video_operator_retry_reattaches_instead_of_resubmitting(emulator, make_conn, tmp_path):
     conn_id = make_conn()
     store = FakeStore()

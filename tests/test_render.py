@@ -381,15 +381,21 @@ def test_contact_sheet_grid_and_cells():
     assert default.size == (5 * 40, 2 * 30)  # 10 frames <= 12: all of them
 
 
-def test_contact_sheet_evenly_spaces_frames(monkeypatch):
-    drawn = []
+@pytest.fixture
+def drawn(monkeypatch):
+    """The frame numbers drawn, in order (every frame goes through ``render._render``)."""
+    frame_nums = []
     real = render._render
 
     def spy(poses, source, frame_num, **kw):
-        drawn.append(frame_num)
+        frame_nums.append(frame_num)
         return real(poses, source, frame_num, **kw)
 
     monkeypatch.setattr(render, "_render", spy)
+    return frame_nums
+
+
+def test_contact_sheet_evenly_spaces_frames(drawn):
     table = video([[person()] for _ in range(101)])
     contact_sheet(table, frames=5, thumb_width=20)
     assert drawn == [0, 25, 50, 75, 100]
@@ -398,7 +404,7 @@ def test_contact_sheet_evenly_spaces_frames(monkeypatch):
     assert len(drawn) == 12 and drawn[0] == 0 and drawn[-1] == 100
 
 
-def test_sheet_and_animation_show_the_answers_frames_only(monkeypatch):
+def test_sheet_and_animation_show_the_answers_frames_only(drawn):
     """A video answer with frames 0, 5, 10 (the metadata records them): three cells, not eleven."""
     answer = {
         "annotations": [{"frame_num": f, "objects": objs} for f, objs in ((0, [person()]), (5, []), (10, [person()]))],
@@ -409,14 +415,6 @@ def test_sheet_and_animation_show_the_answers_frames_only(monkeypatch):
         "video": {"fps": 10, "frames": 11, "width": 480, "height": 360},
     }
     table = keypoints_table(answer, source="v.mp4")
-    drawn = []
-    real = render._render
-
-    def spy(poses, source, frame_num, **kw):
-        drawn.append(frame_num)
-        return real(poses, source, frame_num, **kw)
-
-    monkeypatch.setattr(render, "_render", spy)
     contact_sheet(table, thumb_width=40)
     assert drawn == [0, 5, 10]
     drawn.clear()

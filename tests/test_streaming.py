@@ -72,7 +72,7 @@ def fast_only(monkeypatch):
     def no_slow(*a, **k):
         raise AssertionError("fell back to the slow path")
 
-    monkeypatch.setattr(flatten, "_slow", no_slow)
+    monkeypatch.setattr(flatten, "json_fallback", no_slow)
 
 
 def same_table(got: pa.Table, want: pa.Table) -> None:

@@ -32,6 +32,7 @@ from airflow_provider_kakaopose.tables import (
     COLUMNS,
     KEYPOINT_NAMES,
     SKELETON,
+    decode_metadata,
     flatten,
     keypoints_reader,
     keypoints_table,
@@ -41,7 +42,6 @@ from airflow_provider_kakaopose.tables import (
     to_coco,
     write_parquet,
 )
-from airflow_provider_kakaopose.tables.schema import _read_metadata
 
 SAMPLES = Path(__file__).parent / "data" / "samples"  # the service guide's sample bodies
 if not SAMPLES.exists():  # pragma: no cover - the repo's own copy, if the shared folder is absent
@@ -59,7 +59,7 @@ def fast_only(monkeypatch):
     def no_slow(*a, **k):
         raise AssertionError("fell back to the slow path")
 
-    monkeypatch.setattr(flatten, "_slow", no_slow)
+    monkeypatch.setattr(flatten, "json_fallback", no_slow)
 
 
 def person(seed: int = 0, undetected: tuple[int, ...] = ()) -> dict:
@@ -265,7 +265,7 @@ def test_to_coco_accepts_unsorted_tables_and_dataframes():
     shuffled = t.take(np.random.default_rng(0).permutation(t.num_rows))
     approx_equal(to_coco(shuffled), r)
     df = t.to_pandas()
-    df.attrs["kakaopose"] = _read_metadata(t.schema.metadata)
+    df.attrs["kakaopose"] = decode_metadata(t.schema.metadata)
     approx_equal(to_coco(df), r)
     with pytest.raises(KakaoPoseError, match="keypoints 1..17"):
         to_coco(t.slice(0, 17 * 2).take(list(range(17)) * 2))
@@ -918,11 +918,11 @@ def test_the_cut_short_check_reads_in_pieces_of_any_size(monkeypatch, chunk):
     two pieces gives the same verdict."""
     body = escaped_body(frames=2)
     cuts = [*range(1, len(body), 61), *(i + 1 for i in range(len(body)) if body[i] == 0x5C)]  # after "\\"
-    want = {n: scanner._cut_short(body[:n]) for n in cuts}
-    assert all(want.values()) and scanner._cut_short(body) is None
+    want = {n: scanner.cut_short_message(body[:n]) for n in cuts}
+    assert all(want.values()) and scanner.cut_short_message(body) is None
     monkeypatch.setattr(scanner, "_CHECK_CHUNK", chunk)
-    assert {n: scanner._cut_short(body[:n]) for n in cuts} == want
-    assert scanner._cut_short(body) is None
+    assert {n: scanner.cut_short_message(body[:n]) for n in cuts} == want
+    assert scanner.cut_short_message(body) is None
 
 
 def test_a_cut_short_body_says_where_it_ends():

@@ -452,7 +452,7 @@ def test_shortcuts_give_the_full_solution(monkeypatch):
     tables = contested_tables()
     fast = [assign_tracks(t).column("track_id") for t in tables]
     monkeypatch.setattr(tracking, "_EASY_GATE", -1.0)  # solve every problem
-    monkeypatch.setattr(tracking._People, "bounded", lambda self: False)  # keypoint distances of every cell
+    monkeypatch.setattr(tracking._Detections, "bounded", lambda self: False)  # keypoint distances of every cell
     for t, expected in zip(tables, fast, strict=True):
         assert assign_tracks(t).column("track_id").equals(expected)
 

@@ -61,11 +61,12 @@ class EmulatorProcess:
             env["KAKAO_POSE_EMULATOR_API_KEY"] = self.api_key
         cmd = [self.python, "-m", "airflow_provider_kakaopose.emulator", *self.args, "--port", "0"]
         self._proc = proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        assert proc.stdout is not None
+        stdout = proc.stdout
+        assert stdout is not None
         ready = threading.Event()
 
         def read() -> None:  # keep draining its output, or a chatty server blocks on a full pipe
-            for line in proc.stdout:
+            for line in stdout:
                 self.output.append(line)
                 if not ready.is_set() and (m := re.search(r"listening on (http://\S+)", line)):
                     self.base_url = m.group(1)

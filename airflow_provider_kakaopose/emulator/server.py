@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
+from aiohttp import BodyPartReader, ClientSession, ClientTimeout, TCPConnector, web
 
 from airflow_provider_kakaopose.validation import (
     DEFAULT_LIMITS,
@@ -169,6 +169,9 @@ class RecordedRequest:
     time: float = 0.0
     #: The request arrived over the per-second quota (and was refused with the quota answer).
     over_quota: bool = False
+    #: The client's ``User-Agent`` and ``Accept`` headers as sent (None when absent).
+    user_agent: str | None = None
+    accept: str | None = None
 
 
 @dataclass
@@ -504,6 +507,8 @@ class PoseEmulator:
             auth_ok=auth_ok,
             authorization_scheme=scheme,
             time=now,
+            user_agent=request.headers.get("User-Agent"),
+            accept=request.headers.get("Accept"),
         )
         with self._lock:
             self._requests.append(rec)
@@ -533,7 +538,7 @@ class PoseEmulator:
             if fault == "slow":
                 await asyncio.sleep(cfg.slow_seconds)
                 fault = None
-            response = self._fault_response(fault, request.path, cfg) if fault else None
+            response: web.StreamResponse | None = self._fault_response(fault, request.path, cfg) if fault else None
             if response is None and over_quota:
                 rec.over_quota = True
                 response = self._quota_response(cfg.quota_mode, cfg)
@@ -553,9 +558,12 @@ class PoseEmulator:
                 request.transport.abort()
             raise asyncio.CancelledError() from None
         rec.status = response.status
-        has_bytes = isinstance(response, web.Response) and isinstance(response.body, bytes)
-        if has_bytes and len(response.body) > STREAM_BODY_BYTES:  # type: ignore[arg-type]
-            return await self._stream(request, response)  # type: ignore[arg-type]
+        if (
+            isinstance(response, web.Response)
+            and isinstance(response.body, bytes)
+            and len(response.body) > STREAM_BODY_BYTES
+        ):
+            return await self._stream(request, response)
         return response
 
     @staticmethod
@@ -631,6 +639,8 @@ class PoseEmulator:
             try:
                 reader = await request.multipart()
                 while (part := await reader.next()) is not None:
+                    if not isinstance(part, BodyPartReader):
+                        raise _BadRequest("could not read the multipart body (a nested multipart part)")
                     name = part.name or ""
                     if name == "file" or part.filename is not None:
                         if name != "file" or "_file" in form:
@@ -659,7 +669,7 @@ class PoseEmulator:
             " (image_url/video_url) or multipart/form-data (file)"
         )
 
-    async def _read_file_part(self, part, path: str) -> tuple[str, int, bytes]:
+    async def _read_file_part(self, part: BodyPartReader, path: str) -> tuple[str, int, bytes]:
         """(file name, size, bytes): all bytes of an image (up to limit + 1 MB), the first MB of a video.
 
         With an engine, all bytes of a video too (up to its limit + 1 MB): the engine decodes them.
@@ -722,6 +732,7 @@ class PoseEmulator:
             width, height = (info.width, info.height) if info else URL_IMAGE_SIZE
             key = self._content_key("image", data)
         else:
+            assert url is not None  # _one_source gives one of the two
             problems = check_url(url, "image_url")
             if problems:
                 return _error(400, -2, "; ".join(problems))
@@ -882,13 +893,14 @@ class PoseEmulator:
                     raise _BadRequest("; ".join(problems))
                 key = self._content_key("video", head + size.to_bytes(8, "little"))
             else:
+                assert url is not None  # _one_source gives one of the two
                 check = self._check_fetch_url if self._engine is not None else check_url
                 if problems := check(url, "video_url"):
                     raise _BadRequest("; ".join(problems))
                 key = self._content_key("video_url", url)
             if self._engine is not None:
                 return self._engine_submit(url, file, smoothing, callback, cfg)
-            spec = self._video_spec(url, cfg, smoothing)
+            spec: synth.VideoSpec | None = self._video_spec(url, cfg, smoothing)
             waiting_s, processing_s = self._job_timing(url, cfg)
         except _BadRequest as err:
             return _error(400, -2, str(err))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import email.utils
 import json
-import logging
 import math
 import os
 import re
@@ -19,7 +18,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from tenacity import RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
@@ -34,6 +33,7 @@ from airflow_provider_kakaopose.exceptions import (
 )
 from airflow_provider_kakaopose.get_provider_info import CONN_FIELDS, CONN_TYPE, DEFAULT_BASE_URL
 from airflow_provider_kakaopose.hooks._shared_quota import SharedQuota
+from airflow_provider_kakaopose.jobs import JobStatus
 from airflow_provider_kakaopose.validation import (
     DEFAULT_LIMITS,
     Limits,
@@ -43,15 +43,20 @@ from airflow_provider_kakaopose.validation import (
     sniff_image,
 )
 
-JOB_STATUSES = frozenset({"waiting", "processing", "success", "failed", "not found"})
-#: Kakao error codes that are worth sending again (internal error, per-second quota).
-RETRYABLE_CODES = frozenset({-1, -10})
+#: Every job status the service answers (:class:`~airflow_provider_kakaopose.jobs.JobStatus`).
+JOB_STATUSES = frozenset(JobStatus)
 AUTH_CODES = frozenset({-401, -3, -5, -12})
 QUOTA_CODES = frozenset({-10, -11})
 #: Bytes per read when a job body is streamed through the status reader.
 STATUS_CHUNK = 256 << 10
 #: A job id that cannot exist: looking it up checks host and key without spending analysis quota.
 PROBE_JOB_ID = "00000000-0000-0000-0000-000000000000"
+
+
+class WarningLog(Protocol):
+    """What the hooks log through: a :class:`logging.Logger` or Airflow 3's structlog logger (``hook.log``)."""
+
+    def warning(self, msg: Any, /, *args: Any) -> Any: ...
 
 
 def _extra_default(name: str) -> Any:
@@ -78,7 +83,7 @@ class ConnSettings:
 
     @classmethod
     def from_connection(
-        cls, conn: Any, log: logging.Logger | None = None, *, extra: Mapping[str, Any] | None = None
+        cls, conn: Any, log: WarningLog | None = None, *, extra: Mapping[str, Any] | None = None
     ) -> ConnSettings:
         """Build settings from an Airflow Connection; bad values raise naming the field.
 
@@ -92,8 +97,8 @@ class ConnSettings:
                 f"Connection {conn_id!r} has no REST API key: put it in the connection's password field"
             )
         prefix = f"extra__{CONN_TYPE}__"
-        raw = dict(conn.extra_dejson or {}) if extra is None else dict(extra)
-        extra = {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in raw.items()}
+        stored = dict(conn.extra_dejson or {}) if extra is None else dict(extra)
+        extra = {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in stored.items()}
         unknown = sorted(set(extra) - set(CONN_FIELDS) - {"scheme"})
         if unknown and log is not None:
             log.warning("Connection %r: ignoring unknown extra field(s) %s", conn_id, ", ".join(unknown))
@@ -382,7 +387,7 @@ def check_job_id(value: Any, method: str, path: str) -> str:
 
 def check_job(value: Any, method: str, path: str) -> dict:
     status = value.get("status") if isinstance(value, dict) else None
-    if status not in JOB_STATUSES:
+    if not isinstance(status, str) or status not in JOB_STATUSES:
         raise KakaoPoseResponseError(
             f"{_describe(method, path)} answered an unknown job status {status!r}"
             f" (expected one of {', '.join(sorted(JOB_STATUSES))})"
@@ -415,7 +420,7 @@ def new_rate_limiter(settings: ConnSettings) -> RateLimiter:
     return RateLimiter(rate, shared=shared_quota(settings.base_url, settings.api_key, rate))
 
 
-def retry_kwargs(settings: ConnSettings, log: logging.Logger, what: str) -> dict[str, Any]:
+def retry_kwargs(settings: ConnSettings, log: WarningLog, what: str) -> dict[str, Any]:
     """Keyword arguments for tenacity's ``Retrying`` *and* ``AsyncRetrying``: one policy for both hooks.
 
     Exponential backoff with jitter; a ``Retry-After`` from the service replaces the backoff (capped at

@@ -19,11 +19,13 @@ import numpy as np
 
 from airflow_provider_kakaopose._jsonmarks import BACKSLASH, LBRACE, MARKS, QUOTE, WS, MarkFinder
 from airflow_provider_kakaopose.exceptions import KakaoPoseResponseError
+from airflow_provider_kakaopose.jobs import RUNNING, JobStatus
 
 #: Most bytes of top-level text (keys and scalar values) a job body may have; a real one has ~100.
 MAX_TOP_BYTES = 1 << 20
-#: Statuses after which the rest of the body cannot change the answer, so reading may stop.
-EARLY_STATUSES = frozenset({"waiting", "processing", "success"})
+#: Statuses after which the rest of the body cannot change the answer, so reading may stop (any other body is
+#: read to its end: a failed job's ``description`` may follow its status).
+EARLY_STATUSES = frozenset({*RUNNING, JobStatus.SUCCESS})
 
 
 _MARKS = MARKS  # the structural bytes, shared with the tables' scanner

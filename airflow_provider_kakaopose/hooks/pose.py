@@ -12,8 +12,9 @@ import asyncio
 import os
 import threading
 import weakref
-from collections.abc import Callable
-from typing import IO, Any
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import IO, Any, Protocol
 
 import requests
 from tenacity import AsyncRetrying, Retrying
@@ -61,8 +62,19 @@ from airflow_provider_kakaopose.hooks._status import JobStatusReader
 from airflow_provider_kakaopose.validation import DEFAULT_LIMITS, Limits
 
 FileInput = str | os.PathLike | bytes | IO[bytes]
+#: What a request's ``parse`` gets from a 2xx answer: the body (bytes), the status scan's top-level fields, or the
+#: byte count of a download.
+ParseInput = bytes | dict[str, Any] | int
 
 __all__ = ["KakaoPoseAsyncHook", "KakaoPoseHook"]
+
+
+class BinarySink(Protocol):
+    """Where a downloaded body goes: anything with a binary ``write`` (a file, a
+    :class:`~airflow_provider_kakaopose.tables.BodySpool`, a pipe). ``seek``/``truncate``, when present, let a
+    download that broke mid-body be retried from the first byte."""
+
+    def write(self, data: bytes, /) -> Any: ...
 
 
 class _KakaoPoseHookBase(BaseHook):
@@ -106,13 +118,25 @@ def _mask(secret: str) -> None:
     mask_secret(secret)
 
 
+#: Sent with every request of both hooks (the API key is added per request).
+HEADERS = {"User-Agent": f"airflow-provider-kakaopose/{__version__}", "Accept": "application/json"}
+
+
 def _new_session() -> requests.Session:
+    """The sync hook's pooled session (sized for concurrent batches; retries are the hook's own)."""
     session = requests.Session()
     adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=64, max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
-    session.headers.update({"User-Agent": f"airflow-provider-kakaopose/{__version__}", "Accept": "application/json"})
+    session.headers.update(HEADERS)
     return session
+
+
+def _new_async_session(connector: Any = None) -> Any:
+    """An aiohttp session for the async hook, sending the same :data:`HEADERS` as the sync one."""
+    import aiohttp
+
+    return aiohttp.ClientSession(connector=connector, headers=HEADERS)
 
 
 class KakaoPoseHook(_KakaoPoseHookBase):
@@ -221,10 +245,10 @@ class KakaoPoseHook(_KakaoPoseHookBase):
         fields: dict[str, str] | None = None,
         upload: Upload | None = None,
         settings: ConnSettings | None = None,
-        parse: Callable[[bytes], Any] = bytes,
+        parse: Callable[[Any], Any] = bytes,
         resend_if_unsure: bool = True,
         status_only: bool = False,
-        sink: IO[bytes] | None = None,
+        sink: BinarySink | None = None,
     ) -> Any:
         """Send one logical request (with retries) and return ``parse(body)`` of the 2xx answer.
 
@@ -238,76 +262,86 @@ class KakaoPoseHook(_KakaoPoseHookBase):
         count is returned; each attempt first empties it (``seek(0)``, ``truncate()``), so a download cut off
         mid-body starts over cleanly on the retry. A sink that cannot be emptied is retried only while none of
         the body has been written into it (see :class:`_Download`).
+
+        Each attempt is :meth:`_attempt`: :meth:`_send`, :meth:`_read_body`, then :func:`_check_answer`;
+        transport failures become errors in :meth:`_map_transport_error`.
         """
-        s = settings or self.settings
-        url = s.base_url + path
-        attempts = 0
-        download = _Download(sink, f"{method} {path}") if sink is not None else None  # one for all attempts
-        breaker = self.breaker
+        call = _Call(
+            method,
+            path,
+            settings or self.settings,
+            parse,
+            fields=fields,
+            upload=upload,
+            resend_if_unsure=resend_if_unsure,
+            status_only=status_only,
+            download=_Download(sink, f"{method} {path}") if sink is not None else None,  # one for all attempts
+            breaker=self.breaker,
+        )
+        # An open breaker ends the backoff waits at once.
+        wait: dict[str, Any] = {"sleep": call.breaker.sleep} if call.breaker is not None else {}
+        return Retrying(**retry_kwargs(call.settings, self.log, call.what), **wait)(self._attempt, call)
 
-        def attempt() -> Any:
-            nonlocal attempts
-            attempts += 1
-            self.rate_limiter.acquire()
-            if breaker is not None:
-                breaker.check()
-            files = {"file": (upload.name, upload.data, upload.content_type)} if upload else None
-            resp = reader = None
-            try:
-                resp = self.session.request(
-                    method,
-                    url,
-                    data=fields,
-                    files=files,
-                    headers=s.auth_header,
-                    timeout=(s.connect_timeout, s.read_timeout),
-                    stream=status_only or sink is not None,
-                )
-                if breaker is not None:
-                    breaker.on_reached()
-                if download is not None and 200 <= resp.status_code < 300:
-                    body = _download(resp, download)
-                elif status_only and 200 <= resp.status_code < 300:
-                    reader = JobStatusReader(f"{method} {path}")
-                    for chunk in resp.iter_content(STATUS_CHUNK):
-                        if reader.feed(chunk):
-                            break
-                    body = b""
-                else:
-                    body = resp.content
-            except (
-                requests.exceptions.ConnectionError,
-                requests.exceptions.Timeout,
-                requests.exceptions.ChunkedEncodingError,
-            ) as err:
-                error = transport_error(method, path, s.base_url, err)
-                if not resend_if_unsure and _may_have_arrived(err):
-                    error = outcome_unknown(error)
-                if breaker is not None:
-                    error = breaker.on_error(error, attempts, s)
-                raise _with_attempts(error, attempts) from None
-            except requests.exceptions.RequestException as err:
-                raise KakaoPoseError(f"{method} {path} to {s.base_url} failed: {err}") from None
-            except KakaoPoseError as err:  # the status reader's
-                err.status_code = resp.status_code if resp is not None else None
-                raise _with_attempts(err, attempts) from None
-            finally:
-                if (status_only or sink is not None) and resp is not None:
-                    resp.close()  # a body left unread closes the connection instead of draining it
-            try:
-                checked = check_response(method, path, resp.status_code, resp.headers, body)
-                result = parse(reader.fields() if reader is not None else checked)
-            except KakaoPoseError as err:
-                if err.status_code is None:
-                    err.status_code = resp.status_code
-                if not resend_if_unsure and answer_leaves_outcome_unknown(err):
-                    err = outcome_unknown(err)
-                raise _with_attempts(_settle_error(self.rate_limiter, err), attempts) from None
-            self.rate_limiter.on_success()
-            return result
+    def _attempt(self, call: _Call) -> Any:
+        """One try of ``call``: wait for a turn, send, read the answer and check it."""
+        call.attempts += 1
+        self.rate_limiter.acquire()
+        if call.breaker is not None:
+            call.breaker.check()
+        resp = None
+        try:
+            resp = self._send(call)
+            if call.breaker is not None:
+                call.breaker.on_reached()
+            body, value = self._read_body(call, resp)
+        except _REQUESTS_TRANSPORT_ERRORS as err:
+            raise self._map_transport_error(call, err) from None
+        except requests.exceptions.RequestException as err:
+            raise KakaoPoseError(f"{call.what} to {call.settings.base_url} failed: {err}") from None
+        except KakaoPoseError as err:  # the status reader's, or a download that cannot be retried
+            err.status_code = resp.status_code if resp is not None else None
+            raise _with_attempts(err, call.attempts) from None
+        finally:
+            if call.streams and resp is not None:
+                resp.close()  # a body left unread closes the connection instead of draining it
+        return _check_answer(call, self.rate_limiter, resp.status_code, resp.headers, body, value)
 
-        wait = {"sleep": breaker.sleep} if breaker is not None else {}  # an open breaker ends the backoff waits
-        return Retrying(**retry_kwargs(s, self.log, f"{method} {path}"), **wait)(attempt)
+    def _send(self, call: _Call) -> requests.Response:
+        """Send the request on the pooled session; the body is streamed when it is scanned or downloaded."""
+        s, upload = call.settings, call.upload
+        return self.session.request(
+            call.method,
+            s.base_url + call.path,
+            data=call.fields,
+            files={"file": (upload.name, upload.data, upload.content_type)} if upload else None,
+            headers=s.auth_header,
+            timeout=(s.connect_timeout, s.read_timeout),
+            stream=call.streams,
+        )
+
+    @staticmethod
+    def _read_body(call: _Call, resp: requests.Response) -> tuple[bytes, ParseInput]:
+        """``(body, what parse gets)``. A 2xx answer is written into the download's sink (parse gets the byte
+        count, the body is ``b""``) or scanned for the status (parse gets the top-level fields); any other
+        answer, or a plain call, is read whole (parse gets the body)."""
+        ok = 200 <= resp.status_code < 300
+        if ok and call.download is not None:
+            return b"", _download(resp, call.download)
+        if ok and call.status_only:
+            return b"", _scan_status(resp.iter_content(STATUS_CHUNK), call.what)
+        body = resp.content
+        return body, body
+
+    @staticmethod
+    def _map_transport_error(call: _Call, err: BaseException) -> KakaoPoseError:
+        """The error to raise for a connection failure, timeout or broken body: retryable unless a submission
+        may have reached the service (then ``outcome_unknown``) or the batch's breaker opened."""
+        error: KakaoPoseError = transport_error(call.method, call.path, call.settings.base_url, err)
+        if not call.resend_if_unsure and _may_have_arrived(err):
+            error = outcome_unknown(error)
+        if call.breaker is not None:
+            error = call.breaker.on_error(error, call.attempts, call.settings)
+        return _with_attempts(error, call.attempts)
 
     # --------------------------------------------------------------------------------------------- API
 
@@ -391,7 +425,7 @@ class KakaoPoseHook(_KakaoPoseHookBase):
         """
         return self._request("GET", job_path(job_id))
 
-    def download_job(self, job_id: str, sink: IO[bytes]) -> int:
+    def download_job(self, job_id: str, sink: BinarySink) -> int:
         """Write the job's body into ``sink`` as it arrives, chunk by chunk; return its size in bytes.
 
         ``sink`` is a binary file opened for writing: best a seekable one, or a
@@ -446,7 +480,7 @@ class _LoopSessions:
         entry = self._by_loop.get(loop)
         if entry is None or entry[0].closed:
             connector = aiohttp.TCPConnector(limit=100, limit_per_host=100)
-            entry = [aiohttp.ClientSession(connector=connector, headers={"Accept": "application/json"}), 0]
+            entry = [_new_async_session(connector), 0]
             self._by_loop[loop] = entry
         entry[1] += 1
         return entry[0]
@@ -528,56 +562,47 @@ class KakaoPoseAsyncHook(_KakaoPoseHookBase):
         import aiohttp
 
         s = await self.get_settings()
-        assert self._rate_limiter is not None
         limiter = self._rate_limiter
-        url = s.base_url + path
+        assert limiter is not None
+        call = _Call(method, path, s, parse, status_only=status_only)
         timeout = aiohttp.ClientTimeout(sock_connect=s.connect_timeout, sock_read=s.read_timeout)
-        attempts = 0
-
-        async def attempt(session: aiohttp.ClientSession) -> Any:
-            nonlocal attempts
-            attempts += 1
-            await limiter.acquire_async()
-            reader = None
-            try:
-                async with session.request(method, url, headers=s.auth_header, timeout=timeout) as resp:
-                    status, headers = resp.status, resp.headers
-                    if status_only and 200 <= status < 300:
-                        reader = JobStatusReader(f"{method} {path}")
-                        async for chunk in resp.content.iter_chunked(STATUS_CHUNK):
-                            if reader.feed(chunk):
-                                resp.close()  # the rest of the body is not needed: drop the connection
-                                break
-                        body = b""
-                    else:
-                        body = await resp.read()
-            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as err:
-                raise _with_attempts(transport_error(method, path, s.base_url, err), attempts) from None
-            except aiohttp.ClientError as err:
-                raise KakaoPoseError(f"{method} {path} to {s.base_url} failed: {err}") from None
-            except KakaoPoseError as err:  # the status reader's
-                err.status_code = status
-                raise _with_attempts(err, attempts) from None
-            try:
-                checked = check_response(method, path, status, headers, body)
-                result = parse(reader.fields() if reader is not None else checked)
-            except KakaoPoseError as err:
-                if err.status_code is None:
-                    err.status_code = status
-                raise _with_attempts(_settle_error(limiter, err), attempts) from None
-            limiter.on_success()
-            return result
-
         own = self._session is None
-        session = aiohttp.ClientSession(headers={"Accept": "application/json"}) if own else self._session
+        session = _new_async_session() if own else self._session
         try:
-            async for retry in AsyncRetrying(**retry_kwargs(s, self.log, f"{method} {path}")):
+            async for retry in AsyncRetrying(**retry_kwargs(s, self.log, call.what)):
                 with retry:
-                    return await attempt(session)
+                    return await self._attempt(call, session, limiter, timeout)
         finally:
             if own:
                 await session.close()
         raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    async def _attempt(call: _Call, session: Any, limiter: RateLimiter, timeout: Any) -> Any:
+        """One try of ``call`` (the sync hook's :meth:`~KakaoPoseHook._attempt`, on aiohttp)."""
+        import aiohttp
+
+        call.attempts += 1
+        await limiter.acquire_async()
+        s = call.settings
+        try:
+            async with session.request(
+                call.method, s.base_url + call.path, headers=s.auth_header, timeout=timeout
+            ) as resp:
+                status, headers = resp.status, resp.headers
+                if call.status_only and 200 <= status < 300:
+                    value = await _scan_status_async(resp, call.what)
+                    body = b""
+                else:
+                    body = value = await resp.read()
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as err:
+            raise _with_attempts(transport_error(call.method, call.path, s.base_url, err), call.attempts) from None
+        except aiohttp.ClientError as err:
+            raise KakaoPoseError(f"{call.what} to {s.base_url} failed: {err}") from None
+        except KakaoPoseError as err:  # the status reader's
+            err.status_code = status
+            raise _with_attempts(err, call.attempts) from None
+        return _check_answer(call, limiter, status, headers, body, value)
 
     async def get_job(self, job_id: str) -> dict:
         """The job's whole body, parsed, whatever the status: ``GET /pose/job/{job_id}``.
@@ -601,6 +626,80 @@ class KakaoPoseAsyncHook(_KakaoPoseHookBase):
         return await self._request("GET", path, parse=lambda top: check_job(top, "GET", path), status_only=True)
 
 
+# ------------------------------------------------------------------------------------ one request's steps
+
+#: What requests raises when the connection fails, times out or breaks mid-body: retryable transport errors.
+_REQUESTS_TRANSPORT_ERRORS = (
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+)
+
+
+@dataclass
+class _Call:
+    """One logical request across its attempts: what to send, how to read the answer, what to return."""
+
+    method: str
+    path: str
+    settings: ConnSettings
+    #: Turns the 2xx answer's :data:`ParseInput` into the call's result.
+    parse: Callable[[Any], Any] = bytes
+    fields: dict[str, str] | None = None
+    upload: Upload | None = None
+    resend_if_unsure: bool = True
+    status_only: bool = False
+    download: _Download | None = None
+    breaker: UnreachableBreaker | None = None
+    attempts: int = 0
+
+    @property
+    def what(self) -> str:
+        return f"{self.method} {self.path}"
+
+    @property
+    def streams(self) -> bool:
+        """Whether a 2xx body is read in chunks (scanned or downloaded) rather than whole."""
+        return self.status_only or self.download is not None
+
+
+def _check_answer(
+    call: _Call, limiter: RateLimiter, status: int, headers: Mapping[str, str], body: bytes, value: ParseInput
+) -> Any:
+    """``call.parse(value)`` for a 2xx answer; else (or when parse fails) raise the mapped error, with the
+    HTTP status and the attempts, slowing the limiter down on a quota answer. Both hooks' last step."""
+    try:
+        check_response(call.method, call.path, status, headers, body)
+        result = call.parse(value)
+    except KakaoPoseError as err:
+        if err.status_code is None:
+            err.status_code = status
+        if not call.resend_if_unsure and answer_leaves_outcome_unknown(err):
+            err = outcome_unknown(err)
+        raise _with_attempts(_settle_error(limiter, err), call.attempts) from None
+    limiter.on_success()
+    return result
+
+
+def _scan_status(chunks: Iterable[bytes], what: str) -> dict[str, Any]:
+    """Feed a 2xx job body through a :class:`JobStatusReader` until the status is known; its top-level fields."""
+    reader = JobStatusReader(what)
+    for chunk in chunks:
+        if reader.feed(chunk):
+            break
+    return reader.fields()
+
+
+async def _scan_status_async(resp: Any, what: str) -> dict[str, Any]:
+    """:func:`_scan_status` on an aiohttp answer; the connection is dropped once the status is known."""
+    reader = JobStatusReader(what)
+    async for chunk in resp.content.iter_chunked(STATUS_CHUNK):
+        if reader.feed(chunk):
+            resp.close()  # the rest of the body is not needed: drop the connection
+            break
+    return reader.fields()
+
+
 #: Bytes read from the socket at a time when a body is downloaded into a sink.
 DOWNLOAD_CHUNK = 1 << 20
 
@@ -613,7 +712,7 @@ class _Download:
     put into it, all attempts together) is 0.
     """
 
-    def __init__(self, sink: IO[bytes], what: str) -> None:
+    def __init__(self, sink: BinarySink, what: str) -> None:
         self.sink = sink
         self.what = what
         self.written = 0
@@ -622,8 +721,8 @@ class _Download:
     def start(self) -> None:
         """Make the sink ready for a new attempt; raise if it holds bytes it cannot get rid of."""
         try:
-            self.sink.seek(0)
-            self.sink.truncate()
+            self.sink.seek(0)  # type: ignore[attr-defined]  # absent on a pipe: AttributeError, handled below
+            self.sink.truncate()  # type: ignore[attr-defined]
         except (AttributeError, OSError, ValueError) as err:
             self.cannot_empty = f"{type(err).__name__}: {err}"
             if self.written:  # a safety net: a break after bytes were written already raised (see _download)
@@ -650,11 +749,7 @@ def _download(resp: requests.Response, download: _Download) -> int:
             sink.write(chunk)
             size += len(chunk)
             download.written += len(chunk)
-    except (
-        requests.exceptions.ConnectionError,
-        requests.exceptions.Timeout,
-        requests.exceptions.ChunkedEncodingError,
-    ) as err:
+    except _REQUESTS_TRANSPORT_ERRORS as err:
         if download.written and download.cannot_empty is not None:
             raise download.not_retried(type(err).__name__) from None
         raise  # nothing in the sink, or it is emptied by the retry: a transport error like any other
@@ -673,5 +768,5 @@ def _settle_error(limiter: RateLimiter, err: KakaoPoseError) -> KakaoPoseError:
 
 
 def _with_attempts(err: KakaoPoseError, attempts: int) -> KakaoPoseError:
-    err.attempts = attempts  # type: ignore[attr-defined]
+    err.attempts = attempts
     return err

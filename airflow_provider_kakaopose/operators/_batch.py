@@ -1,4 +1,5 @@
-"""An image batch's bookkeeping: each image's outcome, the answers kept for a retry, the batch's table.
+"""An image batch's bookkeeping: each image's outcome, the answers kept for a retry, the batch's table, the
+progress lines.
 
 The service is paid per image answered. What it answered is kept in ``_kakaopose/<stem>.answers.parquet``
 beside the output (checkpointed while the batch runs, and before any output is written) until the whole try
@@ -159,3 +160,35 @@ def batch_table(items: list[Any], answers: dict[str, Any], run: str, failed: int
     parts = [answers[label] for label in labels]
     persons = sum(int(pc.sum(pc.equal(part["keypoint_id"], 1)).as_py() or 0) for part in parts)
     return concat_rows(parts, labels, run, failed=failed), persons
+
+
+class Progress:
+    """Logs ``n / total, rate, ETA`` every ``every`` seconds while a long batch runs."""
+
+    def __init__(self, total: int, what: str, log: Any, every: float = 5.0) -> None:
+        self.total, self.what, self.log, self.every = total, what, log, every
+        self.count = 0
+        self.start = self._last = time.monotonic()
+
+    def step(self) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now - self._last >= self.every and self.count < self.total:
+            self._last = now
+            rate = self.count / (now - self.start)
+            eta = (self.total - self.count) / rate if rate else float("inf")
+            self.log.info(
+                "Progress: %d/%d %ss (%.0f%%), %.1f/s, ETA %.0f s",
+                self.count,
+                self.total,
+                self.what,
+                100 * self.count / self.total,
+                rate,
+                eta,
+            )
+
+    def done(self) -> None:
+        elapsed = time.monotonic() - self.start
+        self.log.info(
+            "Done: %d %ss in %.1f s (%.1f/s)", self.count, self.what, elapsed, self.count / max(elapsed, 1e-9)
+        )

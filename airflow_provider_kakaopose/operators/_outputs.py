@@ -17,25 +17,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from typing import Any
 
 from airflow_provider_kakaopose.exceptions import KakaoPoseInputError
 
+
+def parquet_stem(output_uri: str) -> tuple[str, str]:
+    """:func:`..tables.parquet_stem` (imported when used: DAG files import this module, never the tables)."""
+    from airflow_provider_kakaopose.tables import parquet_stem
+
+    return parquet_stem(output_uri)
+
+
 #: The folder beside a keypoints table that holds everything that is not the dataset.
 SIDECAR_FOLDER = "_kakaopose"
 
 
-def stem_of(output_uri: str) -> tuple[str, str]:
-    """``(folder, stem)``: ``s3://b/dt=1/keypoints.parquet`` → ``("s3://b/dt=1/", "keypoints")``."""
-    cut = output_uri.rfind("/") + 1
-    folder, name = output_uri[:cut], output_uri[cut:]
-    return folder, name[: -len(".parquet")] if name.endswith(".parquet") else name
-
-
 def sidecar_uri(output_uri: str, suffix: str) -> str:
     """``…/keypoints.parquet`` + ``.errors.parquet`` → ``…/_kakaopose/keypoints.errors.parquet``."""
-    folder, stem = stem_of(output_uri)
+    folder, stem = parquet_stem(output_uri)
     return f"{folder}{SIDECAR_FOLDER}/{stem}{suffix}"
 
 
@@ -51,7 +53,7 @@ def default_job_record_uri(output_uri: str) -> str:
 
 def legacy_job_record_uri(output_uri: str) -> str:
     """Where releases before 0.3 kept the job record: beside the table (read, never written)."""
-    folder, stem = stem_of(output_uri)
+    folder, stem = parquet_stem(output_uri)
     return f"{folder}{stem}.job.json"
 
 
@@ -121,25 +123,15 @@ class OutputClaim:
 
     def take(self) -> None:
         """Claim the output before anything is sent; raise when another map index holds it."""
-        from airflow_provider_kakaopose.tables import write_atomically
+        from airflow_provider_kakaopose.tables import write_bytes
 
         self._refuse_if_taken()
-        data = json.dumps({"run": self.run, "claimed_at": time.time()}).encode()
-        write_atomically(self.uri, lambda sink: write_bytes_to(sink, data))
+        write_bytes(self.uri, json.dumps({"run": self.run, "claimed_at": time.time()}).encode())
         self._refuse_if_taken()  # read back: an instance that claimed it at the same moment wins, this one stops
 
     def check(self) -> None:
         """Just before the table is written: still ours (or nobody's)."""
         self._refuse_if_taken()
-
-
-def write_bytes_to(sink: Any, data: bytes) -> None:
-    """Write ``data`` into a :func:`~..tables.write_atomically` sink (a temporary path or a binary file)."""
-    if isinstance(sink, str):
-        with open(sink, "wb") as f:
-            f.write(data)
-    else:
-        sink.write(data)
 
 
 #: Every file a task may write in the sidecar folder, by suffix (for the leftovers of a killed try).
@@ -155,7 +147,7 @@ def prepare_outputs(writes: dict[str, str | None], run: str, log: Any, *, claim:
     """
     from airflow_provider_kakaopose.tables import check_writable, remove_leftovers
 
-    targets = [uri for uri in writes.values() if uri is not None]
+    targets: list[str | os.PathLike | Any] = [uri for uri in writes.values() if uri is not None]
     for what, uri in writes.items():
         if uri is None:
             continue

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_kakaopose._compat import AirflowSensorTimeout, AirflowSkipException, BaseSensorOperator, conf
-from airflow_provider_kakaopose.exceptions import (
-    KakaoPoseError,
-    KakaoPoseJobFailedError,
-    KakaoPoseJobNotFoundError,
-)
+from airflow_provider_kakaopose._compat import AirflowSensorTimeout, AirflowSkipException, BaseSensorOperator
+from airflow_provider_kakaopose.exceptions import KakaoPoseError
 from airflow_provider_kakaopose.get_provider_info import DEFAULT_CONN_ID
+from airflow_provider_kakaopose.jobs import job_finished, job_id_from_event
+from airflow_provider_kakaopose.operators._inputs import default_deferrable
 
 if TYPE_CHECKING:
     from airflow_provider_kakaopose._compat import Context
@@ -22,38 +21,25 @@ if TYPE_CHECKING:
 
 
 def raise_for_job(job_id: str, body: dict) -> bool:
-    """True when the job succeeded, False while it runs; raise when it failed or is not found."""
-    status = body.get("status")
-    if status == "success":
-        return True
-    if status == "failed":
-        raise KakaoPoseJobFailedError(
-            f"Pose job {job_id} failed: {body.get('description') or 'no description given'}",
-            msg=body.get("description"),
-        )
-    if status == "not found":
-        raise KakaoPoseJobNotFoundError(f"Pose job {job_id} is not found (unknown id, or older than 7 days)")
-    return False
+    """Deprecated: :func:`airflow_provider_kakaopose.jobs.job_finished` (the same answer under a name that says
+    it returns whether the job succeeded)."""
+    warnings.warn(
+        "raise_for_job is deprecated: use airflow_provider_kakaopose.jobs.job_finished",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return job_finished(job_id, body)
 
 
 def raise_for_event(event: dict[str, Any]) -> str:
-    """Turn a :class:`~airflow_provider_kakaopose.triggers.pose.KakaoPoseJobTrigger` event into the job id
-    (on success) or the matching exception."""
-    status, job_id, message = event.get("status"), event.get("job_id"), event.get("message", "")
-    if status == "success":
-        return job_id
-    if status == "failed":
-        raise KakaoPoseJobFailedError(message)
-    if status == "not found":
-        raise KakaoPoseJobNotFoundError(message)
-    if status == "timeout":
-        raise AirflowSensorTimeout(message)
-    from airflow_provider_kakaopose import exceptions
-
-    error = getattr(exceptions, str(event.get("error_type")), None)
-    if not (isinstance(error, type) and issubclass(error, KakaoPoseError)):
-        error = KakaoPoseError
-    raise error(message or f"Unexpected trigger event {event!r}")
+    """Deprecated: :func:`airflow_provider_kakaopose.jobs.job_id_from_event` (with ``AirflowSensorTimeout`` for
+    a ``timeout`` event, as here)."""
+    warnings.warn(
+        "raise_for_event is deprecated: use airflow_provider_kakaopose.jobs.job_id_from_event",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return job_id_from_event(event, timeout_error=AirflowSensorTimeout)
 
 
 class KakaoPoseJobSensor(BaseSensorOperator):
@@ -94,9 +80,7 @@ class KakaoPoseJobSensor(BaseSensorOperator):
         super().__init__(**kwargs)
         self.job_id = job_id
         self.kakao_pose_conn_id = kakao_pose_conn_id
-        self.deferrable = (
-            conf.getboolean("operators", "default_deferrable", fallback=False) if deferrable is None else deferrable
-        )
+        self.deferrable = default_deferrable() if deferrable is None else deferrable
         self._pose_hook: KakaoPoseHook | None = None
         self._wait: WaitLog | None = None
 
@@ -115,7 +99,7 @@ class KakaoPoseJobSensor(BaseSensorOperator):
             self._wait.log(str(body.get("status")))
         else:  # reschedule mode (each poke its own short run) and the deferrable mode's first check
             self.log.info("Pose job %s is %s", self.job_id, body.get("status"))
-        return raise_for_job(self.job_id, body)
+        return job_finished(self.job_id, body)
 
     def execute(self, context: Context) -> Any:
         try:
@@ -145,9 +129,10 @@ class KakaoPoseJobSensor(BaseSensorOperator):
             timeout=timedelta(seconds=self.timeout + 60),  # the trigger reports its own deadline first
         )
 
-    def execute_complete(self, context: Context, event: dict[str, Any]) -> None:
-        """Resume after the trigger fired: return on success, raise the matching error otherwise."""
-        raise_for_event(event)
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> None:
+        """Resume after the trigger fired: return on success, raise the matching error otherwise (also for a
+        missing or malformed event)."""
+        job_id_from_event(event, timeout_error=AirflowSensorTimeout)
         self.log.info("Pose job %s succeeded", self.job_id)
 
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:

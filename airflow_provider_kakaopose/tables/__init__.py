@@ -16,11 +16,15 @@ The package is split by concern; everything public is importable from here:
 * :mod:`.rebuild`: :func:`to_coco`.
 
 Importing this package is cheap: pyarrow, pandas, numpy and fsspec are imported inside the functions.
+
+Inside the package, a module's names without a leading underscore are what the other modules use (its
+internal API, e.g. :func:`.schema.build_batch`); underscored names are used by their own module only. Code
+outside the package (the operators, the pictures) imports from here, ``__all__`` below.
 """
 
 from __future__ import annotations
 
-from airflow_provider_kakaopose.coco import KEYPOINT_NAMES, SKELETON, expand_frame_runs, frame_runs
+from airflow_provider_kakaopose.coco import KEYPOINT_NAMES, SKELETON, decode_metadata, expand_frame_runs, frame_runs
 from airflow_provider_kakaopose.tables.body import BodySpool
 from airflow_provider_kakaopose.tables.flatten import Result, keypoints_reader, keypoints_table
 from airflow_provider_kakaopose.tables.rebuild import to_coco
@@ -35,13 +39,19 @@ from airflow_provider_kakaopose.tables.schema import (
 from airflow_provider_kakaopose.tables.storage import (
     check_writable,
     delete_if_exists,
+    is_local,
     owned_writes,
+    parquet_stem,
     read_bytes_if_exists,
     read_keypoints,
     read_metadata_if_exists,
+    read_table,
     read_table_if_exists,
     remove_leftovers,
+    resolve_storage,
+    sibling_uri,
     write_atomically,
+    write_bytes,
     write_parquet,
 )
 
@@ -54,21 +64,28 @@ __all__ = [
     "BodySpool",
     "Result",
     "check_writable",
+    "decode_metadata",
     "delete_if_exists",
     "errors_schema",
     "errors_table",
     "expand_frame_runs",
     "frame_runs",
+    "is_local",
     "keypoints_reader",
     "keypoints_schema",
     "keypoints_table",
     "owned_writes",
+    "parquet_stem",
     "read_bytes_if_exists",
     "read_keypoints",
     "read_metadata_if_exists",
+    "read_table",
     "read_table_if_exists",
     "remove_leftovers",
+    "resolve_storage",
+    "sibling_uri",
     "to_coco",
     "write_atomically",
+    "write_bytes",
     "write_parquet",
 ]

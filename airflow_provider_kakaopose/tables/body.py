@@ -113,7 +113,7 @@ class FileBody:
         self._keep = keep  # an owner to keep alive as long as this view (a spool's temporary file)
         try:
             self._fd: int | None = file.fileno()
-            file.flush()  # type: ignore[union-attr]
+            file.flush()
         except (AttributeError, OSError, io.UnsupportedOperation):
             self._fd = None
         self._base = file.tell()
@@ -189,14 +189,14 @@ class BodySpool(io.RawIOBase):
         body's size in free space.
     """
 
-    def __init__(self, dir: str | os.PathLike | None = None) -> None:
+    def __init__(self, dir: str | os.PathLike[str] | None = None) -> None:
         super().__init__()
-        from airflow_provider_kakaopose.tables.scanner import _Prescan
+        from airflow_provider_kakaopose.tables.scanner import Prescan
 
-        self._prescan_type = _Prescan
+        self._prescan_type = Prescan
         # unlinked at once: nothing is left behind, whatever happens to the process
         self._file = tempfile.TemporaryFile(dir=dir)  # noqa: SIM115 - closed by close()
-        self._prescan = _Prescan()
+        self._prescan = Prescan()
         self._size = 0
         # The pre-scan runs in a thread of its own, so the socket is read on while a chunk is scanned.
         self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUED_CHUNKS)
@@ -212,7 +212,7 @@ class BodySpool(io.RawIOBase):
     def readable(self) -> bool:
         return False
 
-    def write(self, chunk: Any) -> int:  # type: ignore[override]
+    def write(self, chunk: Any) -> int:
         data = chunk if type(chunk) is bytes else bytes(chunk)  # the scanner thread keeps it: never a buffer reused
         self._file.write(data)
         if data:
@@ -301,16 +301,16 @@ def _scan_chunks(chunks: queue.Queue[bytes | None], prescan: Any) -> None:
     while (data := chunks.get()) is not None:
         try:
             prescan.feed(data)
-        except Exception:  # a bug, not a shape the scan refuses (that is _Fallback, handled in feed)
+        except Exception:  # a bug, not a shape the scan refuses (that is FastPathGaveUp, handled in feed)
             prescan.failed = True
 
 
-def spool_chunks(chunks: Iterable[bytes] | IO[bytes], dir: str | os.PathLike | None = None) -> BodySpool:
+def spool_chunks(chunks: Iterable[bytes] | IO[bytes], dir: str | os.PathLike[str] | None = None) -> BodySpool:
     """A :class:`BodySpool` filled from an iterable of byte chunks or a (non-seekable) binary stream."""
     spool = BodySpool(dir)
     try:
         if hasattr(chunks, "read"):
-            while chunk := chunks.read(1 << 20):  # type: ignore[union-attr]
+            while chunk := chunks.read(1 << 20):
                 spool.write(chunk)
         else:
             for chunk in chunks:

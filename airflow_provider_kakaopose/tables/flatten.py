@@ -5,29 +5,29 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Iterator
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
+from airflow_provider_kakaopose._jsonmarks import WS
 from airflow_provider_kakaopose.exceptions import (
     KakaoPoseError,
     KakaoPoseResponseError,
 )
 from airflow_provider_kakaopose.tables.body import BodySpool, FileBody, spool_chunks
 from airflow_provider_kakaopose.tables.fallback import (
-    _python_image,
-    _python_video,
-    _slow,
+    json_fallback,
+    python_image,
+    python_video,
 )
 from airflow_provider_kakaopose.tables.scanner import (
-    _WS,
-    _cut_short,
-    _Fallback,
-    _fast_video,
-    _last_byte,
+    FastPathGaveUp,
+    cut_short_message,
+    fast_video,
+    last_nonblank_byte,
 )
 from airflow_provider_kakaopose.tables.schema import (
-    _bad,
-    _Meta,
-    _schema_with,
+    TableMeta,
+    schema_with_metadata,
+    shape_error,
 )
 
 if TYPE_CHECKING:
@@ -56,9 +56,9 @@ def _as_input(result: Result) -> tuple[Any, Any]:
     read = getattr(result, "read", None)
     if callable(read):
         if _seekable(result):
-            if isinstance(result.read(0), str):  # a text stream of another kind
-                return result.read().encode("utf-8"), None
-            return FileBody(result), None
+            if isinstance(read(0), str):  # a text stream of another kind
+                return read().encode("utf-8"), None
+            return FileBody(cast("IO[bytes]", result)), None
         return spool_chunks(result).body()
     if hasattr(result, "__iter__") and hasattr(result, "__next__"):  # an iterator of byte chunks
         return spool_chunks(result).body()
@@ -75,34 +75,34 @@ def _seekable(f: Any) -> bool:
         return False
 
 
-def _batches(result: Result, source: str | None) -> tuple[_Meta, Iterator[pa.RecordBatch]]:
+def _batches(result: Result, source: str | None) -> tuple[TableMeta, Iterator[pa.RecordBatch]]:
     data, prescan = _as_input(result)
     if source is not None and not isinstance(source, str):
         source = os.fspath(source) if isinstance(source, os.PathLike) else str(source)
     if isinstance(data, list):
-        return _python_image(data, source)
+        return python_image(data, source)
     if isinstance(data, dict):
-        return _python_video(data, source)
-    head = data[:64].lstrip(b"\xef\xbb\xbf" + _WS)
+        return python_video(data, source)
+    head = data[:64].lstrip(b"\xef\xbb\xbf" + WS)
     # The fast path needs the body to end with its object's "}": a body that does not (cut short, as a rule)
     # skips it, rather than being scanned whole to find that out.
-    if head[:1] == b"{" and _last_byte(data) == 0x7D:
+    if head[:1] == b"{" and last_nonblank_byte(data) == 0x7D:
         try:
-            meta, batches = _fast_video(data, source, prescan)
-        except _Fallback:
+            meta, batches = fast_video(data, source, prescan)
+        except FastPathGaveUp:
             pass
         else:
             return meta, _guarded(batches, data, source, meta)
     # A body cut short (a truncated download) is reported from its bracket nesting alone: json.loads would
     # build everything before the cut (several times its size in memory) just to say where it fails.
-    cut = _cut_short(data)
+    cut = cut_short_message(data)
     if cut is not None:
         raise KakaoPoseResponseError(f"Pose result is not valid JSON: {cut}")
-    return _slow(data, source)
+    return json_fallback(data, source)
 
 
 def _guarded(
-    batches: Iterator[pa.RecordBatch], data: Any, source: str | None, fast_meta: _Meta | None = None
+    batches: Iterator[pa.RecordBatch], data: Any, source: str | None, fast_meta: TableMeta | None = None
 ) -> Iterator[pa.RecordBatch]:
     """Run the fast path; if it gives up half-way, replay the slow path's rows (or its precise error)."""
     done = 0
@@ -110,11 +110,11 @@ def _guarded(
         for batch in batches:
             done += batch.num_rows
             yield batch
-    except _Fallback as e:
-        meta, slow = _slow(data, source)  # raises the precise error if the body is malformed
+    except FastPathGaveUp as e:
+        meta, slow = json_fallback(data, source)  # raises the precise error if the body is malformed
         if fast_meta is not None and meta.to_metadata() != fast_meta.to_metadata():
             # the rows so far, and the schema, came from the fast path's reading of the top level
-            raise _bad(f"the body reads differently with the json module (a duplicated key?): {e}") from e
+            raise shape_error(f"the body reads differently with the json module (a duplicated key?): {e}") from e
         skipped = 0
         for batch in slow:
             if skipped + batch.num_rows <= done:
@@ -123,7 +123,7 @@ def _guarded(
             yield batch.slice(done - skipped)
             skipped = done
         if skipped < done:  # pragma: no cover - the two paths disagree
-            raise _bad(f"the body could not be read ({e})") from e
+            raise shape_error(f"the body could not be read ({e})") from e
 
 
 def keypoints_reader(result: Result, *, source: str | None = None) -> pa.RecordBatchReader:
@@ -139,7 +139,7 @@ def keypoints_reader(result: Result, *, source: str | None = None) -> pa.RecordB
     import pyarrow as pa
 
     meta, batches = _batches(result, source)
-    return pa.RecordBatchReader.from_batches(_schema_with(meta), batches)
+    return pa.RecordBatchReader.from_batches(schema_with_metadata(meta), batches)
 
 
 def keypoints_table(result: Result, *, source: str | None = None) -> pa.Table:
@@ -154,5 +154,5 @@ def keypoints_table(result: Result, *, source: str | None = None) -> pa.Table:
     import pyarrow as pa
 
     meta, batches = _batches(result, source)
-    schema = _schema_with(meta)
+    schema = schema_with_metadata(meta)
     return pa.Table.from_batches(list(batches), schema=schema)

@@ -6,14 +6,12 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_kakaopose._arrowcodes import value_codes
-from airflow_provider_kakaopose.coco import expand_frame_runs
+from airflow_provider_kakaopose.coco import decode_metadata, expand_frame_runs
 from airflow_provider_kakaopose.exceptions import (
     KakaoPoseError,
 )
-from airflow_provider_kakaopose.tables.schema import (
-    _N_KP,
-    _read_metadata,
-)
+from airflow_provider_kakaopose.jobs import JobStatus
+from airflow_provider_kakaopose.tables.schema import COLUMNS, N_KEYPOINTS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -23,17 +21,19 @@ if TYPE_CHECKING:
 # --------------------------------------------------------------------------------------------- back to COCO
 
 
+#: The columns :func:`to_coco` reads from every table (in table order).
+_NEEDED = tuple(c for c in COLUMNS if c not in ("source", "job_id", "time_s", "keypoint"))
+
+
 def _columns(table: Any) -> tuple[dict[str, np.ndarray], dict[str, Any], np.ndarray, list[str | None]]:
     """The columns :func:`to_coco` needs as numpy arrays, the decoded metadata, and the sources: a code per
     row (numbered in order of first appearance) and the source of each code."""
     import numpy as np
 
-    needed = ("frame_num", "person_idx", "keypoint_id", "x", "y", "score", "person_score")
-    needed += ("bbox_x", "bbox_y", "bbox_w", "bbox_h", "area")
     cols: dict[str, np.ndarray] = {}
     if hasattr(table, "schema") and hasattr(table, "column") and hasattr(table, "num_rows"):
-        meta = _read_metadata(table.schema.metadata)
-        for name in needed:
+        meta = decode_metadata(table.schema.metadata)
+        for name in _NEEDED:
             cols[name] = np.asarray(table.column(name).to_numpy())
         n = table.num_rows
         codes, names = _arrow_codes(table.column("source")) if "source" in table.schema.names else (None, [])
@@ -62,7 +62,7 @@ def _columns(table: Any) -> tuple[dict[str, np.ndarray], dict[str, Any], np.ndar
             ) from None
 
         meta = dict(table.attrs.get("kakaopose") or {})
-        for name in needed:
+        for name in _NEEDED:
             cols[name] = table[name].to_numpy(dtype=np.float64 if name in ("x", "y") else None)
         n = len(table)
         codes, names = None, []
@@ -156,10 +156,8 @@ def _meta_from_columns(cols: dict[str, np.ndarray], n: int, job_names: list[str 
     if len(job_ids) > 1:
         raise KakaoPoseError(f"a video table holds one video, this one has rows of {len(job_ids)} job_ids")
     fps = None
-    usable = timed & (frame > 0) & (time_s > 0) if time_s is not None else timed
-    if usable.any():
-        estimates = frame[usable] / time_s[usable]
-        fps = float(f"{float(np.median(estimates)):.12g}")
+    if time_s is not None and (usable := timed & (frame > 0) & (time_s > 0)).any():
+        fps = float(f"{float(np.median(frame[usable] / time_s[usable])):.12g}")
         if not np.allclose(frame[timed] / fps, time_s[timed], rtol=1e-9, atol=1e-9):
             raise KakaoPoseError("the table has no kakaopose:* metadata and its time_s is not frame_num / fps")
     return {
@@ -182,12 +180,12 @@ def _person_blocks(frame: np.ndarray, person: np.ndarray, kp_id: np.ndarray, src
     n = len(frame)
     if not n:
         return True, True
-    n_p = n // _N_KP
+    n_p = n // N_KEYPOINTS
     blocks = not (
-        (kp_id.reshape(n_p, _N_KP) != np.arange(1, _N_KP + 1)).any()
-        or (person.reshape(n_p, _N_KP) != person[::_N_KP, None]).any()
-        or (frame.reshape(n_p, _N_KP) != frame[::_N_KP, None]).any()
-        or (src.reshape(n_p, _N_KP) != src[::_N_KP, None]).any()
+        (kp_id.reshape(n_p, N_KEYPOINTS) != np.arange(1, N_KEYPOINTS + 1)).any()
+        or (person.reshape(n_p, N_KEYPOINTS) != person[::N_KEYPOINTS, None]).any()
+        or (frame.reshape(n_p, N_KEYPOINTS) != frame[::N_KEYPOINTS, None]).any()
+        or (src.reshape(n_p, N_KEYPOINTS) != src[::N_KEYPOINTS, None]).any()
     )
     key = (frame << 24) | (person << 5) | kp_id
     up = np.diff(key) > 0
@@ -224,79 +222,42 @@ def to_coco(
         keypoints), a video table holds several sources, ``source`` is not in the table, or a table without
         metadata cannot be told apart (no rows, image and video rows mixed, several job ids).
     """
-    import numpy as np
-
     try:
         cols, meta, src, names = _columns(table)
     except (KeyError, AttributeError) as e:
         raise KakaoPoseError(f"not a keypoints table: {e}") from e
     n = len(cols["frame_num"])
-    if n % _N_KP:
-        raise KakaoPoseError(f"not a keypoints table: {n} rows is not a multiple of {_N_KP}")
+    if n % N_KEYPOINTS:
+        raise KakaoPoseError(f"not a keypoints table: {n} rows is not a multiple of {N_KEYPOINTS}")
     listed = [s for s in (meta.get("sources") or []) if isinstance(s, str)]
     if meta.get("source") is not None:
         listed.append(meta["source"])
     if source is not None:
-        if source not in names and source not in listed:
-            raise KakaoPoseError(f"source {source!r} is not in the table (it has {names[:5]!r:.200})")
-        keep = src == (names.index(source) if source in names else -1)
-        if not keep.all():
-            cols = {k: v[keep] for k, v in cols.items()}
-            n = len(cols["frame_num"])
-        src, names = np.zeros(n, dtype=np.int64), [source]
+        cols, src, names = _only_source(cols, src, names, listed, source)
+        n = len(cols["frame_num"])
     if "kind" not in meta:  # the metadata was lost (a re-export): what the columns tell
         meta = _meta_from_columns(cols, n, meta.pop("_job_names", []))
     kind = meta.get("kind") or ("video" if meta.get("video") else "image")
-    if source is not None and kind == "video" and meta.get("source") not in (None, source):
-        raise KakaoPoseError(f"source {source!r}: this video table's metadata is of {meta['source']!r}")
     if kind == "video":
-        if by_source:
-            raise KakaoPoseError("by_source is for image tables; a video table is one answer")
-        if len(names) > 1:
-            raise KakaoPoseError(
-                f"a video table holds one video, this one has rows of {len(names)} sources "
-                f"({', '.join(map(repr, names[:3]))}{', …' if len(names) > 3 else ''}): pass source= to pick one"
-            )
-    frame = cols["frame_num"].astype(np.int64)
-    person = cols["person_idx"].astype(np.int64)
-    kp_id = cols["keypoint_id"].astype(np.int64)
-    blocks, increasing = _person_blocks(frame, person, kp_id, src)
-    if not (blocks and increasing):
-        sort_key = (frame << 24) | (person << 5) | kp_id
-        order = np.argsort(sort_key, kind="stable") if len(names) <= 1 else np.lexsort((sort_key, src))
-        s_frame, s_person, s_kp, s_src = frame[order], person[order], kp_id[order], src[order]
-        if all(_person_blocks(s_frame, s_person, s_kp, s_src)):
-            cols = {k: v[order] for k, v in cols.items()}
-            frame, person, kp_id, src = s_frame, s_person, s_kp, s_src
-        elif not (blocks and kind == "image"):  # image blocks in table order (one image twice) are kept as is
-            raise KakaoPoseError("not a keypoints table: every person needs exactly keypoints 1..17 once")
-    n_p = n // _N_KP
+        _check_one_video(meta, names, source, by_source)
+    cols, frame, src = _in_person_order(cols, src, names, kind)
+    persons = _persons(cols, decimals)
+    if kind != "image":
+        return _video_answer(persons, frame[::N_KEYPOINTS], meta)
+    if not by_source:
+        return persons
+    out: dict[str | None, list[dict]] = {s: [] for s in listed}
+    for name in names:
+        out.setdefault(name, [])
+    for p, code in zip(persons, src[::N_KEYPOINTS].tolist(), strict=True):
+        out[names[code]].append(p)
+    return out
 
-    def rnd(a: np.ndarray) -> np.ndarray:
-        a = a.astype(np.float64)
-        return np.round(a, decimals) if decimals is not None else a
 
-    x = np.nan_to_num(rnd(cols["x"]), nan=0.0)
-    y = np.nan_to_num(rnd(cols["y"]), nan=0.0)
-    kps = np.stack([x, y, rnd(cols["score"])], axis=1).reshape(n_p, 3 * _N_KP).tolist()
-    first = slice(None, None, _N_KP)
-    bbox = np.stack([rnd(cols[k][first]) for k in ("bbox_x", "bbox_y", "bbox_w", "bbox_h")], axis=1).tolist()
-    area = cols["area"][first].astype(np.float64).tolist()
-    score = rnd(cols["person_score"][first]).tolist()
-    persons = [
-        {"area": a, "bbox": b, "category_id": 1, "keypoints": k, "score": s}
-        for a, b, k, s in zip(area, bbox, kps, score, strict=True)
-    ]
-    if kind == "image":
-        if not by_source:
-            return persons
-        out: dict[str | None, list[dict]] = {s: [] for s in listed}
-        for name in names:
-            out.setdefault(name, [])
-        for p, code in zip(persons, src[first].tolist(), strict=True):
-            out[names[code]].append(p)
-        return out
-    person_frame = frame[first]
+def _video_answer(persons: list[dict], person_frame: np.ndarray, meta: dict[str, Any]) -> dict:
+    """The job answer: every frame of the video (:func:`_answer_frames`) with its persons, and the metadata."""
+    import numpy as np
+
     frame_nums = _answer_frames(meta, person_frame)
     lo = np.searchsorted(person_frame, frame_nums, side="left").tolist()
     hi = np.searchsorted(person_frame, frame_nums, side="right").tolist()
@@ -308,6 +269,80 @@ def to_coco(
         "categories": meta.get("categories"),
         "info": meta.get("info"),
         "job_id": meta.get("job_id"),
-        "status": "success",
+        "status": JobStatus.SUCCESS.value,
         "video": meta.get("video"),
     }
+
+
+def _only_source(
+    cols: dict[str, np.ndarray], src: np.ndarray, names: list[str | None], listed: list[str], source: str
+) -> tuple[dict[str, np.ndarray], np.ndarray, list[str | None]]:
+    """``(cols, src, names)`` of the rows of ``source`` only (none when it is only ``listed`` in the metadata)."""
+    import numpy as np
+
+    if source not in names and source not in listed:
+        raise KakaoPoseError(f"source {source!r} is not in the table (it has {names[:5]!r:.200})")
+    keep = src == (names.index(source) if source in names else -1)
+    if not keep.all():
+        cols = {k: v[keep] for k, v in cols.items()}
+    return cols, np.zeros(len(cols["frame_num"]), dtype=np.int64), [source]
+
+
+def _check_one_video(meta: dict[str, Any], names: list[str | None], source: str | None, by_source: bool) -> None:
+    """A video table is one answer: of one source, the one its metadata names (if ``source`` is given)."""
+    if source is not None and meta.get("source") not in (None, source):
+        raise KakaoPoseError(f"source {source!r}: this video table's metadata is of {meta['source']!r}")
+    if by_source:
+        raise KakaoPoseError("by_source is for image tables; a video table is one answer")
+    if len(names) > 1:
+        raise KakaoPoseError(
+            f"a video table holds one video, this one has rows of {len(names)} sources "
+            f"({', '.join(map(repr, names[:3]))}{', …' if len(names) > 3 else ''}): pass source= to pick one"
+        )
+
+
+def _in_person_order(
+    cols: dict[str, np.ndarray], src: np.ndarray, names: list[str | None], kind: str
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """``(cols, frame, src)`` with the rows in blocks of 17 (one person's keypoints 1..17), sorted by (source,
+    frame_num, person_idx, keypoint_id) unless they already are; ``frame``: the frame numbers as int64."""
+    import numpy as np
+
+    frame = cols["frame_num"].astype(np.int64)
+    person = cols["person_idx"].astype(np.int64)
+    kp_id = cols["keypoint_id"].astype(np.int64)
+    blocks, increasing = _person_blocks(frame, person, kp_id, src)
+    if not (blocks and increasing):
+        sort_key = (frame << 24) | (person << 5) | kp_id
+        order = np.argsort(sort_key, kind="stable") if len(names) <= 1 else np.lexsort((sort_key, src))
+        s_frame, s_person, s_kp, s_src = frame[order], person[order], kp_id[order], src[order]
+        if all(_person_blocks(s_frame, s_person, s_kp, s_src)):
+            cols = {k: v[order] for k, v in cols.items()}
+            frame, src = s_frame, s_src
+        elif not (blocks and kind == "image"):  # image blocks in table order (one image twice) are kept as is
+            raise KakaoPoseError("not a keypoints table: every person needs exactly keypoints 1..17 once")
+    return cols, frame, src
+
+
+def _persons(cols: dict[str, np.ndarray], decimals: int | None) -> list[dict]:
+    """The persons of the rows (blocks of 17) as the service sends them; undetected keypoints as ``0.0, 0.0, 0.0``
+    and the float32 columns rounded to ``decimals``."""
+    import numpy as np
+
+    n_p = len(cols["frame_num"]) // N_KEYPOINTS
+
+    def rnd(a: np.ndarray) -> np.ndarray:
+        a = a.astype(np.float64)
+        return np.round(a, decimals) if decimals is not None else a
+
+    x = np.nan_to_num(rnd(cols["x"]), nan=0.0)
+    y = np.nan_to_num(rnd(cols["y"]), nan=0.0)
+    kps = np.stack([x, y, rnd(cols["score"])], axis=1).reshape(n_p, 3 * N_KEYPOINTS).tolist()
+    first = slice(None, None, N_KEYPOINTS)
+    bbox = np.stack([rnd(cols[k][first]) for k in ("bbox_x", "bbox_y", "bbox_w", "bbox_h")], axis=1).tolist()
+    area = cols["area"][first].astype(np.float64).tolist()
+    score = rnd(cols["person_score"][first]).tolist()
+    return [
+        {"area": a, "bbox": b, "category_id": 1, "keypoints": k, "score": s}
+        for a, b, k, s in zip(area, bbox, kps, score, strict=True)
+    ]

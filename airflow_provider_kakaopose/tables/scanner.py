@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
@@ -27,13 +27,13 @@ from airflow_provider_kakaopose.exceptions import (
     KakaoPoseResponseError,
 )
 from airflow_provider_kakaopose.tables.schema import (
-    _N_KP,
-    _bad,
-    _build_batch,
-    _in_f32,
-    _Meta,
-    _video_meta,
-    _where,
+    N_KEYPOINTS,
+    TableMeta,
+    build_batch,
+    in_float32_range,
+    shape_error,
+    video_meta,
+    where_in_answer,
 )
 
 if TYPE_CHECKING:
@@ -47,11 +47,10 @@ _SCAN_CHUNK = 16 << 20
 # --------------------------------------------------------------------------------------------- raw JSON fast path
 
 
-class _Fallback(Exception):
+class FastPathGaveUp(Exception):
     """The fast path cannot prove it reads this body right: use the json module instead."""
 
 
-_WS = WS
 COMMA = 0x2C
 #: A raw body: bytes in memory, or a file read in pieces (``body.FileBody``: len, indexing, slicing, piece).
 Body = Any
@@ -59,7 +58,7 @@ Body = Any
 
 def _skip_ws(body: Body, pos: int) -> int:
     n = len(body)
-    while pos < n and body[pos] in _WS:
+    while pos < n and body[pos] in WS:
         pos += 1
     return pos
 
@@ -74,13 +73,13 @@ def _decode_value(body: Body, pos: int) -> tuple[Any, int]:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
             if e.start < len(raw) - 4 or pos + window >= len(body):
-                raise _Fallback from e
+                raise FastPathGaveUp from e
             text = raw[: e.start].decode("utf-8")
         try:
             value, end = decoder.raw_decode(text)
         except json.JSONDecodeError as e:
             if pos + window >= len(body):
-                raise _Fallback from e
+                raise FastPathGaveUp from e
             window *= 4
             continue
         if end == len(text) and pos + window < len(body):
@@ -96,7 +95,7 @@ class _ArrayScan:
     memory, a block of a spooled file, a chunk as it arrives from the socket). Vectorised over the positions of
     ``" \\ { } [ ]`` only: strings are tracked by quote parity, nesting by a cumulative sum, so a backslash (an
     escape) anywhere in the array, an element that is not an object, or anything but one comma and whitespace
-    between elements raises :class:`_Fallback`. Keeps three int64 per element (start, end, separating comma).
+    between elements raises :class:`FastPathGaveUp`. Keeps three int64 per element (start, end, separating comma).
     """
 
     def __init__(self, open_: int) -> None:
@@ -139,7 +138,7 @@ class _ArrayScan:
         below = np.flatnonzero(level < 0)
         close = int(where[below[0]]) if len(below) else None
         if len(backslashes) and (close is None or backslashes[0] < close):
-            raise _Fallback("a backslash (escape) inside the annotations")
+            raise FastPathGaveUp("a backslash (escape) inside the annotations")
         if close is not None:
             cut = int(below[0])
             step, level, where, brackets = step[:cut], level[:cut], where[:cut], brackets[:cut]
@@ -147,7 +146,7 @@ class _ArrayScan:
         starts = where[opening]
         ends = where[(step == -1) & (level == 0)]
         if (brackets[opening] != LBRACE).any():
-            raise _Fallback("an annotation that is not an object")
+            raise FastPathGaveUp("an annotation that is not an object")
         commas = self._separators(data, arr, starts, ends, close)
         self._count += len(starts)
         if len(level):
@@ -169,7 +168,7 @@ class _ArrayScan:
             else:
                 self._gap += data
             if len(self._gap) > 1 << 20:
-                raise _Fallback("more than 1 MB between two annotations")
+                raise FastPathGaveUp("more than 1 MB between two annotations")
         return False
 
     def _separators(
@@ -185,10 +184,10 @@ class _ArrayScan:
             between = bytes(self._gap) + data[: int(starts[0])]
             if self._count == 0:
                 if between.strip(WS):
-                    raise _Fallback("something before the first annotation")
+                    raise FastPathGaveUp("something before the first annotation")
             else:
                 if between.strip(WS) != b",":
-                    raise _Fallback("not one comma between two annotations")
+                    raise FastPathGaveUp("not one comma between two annotations")
                 commas[0] = self._gap_start + between.index(b",") - (self.pos - len(data))
         inner = np.flatnonzero(prev >= 0)
         if len(inner):
@@ -208,7 +207,7 @@ class _ArrayScan:
                 a, b = int(after[i]), int(nxt[i])
                 between = bytes(data[a:b])
                 if between.strip(WS) != b",":
-                    raise _Fallback("not one comma between two annotations")
+                    raise FastPathGaveUp("not one comma between two annotations")
                 found[i] = a + between.index(b",")
             commas[inner] = found
         if close is not None:  # only whitespace after the last element
@@ -217,23 +216,23 @@ class _ArrayScan:
             elif not len(starts):
                 rest = bytes(self._gap) + data[:close]
             else:  # pragma: no cover - an element opened and not closed before "]" is below level 0
-                raise _Fallback("unbalanced annotations")
+                raise FastPathGaveUp("unbalanced annotations")
             if rest.strip(WS):
-                raise _Fallback("something after the last annotation")
+                raise FastPathGaveUp("something after the last annotation")
         return commas
 
     def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(starts, ends, commas)``: each element's first and last byte, and the comma before each element
-        after the first (``len(starts) - 1`` of them). :class:`_Fallback` if the array is not closed."""
+        after the first (``len(starts) - 1`` of them). :class:`FastPathGaveUp` if the array is not closed."""
         import numpy as np
 
         if self.close is None:
-            raise _Fallback("unterminated annotations array")
+            raise FastPathGaveUp("unterminated annotations array")
         starts = np.concatenate(self._starts) if self._starts else np.empty(0, np.int64)
         ends = np.concatenate(self._ends) if self._ends else np.empty(0, np.int64)
         commas = np.concatenate(self._commas) if self._commas else np.empty(0, np.int64)
         if len(starts) != len(ends):  # pragma: no cover - the close is only found at level 0
-            raise _Fallback("unbalanced annotations")
+            raise FastPathGaveUp("unbalanced annotations")
         return starts, ends, commas[1:]
 
 
@@ -245,7 +244,7 @@ def _scan_array(body: Body, open_: int) -> _ArrayScan:
         if scan.feed(body[pos : pos + _SCAN_CHUNK]):
             return scan
         pos += _SCAN_CHUNK
-    raise _Fallback("unterminated annotations array")
+    raise FastPathGaveUp("unterminated annotations array")
 
 
 #: The usual start of a job body: the annotations first (the service's order). A spool can then scan them
@@ -253,7 +252,7 @@ def _scan_array(body: Body, open_: int) -> _ArrayScan:
 _LEADING_ANNOTATIONS = re.compile(rb'[ \t\r\n]*\{[ \t\r\n]*"annotations"[ \t\r\n]*:[ \t\r\n]*\[')
 
 
-class _Prescan:
+class Prescan:
     """Scans a body's annotations while the body is written chunk by chunk (when they come first)."""
 
     HEAD = 256
@@ -275,19 +274,20 @@ class _Prescan:
         if self.scan is not None and self.scan.close is None:
             try:
                 self.scan.feed(chunk)
-            except _Fallback:
+            except FastPathGaveUp:
                 self.failed, self.scan = True, None
 
     def _start(self) -> None:
-        head, self._head = self._head, None
-        m = _LEADING_ANNOTATIONS.match(head or b"")
+        head = self._head if self._head is not None else bytearray()
+        self._head = None
+        m = _LEADING_ANNOTATIONS.match(head)
         if m is None:
             self.failed = True
             return
         self.scan = _ArrayScan(m.end() - 1)
         try:
             self.scan.feed(bytes(head[m.end() :]))
-        except _Fallback:
+        except FastPathGaveUp:
             self.failed, self.scan = True, None
 
     def finish(self) -> _ArrayScan | None:
@@ -297,16 +297,16 @@ class _Prescan:
         return None if self.failed or self.scan is None or self.scan.close is None else self.scan
 
 
-def _fast_video(
+def fast_video(
     body: Body, source: str | None, prescan: _ArrayScan | None = None
-) -> tuple[_Meta, Iterator[pa.RecordBatch]]:
-    """Read a video job answer from raw bytes (in memory or a :class:`FileBody`); :class:`_Fallback` if unsure.
+) -> tuple[TableMeta, Iterator[pa.RecordBatch]]:
+    """Read a video job answer from raw bytes (in memory or a :class:`FileBody`); :class:`FastPathGaveUp` if unsure.
 
     ``prescan``: the annotations' scan done while the body was spooled (used if it is that array's).
     """
     pos = _skip_ws(body, 0)
     if pos >= len(body) or body[pos] != 0x7B:  # {
-        raise _Fallback
+        raise FastPathGaveUp
     pos = _skip_ws(body, pos + 1)
     top: dict[str, Any] = {}
     array: _ArrayScan | None = None
@@ -314,10 +314,10 @@ def _fast_video(
         while True:
             key, pos = _decode_value(body, pos)
             if not isinstance(key, str) or key in top:
-                raise _Fallback
+                raise FastPathGaveUp
             pos = _skip_ws(body, pos)
             if body[pos : pos + 1] != b":":
-                raise _Fallback
+                raise FastPathGaveUp
             pos = _skip_ws(body, pos + 1)
             if key == "annotations" and body[pos : pos + 1] == b"[":
                 array = prescan if prescan is not None and prescan.open == pos else _scan_array(body, pos)
@@ -331,16 +331,16 @@ def _fast_video(
                 continue
             if body[pos : pos + 1] == b"}":
                 break
-            raise _Fallback
+            raise FastPathGaveUp
     if _skip_ws(body, pos + 1) != len(body):
-        raise _Fallback
+        raise FastPathGaveUp
     if array is None:
         if "annotations" in top:
-            raise _Fallback  # not an array: let the slow path name the problem
-        _video_meta(top, source, 0)  # raises: status, missing fields
-        raise _Fallback  # pragma: no cover - _video_meta raised
+            raise FastPathGaveUp  # not an array: let the slow path name the problem
+        video_meta(top, source, 0)  # raises: status, missing fields
+        raise FastPathGaveUp  # pragma: no cover - video_meta raised
     starts, ends, commas = array.result()
-    meta = _video_meta(top, source, len(starts))
+    meta = video_meta(top, source, len(starts))
     expected = _frame_nums(body, starts, ends)
     if expected is not None:
         meta.frame_runs = frame_runs(expected.tolist())
@@ -356,7 +356,7 @@ def _frame_nums(body: Body, starts: np.ndarray, ends: np.ndarray) -> np.ndarray 
 
     Valid frame numbers increase from 0, so they are ``0 … n-1`` exactly when the last one is ``n - 1``: only
     the last annotation is parsed (the usual case). Otherwise each annotation's leading ``"frame_num"`` is
-    read with a regular expression (:class:`_Fallback` if one does not start so); the rows' own frame numbers
+    read with a regular expression (:class:`FastPathGaveUp` if one does not start so); the rows' own frame numbers
     are checked against them as they are parsed.
     """
     import numpy as np
@@ -367,9 +367,9 @@ def _frame_nums(body: Body, starts: np.ndarray, ends: np.ndarray) -> np.ndarray 
     try:
         last = json.loads(body[int(starts[-1]) : int(ends[-1]) + 1])
     except (ValueError, RecursionError) as e:
-        raise _Fallback from e
+        raise FastPathGaveUp from e
     if not isinstance(last, dict):
-        raise _Fallback
+        raise FastPathGaveUp
     if type(last.get("frame_num")) is int and last["frame_num"] == n - 1:
         return None
     nums = []
@@ -383,7 +383,7 @@ def _frame_nums(body: Body, starts: np.ndarray, ends: np.ndarray) -> np.ndarray 
             window, w0 = body[s : s + block], s
             m = _FRAME_NUM.match(window, 0)
         if m is None:
-            raise _Fallback  # another key first, a float, a huge number...: the slow path decides
+            raise FastPathGaveUp  # another key first, a float, a huge number...: the slow path decides
         nums.append(int(m.group(1)))
     return np.array(nums, dtype=np.int64)
 
@@ -404,20 +404,53 @@ def _annotation_schema() -> pa.Schema:
 
 
 def _fast_batches(
-    meta: _Meta,
+    meta: TableMeta,
     body: Body,
     starts: np.ndarray,
     ends: np.ndarray,
     commas: np.ndarray,
     expected: np.ndarray | None = None,
 ) -> Iterator[pa.RecordBatch]:
+    """The rows of the annotations ``starts``/``ends`` of ``body``, parsed piece by piece (see
+    :func:`_piece_parser`); ``expected``: their frame numbers, if read beforehand (:func:`_frame_nums`)."""
+    if len(starts) == 0:
+        return
+    parse = _piece_parser(body, starts, ends, commas)
+    bounds = _piece_bounds(starts, ends)
+    state: dict[str, Any] = {"last": -1, "expected": expected}
+    # The next piece is parsed (in pyarrow's threads) while this one's rows are built and consumed.
+    with ThreadPoolExecutor(1, thread_name_prefix="kakaopose-json") if len(bounds) > 1 else nullcontext() as ahead:
+        pending = ahead.submit(parse, *bounds[0]) if ahead is not None else None
+        for k, (i, j) in enumerate(bounds):
+            table = pending.result() if pending is not None else parse(i, j)
+            pending = ahead.submit(parse, *bounds[k + 1]) if ahead is not None and k + 1 < len(bounds) else None
+            yield from _piece_rows(meta, table, i, state)
+            del table
+
+
+def _piece_bounds(starts: np.ndarray, ends: np.ndarray) -> list[tuple[int, int]]:
+    """``(i, j)`` ranges of annotations cutting the array into pieces of about ``_PIECE_BYTES``, whole
+    annotations each (at least one)."""
+    import numpy as np
+
+    n = len(starts)
+    bounds = []
+    i = 0
+    while i < n:
+        j = min(max(i + 1, int(np.searchsorted(ends, int(starts[i]) + _PIECE_BYTES, side="left"))), n)
+        bounds.append((i, j))
+        i = j
+    return bounds
+
+
+def _piece_parser(body: Body, starts: np.ndarray, ends: np.ndarray, commas: np.ndarray) -> Callable[[int, int], Any]:
+    """``parse(i, j)``: annotations ``i … j-1`` copied out of the body, one per line, and read by pyarrow's
+    newline-delimited JSON reader into a table of ``frame_num`` and ``objects`` (:class:`FastPathGaveUp` if
+    pyarrow rejects them)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.json as pj
 
-    n = len(starts)
-    if n == 0:
-        return
     longest = int((ends - starts).max()) + 1
     read_options = pj.ReadOptions(block_size=max(1 << 20, 2 * longest + 2), use_threads=True)
     parse_options = pj.ParseOptions(
@@ -428,9 +461,8 @@ def _fast_batches(
     pool = pa.system_memory_pool()
 
     def parse(i: int, j: int) -> pa.Table:
-        """Annotations ``i … j-1`` parsed: one per line for pyarrow's newline-delimited JSON reader."""
         s0, e1 = int(starts[i]), int(ends[j - 1]) + 1
-        piece = bytearray(view[s0:e1]) if view is not None else body.piece(s0, e1)  # type: ignore[union-attr]
+        piece = bytearray(view[s0:e1]) if view is not None else body.piece(s0, e1)
         arr = np.frombuffer(piece, np.uint8)
         if piece.find(b"\n") != -1 or piece.find(b"\r") != -1:
             arr[(arr == 10) | (arr == 13)] = 32  # newlines are whitespace outside strings (no raw ones inside)
@@ -441,77 +473,99 @@ def _fast_batches(
                 pa.py_buffer(piece), read_options=read_options, parse_options=parse_options, memory_pool=pool
             )
         except pa.ArrowInvalid as e:
-            raise _Fallback(str(e)) from e
+            raise FastPathGaveUp(str(e)) from e
         if table.num_rows != j - i:
-            raise _Fallback("row count mismatch")
+            raise FastPathGaveUp("row count mismatch")
         return table
 
-    # Pieces of about _PIECE_BYTES, whole annotations each.
-    bounds = []
-    i = 0
-    while i < n:
-        j = min(max(i + 1, int(np.searchsorted(ends, int(starts[i]) + _PIECE_BYTES, side="left"))), n)
-        bounds.append((i, j))
-        i = j
-    state: dict[str, Any] = {"last": -1, "expected": expected}
-    # The next piece is parsed (in pyarrow's threads) while this one's rows are built and consumed.
-    with ThreadPoolExecutor(1, thread_name_prefix="kakaopose-json") if len(bounds) > 1 else nullcontext() as ahead:
-        pending = ahead.submit(parse, *bounds[0]) if ahead is not None else None
-        for k, (i, j) in enumerate(bounds):
-            table = pending.result() if pending is not None else parse(i, j)
-            pending = ahead.submit(parse, *bounds[k + 1]) if ahead is not None and k + 1 < len(bounds) else None
-            ann_index = i
-            for batch in table.to_batches():
-                if batch.num_rows:
-                    out = _explode(meta, batch, ann_index, state)
-                    if out is not None:
-                        yield out
-                ann_index += batch.num_rows
-            del table
+    return parse
 
 
-def _explode(meta: _Meta, batch: pa.RecordBatch, first: int, state: dict) -> pa.RecordBatch | None:
+def _piece_rows(meta: TableMeta, table: pa.Table, first: int, state: dict) -> Iterator[pa.RecordBatch]:
+    """The rows of a parsed piece whose first annotation is number ``first``, batch by batch."""
+    ann_index = first
+    for batch in table.to_batches():
+        if batch.num_rows:
+            out = _explode(meta, batch, ann_index, state)
+            if out is not None:
+                yield out
+        ann_index += batch.num_rows
+
+
+#: The fields of a person, in the order of :func:`_annotation_schema`.
+_PERSON_FIELDS = ("area", "bbox", "category_id", "keypoints", "score")
+
+
+def _explode(meta: TableMeta, batch: pa.RecordBatch, first: int, state: dict) -> pa.RecordBatch | None:
     """Rows of a batch of parsed annotations (``first`` = index of its first annotation)."""
     import numpy as np
-    import pyarrow.compute as pc
 
-    frame_col, objects = batch.column(0), batch.column(1)
-    if frame_col.null_count:
-        k = int(np.flatnonzero(frame_col.is_null().to_numpy(zero_copy_only=False))[0])
-        raise _bad(f"{_where(first + k)}: missing field frame_num")
-    frame_nums = frame_col.to_numpy()
-    if objects.null_count:
-        k = int(np.flatnonzero(objects.is_null().to_numpy(zero_copy_only=False))[0])
-        raise _bad(f"{_where(first + k, frame_nums[k])}: missing field objects (or null)")
-    prev = np.concatenate(([state["last"]], frame_nums[:-1]))
-    bad = np.flatnonzero((frame_nums <= prev) | (frame_nums > 2**31 - 1))
-    if len(bad):
-        k = int(bad[0])
-        raise _bad(
-            f"{_where(first + k, frame_nums[k])}: frame_num must be increasing and below 2**31 (previous {prev[k]})"
-        )
-    state["last"] = int(frame_nums[-1])
-    expected = state["expected"]
-    if expected is not None and not np.array_equal(frame_nums, expected[first : first + len(frame_nums)]):
-        raise _Fallback("frame numbers differ from the pre-scan")  # e.g. a duplicated "frame_num" key
+    frame_nums = _checked_frame_nums(batch, first, state)
+    objects = batch.column(1)
     offsets = objects.offsets.to_numpy()
     counts = np.diff(offsets)
     if len(counts) and counts.max() > 2**15 - 1:
         k = int(np.argmax(counts))
-        raise _bad(f"{_where(first + k, frame_nums[k])}: more than 32767 persons in one frame")
+        raise shape_error(f"{where_in_answer(first + k, frame_nums[k])}: more than 32767 persons in one frame")
     n_p = int(offsets[-1] - offsets[0])
     if n_p == 0:
         return None
     person_ann = np.repeat(np.arange(len(frame_nums)), counts)
     person_idx = np.arange(n_p) - np.repeat(offsets[:-1] - offsets[0], counts)
-    persons = objects.flatten()
-    fields = dict(zip(("area", "bbox", "category_id", "keypoints", "score"), persons.flatten(), strict=True))
 
     def fail(p: int, message: str) -> KakaoPoseResponseError:
         k = int(person_ann[p])
-        return _bad(f"{_where(first + k, frame_nums[k], int(person_idx[p]))}: {message}")
+        return shape_error(f"{where_in_answer(first + k, frame_nums[k], int(person_idx[p]))}: {message}")
 
-    for key in ("area", "bbox", "category_id", "keypoints", "score"):
+    flat = _person_values(objects.flatten(), fail)
+    return build_batch(
+        meta,
+        frame_nums[person_ann],
+        person_idx,
+        flat["keypoints"],
+        flat["bbox"],
+        flat["area"],
+        flat["score"],
+    )
+
+
+def _checked_frame_nums(batch: pa.RecordBatch, first: int, state: dict) -> np.ndarray:
+    """The batch's frame numbers, checked: present, with their ``objects``, increasing (from ``state["last"]``,
+    which is moved on) and, if they were read beforehand (``state["expected"]``), the same."""
+    import numpy as np
+
+    frame_col, objects = batch.column(0), batch.column(1)
+    if frame_col.null_count:
+        k = int(np.flatnonzero(frame_col.is_null().to_numpy(zero_copy_only=False))[0])
+        raise shape_error(f"{where_in_answer(first + k)}: missing field frame_num")
+    frame_nums = frame_col.to_numpy()
+    if objects.null_count:
+        k = int(np.flatnonzero(objects.is_null().to_numpy(zero_copy_only=False))[0])
+        raise shape_error(f"{where_in_answer(first + k, frame_nums[k])}: missing field objects (or null)")
+    prev = np.concatenate(([state["last"]], frame_nums[:-1]))
+    bad = np.flatnonzero((frame_nums <= prev) | (frame_nums > 2**31 - 1))
+    if len(bad):
+        k = int(bad[0])
+        raise shape_error(
+            f"{where_in_answer(first + k, frame_nums[k])}: frame_num must be increasing and below 2**31 "
+            f"(previous {prev[k]})"
+        )
+    state["last"] = int(frame_nums[-1])
+    expected = state["expected"]
+    if expected is not None and not np.array_equal(frame_nums, expected[first : first + len(frame_nums)]):
+        raise FastPathGaveUp("frame numbers differ from the pre-scan")  # e.g. a duplicated "frame_num" key
+    return frame_nums
+
+
+def _person_values(persons: pa.StructArray, fail: Callable[[int, str], Exception]) -> dict[str, np.ndarray]:
+    """The numeric fields of every person of a batch as flat numpy arrays (``keypoints`` P*51, ``bbox`` P*4,
+    ``area`` and ``score`` P), checked: no field missing, ``category_id`` 1, lists of the right length, no null,
+    values within range. ``fail(p, message)`` is the error naming person ``p`` of the batch."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    fields = dict(zip(_PERSON_FIELDS, persons.flatten(), strict=True))
+    for key in _PERSON_FIELDS:
         col = fields[key]
         if col.null_count:
             p = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
@@ -521,7 +575,7 @@ def _explode(meta: _Meta, batch: pa.RecordBatch, first: int, state: dict) -> pa.
         p = int(np.flatnonzero(cat != 1)[0])
         raise fail(p, f"category_id must be 1, got {cat[p]}")
     flat = {}
-    for key, width in (("keypoints", 3 * _N_KP), ("bbox", 4)):
+    for key, width in (("keypoints", 3 * N_KEYPOINTS), ("bbox", 4)):
         col = fields[key]
         lengths = pc.list_value_length(col).to_numpy()
         wrong = np.flatnonzero(lengths != width)
@@ -536,21 +590,12 @@ def _explode(meta: _Meta, batch: pa.RecordBatch, first: int, state: dict) -> pa.
     for key in ("area", "score"):
         flat[key] = fields[key].to_numpy()
     for key in ("keypoints", "bbox", "score", "area"):
-        if not (np.isfinite(flat[key]).all() if key == "area" else _in_f32(flat[key])):
+        if not (np.isfinite(flat[key]).all() if key == "area" else in_float32_range(flat[key])):
             # a value beyond float32 (float64 for area); pyarrow reads an overflowing literal (1e400, an integer
             # of 400 digits) as inf, the json module keeps it: the slow path names the annotation, person, field
             # and value exactly as for parsed input
-            raise _Fallback(f"{key}: a value out of range")
-    del fields, persons
-    return _build_batch(
-        meta,
-        frame_nums[person_ann],
-        person_idx,
-        flat["keypoints"],
-        flat["bbox"],
-        flat["area"],
-        flat["score"],
-    )
+            raise FastPathGaveUp(f"{key}: a value out of range")
+    return flat
 
 
 # --------------------------------------------------------------------------------------------- bodies cut short
@@ -589,23 +634,45 @@ class _Nesting:
         self._marks = MarkFinder()
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Follow the nesting through the next chunk of the body (nothing more once :attr:`settled`)."""
         import numpy as np
 
         base = self.size
         self.size += len(data)
-        if self.settled or not len(data):
+        if self.settled or not len(data) or self._settled_by_start(data, base):
             return
+        where, brackets = self._brackets_outside_strings(data)
+        if not len(brackets):
+            return
+        opens = (brackets == LBRACE) | (brackets == LBRACKET)
+        level = np.cumsum(np.where(opens, 1, -1), dtype=np.int64) + self.depth
+        if (level <= 0).any():  # the top level ended (complete, or something after it: json.loads tells)
+            self.settled = True
+            return
+        if not self._close_brackets(brackets, opens, level):
+            self.settled = True  # e.g. "[1, 2}": malformed, not cut short
+            return
+        self._note_openings(base, where, opens, level)
+
+    def _settled_by_start(self, data: bytes | bytearray | memoryview, base: int) -> bool:
+        """Settle (and say so) when the body's first bytes show it is UTF-16/32 or opens no object or array."""
         if base < 4:
             self._head += bytes(data[: 4 - base])
             if b"\x00" in self._head:
                 self.settled = True  # UTF-16/32: for json.loads to judge
-                return
+                return True
         if self._first is None:  # does the body open an object or an array?
             rest = bytes(data).lstrip(WS + _BOM)
             self._first = rest[0] if rest else None
             if self._first not in (None, LBRACE, LBRACKET):
                 self.settled = True  # a scalar (or garbage): for json.loads to judge
-                return
+                return True
+        return False
+
+    def _brackets_outside_strings(self, data: bytes | bytearray | memoryview) -> tuple[Any, Any]:
+        """``(positions, bytes)`` of the chunk's brackets that are not inside a string (escapes followed)."""
+        import numpy as np
+
         idx, chars = self._marks.find(data)  # type: ignore[arg-type]
         bs = chars == BACKSLASH
         if self._escape_next or bs.any():
@@ -615,14 +682,13 @@ class _Nesting:
         if len(parity):
             self.in_string = int(parity[-1])
         outside = (parity == 0) & ~is_quote
-        where, brackets = idx[outside], chars[outside]
-        if not len(brackets):
-            return
-        opens = (brackets == LBRACE) | (brackets == LBRACKET)
-        level = np.cumsum(np.where(opens, 1, -1), dtype=np.int64) + self.depth
-        if (level <= 0).any():  # the top level ended (complete, or something after it: json.loads tells)
-            self.settled = True
-            return
+        return idx[outside], chars[outside]
+
+    def _close_brackets(self, brackets: Any, opens: Any, level: Any) -> bool:
+        """Check that each closing bracket closes one of its kind and update the open brackets and the depth;
+        ``False`` (nothing updated) on a mismatch. ``level``: the nesting after each bracket."""
+        import numpy as np
+
         # Each closing bracket closes the previous bracket at its level: the one before it at that level in
         # this chunk, or one still open from an earlier chunk. "}" - "{" == "]" - "[" == 2.
         key = np.where(opens, level, level + 1)
@@ -635,8 +701,7 @@ class _Nesting:
                 before[i] = self._open[int(ks[i]) - 1]
         closing = (kinds == RBRACE) | (kinds == RBRACKET)
         if (closing & (kinds - before != 2)).any():
-            self.settled = True  # e.g. "[1, 2}": malformed, not cut short
-            return
+            return False
         self.depth = int(level[-1])
         last = np.flatnonzero(np.concatenate((ks[1:] != ks[:-1], [True])))  # the last bracket at each level
         del self._open[self.depth :]
@@ -647,6 +712,13 @@ class _Nesting:
                     self._open[lv - 1] = int(kinds[i])
                 else:
                     self._open.append(int(kinds[i]))
+        return True
+
+    def _note_openings(self, base: int, where: Any, opens: Any, level: Any) -> None:
+        """Record where the last bracket at levels 1-3 opened and how many opened at levels 2 and 3 since the
+        last one a level above (for :meth:`cut_short`'s message)."""
+        import numpy as np
+
         for lv in (1, 2, 3):
             mine = opens & (level == lv)
             hits = np.flatnonzero(mine)
@@ -711,7 +783,7 @@ def _elements(n: int) -> str:
     return f"{n:,} complete element" + ("" if n == 1 else "s")
 
 
-def _last_byte(body: Body) -> int | None:
+def last_nonblank_byte(body: Body) -> int | None:
     """The body's last byte that is not whitespace (``None`` if there is none), read from its end."""
     end = len(body)
     while end > 0:
@@ -722,7 +794,7 @@ def _last_byte(body: Body) -> int | None:
     return None
 
 
-def _cut_short(body: Body) -> str | None:
+def cut_short_message(body: Body) -> str | None:
     """How a raw body (``bytes`` or a ``FileBody``) is cut short, or ``None`` when its top-level object or
     array closes (or it opens none, or is malformed before its end): read in pieces, never parsed."""
     nesting = _Nesting()

@@ -1,7 +1,7 @@
 """The keypoints table's schema and metadata, the errors table, and building rows from numpy arrays.
 
 Shared by both parsers (:mod:`.scanner`, :mod:`.fallback`): the columns (``docs/tables.md``), the
-``kakaopose:*`` schema metadata (:class:`_Meta`), the validation error messages, and :func:`_build_batch`,
+``kakaopose:*`` schema metadata (:class:`TableMeta`), the validation error messages, and :func:`build_batch`,
 which turns the persons of some frames into rows.
 """
 
@@ -12,12 +12,13 @@ import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_kakaopose.coco import KEYPOINT_NAMES, SKELETON
+from airflow_provider_kakaopose.coco import KEYPOINT_NAMES, METADATA_PREFIX, SKELETON
 from airflow_provider_kakaopose.exceptions import (
     KakaoPoseJobFailedError,
     KakaoPoseJobNotFoundError,
     KakaoPoseResponseError,
 )
+from airflow_provider_kakaopose.jobs import JobStatus, failure_reason, is_running, not_found_message
 
 if TYPE_CHECKING:
     import numpy as np
@@ -47,8 +48,7 @@ COLUMNS: tuple[str, ...] = (
 #: streamed write holds little: the writer gathers a whole row group before encoding it).
 ROW_GROUP_SIZE = 1 << 18
 
-_N_KP = len(KEYPOINT_NAMES)
-_META = "kakaopose:"
+N_KEYPOINTS = len(KEYPOINT_NAMES)
 
 # --------------------------------------------------------------------------------------------- schema
 
@@ -91,23 +91,26 @@ def keypoints_schema() -> pa.Schema:
 # --------------------------------------------------------------------------------------------- errors
 
 
-def _bad(message: str) -> KakaoPoseResponseError:
+def shape_error(message: str) -> KakaoPoseResponseError:
+    """The error for an answer that is not of the documented shape (``message`` says where and how)."""
     return KakaoPoseResponseError(f"Pose result is not of the documented shape: {message}")
 
 
-def _where(ann_index: int | None, frame_num: Any = None, person: int | None = None) -> str:
+def where_in_answer(ann_index: int | None, frame_num: Any = None, person: int | None = None) -> str:
+    """Where a shape error is, for its message: ``annotations[3] (frame_num 5) person 2``, ``image person 0``."""
     if ann_index is None:
         parts = ["image"]
     else:
         parts = [f"annotations[{ann_index}]"]
         if frame_num is not None:
-            parts.append(f"(frame_num {_show(frame_num) if type(frame_num) is int else _show(frame_num, str_=True)})")
+            shown = show_value(frame_num) if type(frame_num) is int else show_value(frame_num, str_=True)
+            parts.append(f"(frame_num {shown})")
     if person is not None:
         parts.append(f"person {person}")
     return " ".join(parts)
 
 
-def _show(v: Any, width: int = 80, *, str_: bool = False) -> str:
+def show_value(v: Any, width: int = 80, *, str_: bool = False) -> str:
     """A short repr (``str_``: str) of a value for an error message; a huge integer by its first digits and
     digit count (``repr`` fails past 4300 digits and 400 digits are no help)."""
     if type(v) is int and not -(10**20) < v < 10**20:
@@ -123,15 +126,15 @@ def _show(v: Any, width: int = 80, *, str_: bool = False) -> str:
 
 
 #: The largest float32: x, y, score, person_score and bbox_* are float32 columns, so larger values are refused.
-_F32_MAX = 3.4028234663852886e38
+FLOAT32_MAX = 3.4028234663852886e38
 
 
-def _in_f32(a: np.ndarray) -> bool:
+def in_float32_range(a: np.ndarray) -> bool:
     """Every value of a float64 array is finite and within float32's range (NaN fails both comparisons)."""
-    return not len(a) or bool(a.min() >= -_F32_MAX and a.max() <= _F32_MAX)
+    return not len(a) or bool(a.min() >= -FLOAT32_MAX and a.max() <= FLOAT32_MAX)
 
 
-def _is_num(v: Any) -> bool:
+def is_finite_number(v: Any) -> bool:
     """A finite JSON number that fits a float64 (booleans and integers beyond float64's range are not)."""
     t = type(v)
     if t is float:
@@ -148,7 +151,7 @@ def _is_num(v: Any) -> bool:
 # --------------------------------------------------------------------------------------------- metadata
 
 
-class _Meta:
+class TableMeta:
     """What a table knows besides its rows (stored as schema metadata)."""
 
     def __init__(
@@ -173,6 +176,9 @@ class _Meta:
         # the answer's frame numbers when they are not 0..annotations-1 (see coco.frame_runs), else None
         self.frame_runs = frame_runs
         self.fps = float(video["fps"]) if video else None
+        #: Built once per answer, by :func:`schema_with_metadata` and :func:`build_batch`.
+        self.schema: pa.Schema | None = None
+        self.constant: _Constant | None = None
 
     def skeleton(self) -> list[list[int]]:
         try:
@@ -183,7 +189,7 @@ class _Meta:
     def keypoint_names(self) -> list[str]:
         try:
             names = list(self.categories[0]["keypoints"])
-            if len(names) == _N_KP:
+            if len(names) == N_KEYPOINTS:
                 return names
         except (TypeError, KeyError, IndexError):
             pass
@@ -194,7 +200,7 @@ class _Meta:
             "kind": self.kind,
             "source": self.source,
             "job_id": self.job_id,
-            "status": "success" if self.kind == "video" else None,
+            "status": JobStatus.SUCCESS.value if self.kind == "video" else None,
             "video": self.video,
             "info": self.info,
             "categories": self.categories,
@@ -203,51 +209,42 @@ class _Meta:
             "skeleton": self.skeleton(),
             "keypoints": self.keypoint_names(),
         }
-        return {(_META + k).encode(): json.dumps(v).encode() for k, v in d.items()}
+        return {(METADATA_PREFIX + k).encode(): json.dumps(v).encode() for k, v in d.items()}
 
 
-def _read_metadata(metadata: dict | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in (metadata or {}).items():
-        key = k.decode() if isinstance(k, bytes) else str(k)
-        if key.startswith(_META):
-            out[key[len(_META) :]] = json.loads(v)
-    return out
-
-
-def _video_meta(top: dict, source: str | None, n_annotations: int) -> _Meta:
+def video_meta(top: dict, source: str | None, n_annotations: int) -> TableMeta:
     """Validate the top-level fields of a video job answer (everything except ``annotations``)."""
     if not isinstance(top, dict):
-        raise _bad(f"a video job answer must be a JSON object, got {type(top).__name__}")
+        raise shape_error(f"a video job answer must be a JSON object, got {type(top).__name__}")
     status = top.get("status")
     job_id = top.get("job_id")
-    if status != "success":
-        if status == "failed":
-            raise KakaoPoseJobFailedError(f"video job {job_id} failed: {top.get('description') or 'no description'}")
-        if status == "not found":
-            raise KakaoPoseJobNotFoundError(f"video job {job_id} was not found (unknown, or older than 7 days)")
-        if status in ("waiting", "processing"):
+    if status != JobStatus.SUCCESS:
+        if status == JobStatus.FAILED:
+            raise KakaoPoseJobFailedError(f"video job {job_id} failed: {failure_reason(top)}")
+        if status == JobStatus.NOT_FOUND:
+            raise KakaoPoseJobNotFoundError(not_found_message(str(job_id), "video job"))
+        if is_running(status):
             raise KakaoPoseResponseError(f"video job {job_id} is not finished (status {status!r})")
-        raise _bad(f"status is {status!r}, expected 'success'")
+        raise shape_error(f"status is {status!r}, expected 'success'")
     for key in ("annotations", "categories", "info", "video"):
         if key not in top:
-            raise _bad(f"video job answer has no {key!r}")
+            raise shape_error(f"video job answer has no {key!r}")
     if job_id is not None and not isinstance(job_id, str):
-        raise _bad(f"job_id must be a string, got {type(job_id).__name__}")
+        raise shape_error(f"job_id must be a string, got {type(job_id).__name__}")
     video = top["video"]
     if not isinstance(video, dict):
-        raise _bad("'video' must be an object")
+        raise shape_error("'video' must be an object")
     for key in ("fps", "frames", "height", "width"):
         if key not in video:
-            raise _bad(f"'video' has no {key!r}")
-        if not _is_num(video[key]):
-            raise _bad(f"video.{key} must be a finite number, got {_show(video[key])}")
+            raise shape_error(f"'video' has no {key!r}")
+        if not is_finite_number(video[key]):
+            raise shape_error(f"video.{key} must be a finite number, got {show_value(video[key])}")
     if video["fps"] <= 0:
-        raise _bad(f"video.fps must be positive, got {video['fps']!r}")
+        raise shape_error(f"video.fps must be positive, got {video['fps']!r}")
     cats = top["categories"]
     if not isinstance(cats, list):
-        raise _bad("'categories' must be a list")
-    return _Meta(
+        raise shape_error("'categories' must be a list")
+    return TableMeta(
         "video",
         source,
         job_id=job_id,
@@ -274,7 +271,7 @@ class _Constant:
     """The columns that are the same in every batch of one answer (source, job_id, keypoint_id, keypoint), built
     once at the largest size asked so far and sliced (Arrow slices share the immutable buffers)."""
 
-    def __init__(self, meta: _Meta) -> None:
+    def __init__(self, meta: TableMeta) -> None:
         self.meta = meta
         self.rows = 0
         self.columns: tuple[pa.Array, ...] = ()
@@ -284,8 +281,8 @@ class _Constant:
         import pyarrow as pa
 
         if n > self.rows:
-            self.rows = max(n, 2 * self.rows, 1 << 16) // _N_KP * _N_KP + _N_KP
-            kp_index = np.tile(np.arange(_N_KP, dtype=np.int8), self.rows // _N_KP)
+            self.rows = max(n, 2 * self.rows, 1 << 16) // N_KEYPOINTS * N_KEYPOINTS + N_KEYPOINTS
+            kp_index = np.tile(np.arange(N_KEYPOINTS, dtype=np.int8), self.rows // N_KEYPOINTS)
             self.columns = (
                 _dict_column(self.meta.source, self.rows),
                 _dict_column(self.meta.job_id, self.rows),
@@ -295,8 +292,8 @@ class _Constant:
         return tuple(c.slice(0, n) for c in self.columns)
 
 
-def _build_batch(
-    meta: _Meta,
+def build_batch(
+    meta: TableMeta,
     person_frame: np.ndarray,
     person_idx: np.ndarray,
     keypoints: np.ndarray,
@@ -309,45 +306,43 @@ def _build_batch(
     import pyarrow as pa
 
     n_p = len(person_frame)
-    n = n_p * _N_KP
-    kp = keypoints.reshape(n_p, _N_KP, 3)
+    n = n_p * N_KEYPOINTS
+    kp = keypoints.reshape(n_p, N_KEYPOINTS, 3)
     undetected = ((kp[:, :, 0] == 0) & (kp[:, :, 1] == 0) & (kp[:, :, 2] == 0)).ravel()
     mask = undetected if undetected.any() else None
     bb = bbox.reshape(n_p, 4).astype(np.float32)
     frame32 = person_frame.astype(np.int32)
-    frame_rows = np.repeat(frame32, _N_KP)
+    frame_rows = np.repeat(frame32, N_KEYPOINTS)
     time_s = pa.nulls(n, pa.float64()) if meta.fps is None else pa.array(frame_rows / meta.fps)
-    constant = getattr(meta, "_constant", None)
-    if constant is None:
-        constant = meta._constant = _Constant(meta)  # type: ignore[attr-defined]
-    source, job_id, keypoint_id, keypoint = constant.get(n)
+    if meta.constant is None:
+        meta.constant = _Constant(meta)
+    source, job_id, keypoint_id, keypoint = meta.constant.get(n)
     arrays = [
         source,
         job_id,
         pa.array(frame_rows),
         time_s,
-        pa.array(np.repeat(person_idx.astype(np.int16), _N_KP)),
+        pa.array(np.repeat(person_idx.astype(np.int16), N_KEYPOINTS)),
         keypoint_id,
         keypoint,
         pa.array(kp[:, :, 0].astype(np.float32).ravel(), mask=mask),
         pa.array(kp[:, :, 1].astype(np.float32).ravel(), mask=mask),
         pa.array(kp[:, :, 2].astype(np.float32).ravel()),
-        pa.array(np.repeat(score.astype(np.float32), _N_KP)),
-        pa.array(np.repeat(bb[:, 0], _N_KP)),
-        pa.array(np.repeat(bb[:, 1], _N_KP)),
-        pa.array(np.repeat(bb[:, 2], _N_KP)),
-        pa.array(np.repeat(bb[:, 3], _N_KP)),
-        pa.array(np.repeat(area.astype(np.float64), _N_KP)),
+        pa.array(np.repeat(score.astype(np.float32), N_KEYPOINTS)),
+        pa.array(np.repeat(bb[:, 0], N_KEYPOINTS)),
+        pa.array(np.repeat(bb[:, 1], N_KEYPOINTS)),
+        pa.array(np.repeat(bb[:, 2], N_KEYPOINTS)),
+        pa.array(np.repeat(bb[:, 3], N_KEYPOINTS)),
+        pa.array(np.repeat(area.astype(np.float64), N_KEYPOINTS)),
     ]
-    return pa.RecordBatch.from_arrays(arrays, schema=_schema_with(meta))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema_with_metadata(meta))
 
 
-def _schema_with(meta: _Meta) -> pa.Schema:
-    cached = getattr(meta, "_schema", None)
-    if cached is None:
-        cached = keypoints_schema().with_metadata(meta.to_metadata())
-        meta._schema = cached  # type: ignore[attr-defined]
-    return cached
+def schema_with_metadata(meta: TableMeta) -> pa.Schema:
+    """The keypoints schema with ``meta``'s ``kakaopose:*`` metadata (built once per answer)."""
+    if meta.schema is None:
+        meta.schema = keypoints_schema().with_metadata(meta.to_metadata())
+    return meta.schema
 
 
 #: Columns of the errors table written beside a batch's keypoints: one row per input that failed for good.
@@ -367,7 +362,7 @@ def errors_schema() -> pa.Schema:
             pa.field("message", pa.string(), nullable=False),
             pa.field("attempts", pa.int16()),
         ],
-        metadata={f"{_META}kind".encode(): b'"errors"'},
+        metadata={f"{METADATA_PREFIX}kind".encode(): b'"errors"'},
     )
 
 

@@ -1,4 +1,9 @@
-"""Parquet writing and reading on any storage, atomically."""
+"""Parquet writing and reading on any storage, atomically.
+
+Also the storage helpers the operators and the pictures share: :func:`resolve_storage` and :func:`is_local`
+(where a URI points), :func:`write_atomically` and :func:`write_bytes` (any file, atomically), and
+:func:`parquet_stem` / :func:`sibling_uri` (the names of the files written beside a table).
+"""
 
 from __future__ import annotations
 
@@ -10,14 +15,12 @@ import queue
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
-from airflow_provider_kakaopose.tables.schema import (
-    ROW_GROUP_SIZE,
-    _read_metadata,
-)
+from airflow_provider_kakaopose.coco import decode_metadata
+from airflow_provider_kakaopose.tables.schema import ROW_GROUP_SIZE
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -42,7 +45,7 @@ UPLOAD_PART_SIZE = 16 << 20
 # --------------------------------------------------------------------------------------------- storage
 
 
-def _resolve(uri: Any) -> tuple[Any, str]:
+def resolve_storage(uri: Any) -> tuple[Any, str]:
     """``(fsspec filesystem or None for local, path)`` for a path, URI or ObjectStoragePath."""
     if not isinstance(uri, (str, bytes)) and hasattr(uri, "fs") and hasattr(uri, "path"):
         return uri.fs, str(uri.path)  # an Airflow ObjectStoragePath (or any UPath)
@@ -65,12 +68,33 @@ def _resolve(uri: Any) -> tuple[Any, str]:
     return fs, path
 
 
-def _is_local(fs: Any) -> bool:
+def is_local(fs: Any) -> bool:
+    """Whether ``fs`` (from :func:`resolve_storage`) is the local disk: its paths can be opened with ``open``."""
     if fs is None:
         return True
     from fsspec.implementations.local import LocalFileSystem
 
     return isinstance(fs, LocalFileSystem)
+
+
+def parquet_stem(uri: str) -> tuple[str, str]:
+    """``(folder, stem)`` of a path or URI: ``s3://b/dt=1/keypoints.parquet`` → ``("s3://b/dt=1/", "keypoints")``
+    (a name that does not end in ``.parquet`` is its own stem)."""
+    cut = uri.rfind("/") + 1
+    folder, name = uri[:cut], uri[cut:]
+    return folder, name[: -len(".parquet")] if name.endswith(".parquet") else name
+
+
+def sibling_uri(uri: Any, suffix: str) -> Any:
+    """``uri`` with its ``.parquet`` suffix (if any) replaced by ``suffix``: ``…/keypoints.parquet`` and ``.png``
+    give ``…/keypoints.png``. A path or URI gives a ``str``, an ``ObjectStoragePath`` an ``ObjectStoragePath``."""
+    if hasattr(uri, "fs") and hasattr(uri, "path") and hasattr(uri, "with_suffix"):
+        return uri.with_suffix(suffix) if str(uri.path).endswith(".parquet") else uri.with_name(uri.name + suffix)
+    text = os.fspath(uri)
+    if isinstance(text, bytes):
+        text = text.decode()
+    folder, stem = parquet_stem(text)
+    return folder + stem + suffix
 
 
 def _protocols(fs: Any) -> set[str]:
@@ -79,11 +103,11 @@ def _protocols(fs: Any) -> set[str]:
 
 
 def _write_to(sink: Any, data: pa.Table | pa.RecordBatchReader, row_group_size: int, compression: str) -> int:
+    """Write a table or a stream of batches as Parquet into ``sink`` (a path or a binary file); return the rows."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     schema = data.schema
-    rows = 0
     with pq.ParquetWriter(
         sink,
         schema,
@@ -94,71 +118,94 @@ def _write_to(sink: Any, data: pa.Table | pa.RecordBatchReader, row_group_size: 
         if isinstance(data, pa.Table):
             writer.write_table(data, row_group_size=row_group_size)
             return data.num_rows
-        # Parse (this thread) and encode/compress (a writer thread) overlap; both release the GIL in Arrow.
-        # The writer thread gathers the batches of one row group and writes it; the queue between the two
-        # holds a few batches, so memory stays at about one row group whatever the length.
-        batches: queue.Queue[pa.RecordBatch | None] = queue.Queue(maxsize=_QUEUED_BATCHES)
-        failure: list[BaseException] = []
-        written = [0]
-        ended = threading.Event()
+        return _write_streamed(writer, data, row_group_size)
 
-        def write_groups() -> None:
-            pending: list[pa.RecordBatch] = []
-            n = 0
-            try:
-                while (batch := batches.get()) is not None:
-                    pending.append(batch)
-                    n += batch.num_rows
-                    while n >= row_group_size:
-                        table = pa.Table.from_batches(pending, schema=schema)
-                        writer.write_table(table.slice(0, row_group_size), row_group_size=row_group_size)
-                        rest = table.slice(row_group_size)
-                        del table
-                        pending, n = rest.to_batches(), rest.num_rows
-                        written[0] += row_group_size
-                if n:
-                    writer.write_table(pa.Table.from_batches(pending, schema=schema), row_group_size=row_group_size)
-                    written[0] += n
-            except BaseException as err:  # reported to the producer below
-                failure.append(err)
-                while batches.get() is not None:  # drain so the producer never blocks
-                    pass
-            finally:
-                ended.set()
 
-        thread = threading.Thread(target=write_groups, name="kakaopose-parquet-writer", daemon=True)
-        thread.start()
+class _RowGroupWriter:
+    """The writer thread's work: gather the queued batches into row groups of ``row_group_size`` rows and write
+    them, until ``None`` comes; a failure is kept for the producer (and the queue drained so it never blocks)."""
+
+    def __init__(self, writer: Any, schema: pa.Schema, row_group_size: int) -> None:
+        self.writer, self.schema, self.row_group_size = writer, schema, row_group_size
+        self.batches: queue.Queue[pa.RecordBatch | None] = queue.Queue(maxsize=_QUEUED_BATCHES)
+        self.failure: list[BaseException] = []
+        self.written = 0
+        self.ended = threading.Event()
+
+    def run(self) -> None:
+        import pyarrow as pa
+
+        size = self.row_group_size
+        pending: list[pa.RecordBatch] = []
+        n = 0
         try:
-            for batch in data:
-                if failure:
-                    break
-                if batch.num_rows:
-                    batches.put(batch)
+            while (batch := self.batches.get()) is not None:
+                pending.append(batch)
+                n += batch.num_rows
+                while n >= size:
+                    table = pa.Table.from_batches(pending, schema=self.schema)
+                    self.writer.write_table(table.slice(0, size), row_group_size=size)
+                    rest = table.slice(size)
+                    del table
+                    pending, n = rest.to_batches(), rest.num_rows
+                    self.written += size
+            if n:
+                self.writer.write_table(pa.Table.from_batches(pending, schema=self.schema), row_group_size=size)
+                self.written += n
+        except BaseException as err:  # reported to the producer by _write_streamed
+            self.failure.append(err)
+            while self.batches.get() is not None:  # drain so the producer never blocks
+                pass
         finally:
-            # Tell the writer thread that no batch follows and wait for it to end, even when interrupted
-            # meanwhile (Ctrl-C, a signal handler that raises, such as a task's SIGTERM): it must neither write
-            # on into the ParquetWriter closed next, nor still be inside Arrow when the interpreter exits (a
-            # daemon thread there is killed mid-call, which can abort the process). Its work left is a row
-            # group or so; the interruption is raised once it ended. (An Event, not join(): on Python 3.11 a
-            # join() interrupted by a signal marks the thread ended while it runs on.)
-            interrupted: BaseException | None = None
-            told = False
-            while True:
-                try:
-                    if not told:
-                        batches.put(None)
-                        told = True
-                    ended.wait()
-                    break
-                except BaseException as err:  # raised by a signal handler while waiting: wait on, raise it after
-                    interrupted = interrupted or err
-            thread.join()  # (it has ended its work: at once)
-            if interrupted is not None:
-                raise interrupted
-        if failure:
-            raise failure[0]
-        rows = written[0]
-    return rows
+            self.ended.set()
+
+
+def _write_streamed(writer: Any, data: pa.RecordBatchReader, row_group_size: int) -> int:
+    """Write a stream of batches, row group by row group; return the rows written.
+
+    Parse (this thread) and encode/compress (a writer thread) overlap; both release the GIL in Arrow. The writer
+    thread gathers the batches of one row group and writes it; the queue between the two holds a few batches,
+    so memory stays at about one row group whatever the length.
+    """
+    groups = _RowGroupWriter(writer, data.schema, row_group_size)
+    thread = threading.Thread(target=groups.run, name="kakaopose-parquet-writer", daemon=True)
+    thread.start()
+    try:
+        for batch in data:
+            if groups.failure:
+                break
+            if batch.num_rows:
+                groups.batches.put(batch)
+    finally:
+        _end_writer_thread(groups, thread)
+    if groups.failure:
+        raise groups.failure[0]
+    return groups.written
+
+
+def _end_writer_thread(groups: _RowGroupWriter, thread: threading.Thread) -> None:
+    """Tell the writer thread that no batch follows and wait for it to end, even when interrupted meanwhile.
+
+    Interrupted: by Ctrl-C, or a signal handler that raises, such as a task's SIGTERM. The thread must neither
+    write on into the ParquetWriter closed next, nor still be inside Arrow when the interpreter exits (a daemon
+    thread there is killed mid-call, which can abort the process). Its work left is a row group or so; the
+    interruption is raised once it ended. (An Event, not join(): on Python 3.11 a join() interrupted by a signal
+    marks the thread ended while it runs on.)
+    """
+    interrupted: BaseException | None = None
+    told = False
+    while True:
+        try:
+            if not told:
+                groups.batches.put(None)
+                told = True
+            groups.ended.wait()
+            break
+        except BaseException as err:  # raised by a signal handler while waiting: wait on, raise it after
+            interrupted = interrupted or err
+    thread.join()  # (it has ended its work: at once)
+    if interrupted is not None:
+        raise interrupted
 
 
 def write_parquet(
@@ -220,46 +267,73 @@ def write_atomically(uri: str | os.PathLike | Any, write: Callable[[Any], T]) ->
     Missing folders are created. Returns what ``write`` returns. Shared by the Parquet tables and the pictures.
     Temporary names carry the owner set by :func:`owned_writes`.
     """
-
-    fs, path = _resolve(uri)
+    fs, path = resolve_storage(uri)
     owner = _WRITE_OWNER.get()
     tag = f"{owner}." if owner else ""
-    if _is_local(fs):
-        path = os.path.abspath(os.path.expanduser(path))
-        directory, name = os.path.split(path)
-        os.makedirs(directory or ".", exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.{tag}", suffix=".tmp", dir=directory or ".")
-        os.close(fd)
-        try:
-            result = write(tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        return result
+    if is_local(fs):
+        return _write_local(path, tag, write)
     if _protocols(fs) & _RENAMING_PROTOCOLS:
-        tmp = f"{path}.tmp-{tag}{uuid.uuid4().hex}"
-        parent = path.rsplit("/", 1)[0] if "/" in path else ""
-        if parent:
-            fs.makedirs(parent, exist_ok=True)
-        try:
-            with fs.open(tmp, "wb") as f:
-                result = write(f)
-            fs.mv(tmp, path)
-        except BaseException:
-            with contextlib.suppress(Exception):  # best-effort cleanup
-                if fs.exists(tmp):
-                    fs.rm(tmp)
-            raise
-        return result
+        return _write_renamed(fs, path, tag, write)
     if _protocols(fs) & _STAGING_PROTOCOLS:
         return _write_staged(fs, path, write)
+    return _write_in_one_put(fs, path, write)
+
+
+def write_bytes(uri: str | os.PathLike | Any, data: bytes) -> None:
+    """Write ``data`` as the whole file at ``uri`` (any storage), atomically (see :func:`write_atomically`)."""
+
+    def write(sink: Any) -> None:
+        if isinstance(sink, str):  # a temporary local path
+            with open(sink, "wb") as f:
+                f.write(data)
+        else:
+            sink.write(data)
+
+    write_atomically(uri, write)
+
+
+def _write_local(path: str, tag: str, write: Callable[[Any], T]) -> T:
+    """Write a temporary file beside ``path`` (named with ``tag``), fsync it, then ``os.replace`` it."""
+    path = os.path.abspath(os.path.expanduser(path))
+    directory, name = os.path.split(path)
+    os.makedirs(directory or ".", exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.{tag}", suffix=".tmp", dir=directory or ".")
+    os.close(fd)
+    try:
+        result = write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return result
+
+
+def _write_renamed(fs: Any, path: str, tag: str, write: Callable[[Any], T]) -> T:
+    """On a store that can rename: write ``<path>.tmp-<tag><uuid>``, then ``mv`` it to ``path``."""
+    tmp = f"{path}.tmp-{tag}{uuid.uuid4().hex}"
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    try:
+        with fs.open(tmp, "wb") as f:
+            result = write(f)
+        fs.mv(tmp, path)
+    except BaseException:
+        with contextlib.suppress(Exception):  # best-effort cleanup
+            if fs.exists(tmp):
+                fs.rm(tmp)
+        raise
+    return result
+
+
+def _write_in_one_put(fs: Any, path: str, write: Callable[[Any], T]) -> T:
+    """Other stores: the whole file built in memory, then sent in one put."""
     buffer = io.BytesIO()
     result = write(buffer)
     fs.pipe_file(path, buffer.getvalue())
@@ -294,7 +368,7 @@ def _owner_tag(owner: str) -> str:
 
 
 def remove_leftovers(
-    uris: list[str | os.PathLike | Any], owner: str, *, started_before: float | None = None
+    uris: Sequence[str | os.PathLike | Any], owner: str, *, started_before: float | None = None
 ) -> list[str]:
     """Remove what writes of ``uris`` by ``owner`` left when they were killed mid-way; return what was removed.
 
@@ -314,8 +388,8 @@ def remove_leftovers(
     s3: dict[tuple[int, str], tuple[Any, set[str]]] = {}
     for uri in uris:
         try:
-            fs, path = _resolve(uri)
-            if _is_local(fs):
+            fs, path = resolve_storage(uri)
+            if is_local(fs):
                 directory, name = os.path.split(os.path.abspath(os.path.expanduser(path)))
                 local.setdefault(directory, set()).add(f".{name}.{tag}")
             elif _protocols(fs) & _RENAMING_PROTOCOLS:
@@ -350,8 +424,8 @@ def remove_leftovers(
 
 def delete_if_exists(uri: str | os.PathLike | Any) -> bool:
     """Delete the file at ``uri`` (any storage :func:`write_atomically` accepts); False if there was none."""
-    fs, path = _resolve(uri)
-    if _is_local(fs):
+    fs, path = resolve_storage(uri)
+    if is_local(fs):
         try:
             os.unlink(os.path.abspath(os.path.expanduser(path)))
         except FileNotFoundError:
@@ -379,14 +453,14 @@ def check_writable(uri: str | os.PathLike | Any, what: str = "output") -> None:
     missing provider or fsspec package), an unknown connection id, a local folder that cannot be created or
     written, or a folder where the file should be. Cheap: nothing is written, no object store is listed."""
     try:
-        fs, path = _resolve(uri)
+        fs, path = resolve_storage(uri)
     except Exception as err:  # the class varies: ValueError, ImportError, AirflowNotFoundException, ...
         scheme = urlsplit(os.fspath(uri) if not hasattr(uri, "protocol") else str(uri)).scheme
         hint = _FILESYSTEM_HINTS.get(scheme)
         raise ValueError(
             f"Cannot write the {what} {str(uri)!r}: {type(err).__name__}: {err}" + (f" ({hint})" if hint else "")
         ) from None
-    if not _is_local(fs):
+    if not is_local(fs):
         return
     path = os.path.abspath(os.path.expanduser(path))
     if os.path.isdir(path):
@@ -398,34 +472,35 @@ def check_writable(uri: str | os.PathLike | Any, what: str = "output") -> None:
         raise ValueError(f"Cannot write the {what} {str(uri)!r}: {parent} is not a folder this process can write")
 
 
-def _read_table(uri: Any) -> pa.Table:
+def read_table(uri: str | os.PathLike | Any) -> pa.Table:
+    """The Parquet table at ``uri`` (any storage :func:`write_parquet` accepts)."""
     import pyarrow.parquet as pq
 
-    fs, path = _resolve(uri)
-    if _is_local(fs):
+    fs, path = resolve_storage(uri)
+    if is_local(fs):
         return pq.read_table(path)
     with fs.open(path, "rb") as f:
         return pq.read_table(f)
 
 
 def _exists(uri: Any) -> bool:
-    fs, path = _resolve(uri)
-    if _is_local(fs):
+    fs, path = resolve_storage(uri)
+    if is_local(fs):
         return os.path.exists(os.path.abspath(os.path.expanduser(path)))
     return fs.exists(path)
 
 
 def read_table_if_exists(uri: str | os.PathLike | Any) -> pa.Table | None:
     """The Parquet table at ``uri`` (any storage), or ``None`` when there is no file there yet."""
-    return _read_table(uri) if _exists(uri) else None
+    return read_table(uri) if _exists(uri) else None
 
 
 def read_bytes_if_exists(uri: str | os.PathLike | Any) -> bytes | None:
     """The whole file at ``uri`` (any storage :func:`write_atomically` accepts), or ``None`` if absent."""
     if not _exists(uri):
         return None
-    fs, path = _resolve(uri)
-    if _is_local(fs):
+    fs, path = resolve_storage(uri)
+    if is_local(fs):
         with open(os.path.abspath(os.path.expanduser(path)), "rb") as f:
             return f.read()
     with fs.open(path, "rb") as f:
@@ -438,8 +513,8 @@ def read_metadata_if_exists(uri: str | os.PathLike | Any) -> dict[bytes, bytes] 
 
     if not _exists(uri):
         return None
-    fs, path = _resolve(uri)
-    if _is_local(fs):
+    fs, path = resolve_storage(uri)
+    if is_local(fs):
         return pq.read_schema(os.path.abspath(os.path.expanduser(path))).metadata or {}
     with fs.open(path, "rb") as f:
         return pq.read_schema(f).metadata or {}
@@ -461,7 +536,7 @@ def read_keypoints(uri: str | os.PathLike | Any) -> pd.DataFrame:
             "extra: pip install 'airflow-provider-kakaopose[pandas]' (or read the Parquet with pyarrow, DuckDB, …)",
             name="pandas",
         ) from None
-    table = _read_table(uri)
+    table = read_table(uri)
     df = table.to_pandas()
-    df.attrs["kakaopose"] = _read_metadata(table.schema.metadata)
+    df.attrs["kakaopose"] = decode_metadata(table.schema.metadata)
     return df

@@ -14,14 +14,12 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_provider_kakaopose._waitlog import WaitLog
 from airflow_provider_kakaopose.get_provider_info import DEFAULT_CONN_ID
 from airflow_provider_kakaopose.hooks.pose import KakaoPoseAsyncHook
+from airflow_provider_kakaopose.jobs import EVENT_ERROR, EVENT_TIMEOUT, ended_job_event, job_event
 
 # The shared quota's client likewise (~60 ms, else paid by the first trigger's first poll); [redis] is optional.
 # Only the triggerer imports this module: operators and sensors import it lazily, so DAG parsing does not pay.
 with contextlib.suppress(ImportError):
     import redis.asyncio  # noqa: F401
-
-#: Statuses after which a job never changes again.
-TERMINAL = ("success", "failed", "not found")
 
 
 class KakaoPoseJobTrigger(BaseTrigger):
@@ -37,7 +35,8 @@ class KakaoPoseJobTrigger(BaseTrigger):
     processing: waited 1 m 40 s, deadline 2026-01-01T10:00:00Z (in 28 m 20 s)``.
 
     The event's payload is ``{"status": "success" | "failed" | "not found" | "timeout" | "error",
-    "job_id": ..., "message": ...}`` (an ``error`` also names the ``error_type``) — never the result itself
+    "job_id": ..., "message": ...}`` (an ``error`` also names the ``error_type``; built and read by
+    :mod:`airflow_provider_kakaopose.jobs`) — never the result itself
     (which can be hundreds of MB): the operator fetches it in the worker. Each poll reads the body in chunks
     through a status scanner and keeps none of it, so a finished job's large result never blocks the event
     loop or sits in the triggerer's memory.
@@ -70,36 +69,32 @@ class KakaoPoseJobTrigger(BaseTrigger):
             },
         )
 
-    def _event(self, status: str, message: str) -> TriggerEvent:
-        return TriggerEvent({"status": status, "job_id": self.job_id, "message": message})
-
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        payload: dict[str, Any] | None = None
         try:
             async with KakaoPoseAsyncHook(self.kakao_pose_conn_id) as hook:
-                wait = WaitLog(self.log, self.job_id, self.end_time, self.poll_interval)
-                while True:
-                    body = await hook.get_job_status(self.job_id)  # never the result itself
-                    status = body["status"]
-                    wait.log(status)  # INFO at a steady rhythm, not at every poll
-                    if status == "success":
-                        yield self._event("success", f"Job {self.job_id} succeeded")
-                        return
-                    if status == "failed":
-                        reason = body.get("description") or "no description given"
-                        yield self._event("failed", f"Job {self.job_id} failed: {reason}")
-                        return
-                    if status == "not found":
-                        yield self._event(
-                            "not found", f"Job {self.job_id} is not found (unknown id, or older than 7 days)"
-                        )
-                        return
-                    remaining = self.end_time - time.time() if self.end_time is not None else None
-                    if remaining is not None and remaining <= 0:
-                        yield self._event("timeout", f"Job {self.job_id} was still {status} at the deadline")
-                        return
-                    delay = self.poll_interval if remaining is None else min(self.poll_interval, remaining)
-                    await asyncio.sleep(delay)
+                payload = await self._poll_until_the_end(hook)
         except Exception as err:
-            event = self._event("error", f"Polling job {self.job_id} failed: {err}")
-            event.payload["error_type"] = type(err).__name__  # so the worker raises the same class
-            yield event
+            if payload is None:  # error_type: so the worker raises the same class
+                payload = job_event(
+                    EVENT_ERROR, self.job_id, f"Polling job {self.job_id} failed: {err}", type(err).__name__
+                )
+            else:  # the job's outcome is known: a failure to close the session does not change it
+                self.log.warning("Closing the session after polling job %s failed: %s", self.job_id, err)
+        yield TriggerEvent(payload)
+
+    async def _poll_until_the_end(self, hook: KakaoPoseAsyncHook) -> dict[str, Any]:
+        """Poll until the job ends or the deadline passes; return the event's payload."""
+        wait = WaitLog(self.log, self.job_id, self.end_time, self.poll_interval)
+        while True:
+            body = await hook.get_job_status(self.job_id)  # never the result itself
+            status = body["status"]
+            wait.log(status)  # INFO at a steady rhythm, not at every poll
+            ended = ended_job_event(self.job_id, body)
+            if ended is not None:
+                return ended
+            remaining = self.end_time - time.time() if self.end_time is not None else None
+            if remaining is not None and remaining <= 0:
+                return job_event(EVENT_TIMEOUT, self.job_id, f"Job {self.job_id} was still {status} at the deadline")
+            delay = self.poll_interval if remaining is None else min(self.poll_interval, remaining)
+            await asyncio.sleep(delay)
