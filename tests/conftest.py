@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import socket
 import sys
 import tempfile
 from importlib.metadata import version
-from pathlib import Path
 
 import pytest
+from helpers import API_KEY, DAGS, TEST_DAGS
 
-ROOT = Path(__file__).resolve().parents[1]
-DAGS = ROOT / "dags"
-#: Test-only DAGs, in a DAG bundle of their own beside the example DAGs (dag.test() runs only bundled DAGs).
-TEST_DAGS = ROOT / "tests" / "dags"
 # Airflow must find a private home (fresh SQLite DB) and the example DAGs before it is first imported.
 os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="kakaopose-airflow-")
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(DAGS)
@@ -43,9 +37,6 @@ os.environ["AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST"] = json.dumps(
 )
 sys.path.insert(0, str(DAGS))
 sys.path.insert(0, str(TEST_DAGS))
-
-#: A canary: the key given to the emulator. It must never show in any captured output.
-API_KEY = "canary-4f1e9b7d2c-do-not-log"
 
 
 @pytest.hookimpl(wrapper=True)
@@ -92,22 +83,6 @@ def make_conn(monkeypatch, emulator):
     return make
 
 
-def image_bytes(width: int = 640, height: int = 480, fmt: str = "PNG") -> bytes:
-    """A real image of the given size and format, made with Pillow."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new("RGB", (width, height), (120, 80, 40)).save(buf, fmt)
-    return buf.getvalue()
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on (bound then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 pytest_plugins = ["pytester"]
 
 
@@ -129,31 +104,3 @@ def big_job():
         job_id = submitted.json()["job_id"]
         size = len(requests.get(f"{server.base_url}/pose/job/{job_id}", headers=headers, timeout=120).content)
         yield server.base_url, job_id, size
-
-
-def allow_execute_in_this_thread() -> None:
-    """Airflow 2.11 guards ``BaseOperator.execute`` with a thread-local that exists only in the thread that
-    imported it (a task's own thread); tests that call ``execute`` from worker threads of their own set it up
-    there first. A no-op on Airflow 3."""
-    try:
-        from airflow.models.baseoperator import ExecutorSafeguard
-    except ImportError:
-        return
-    sentinel = getattr(ExecutorSafeguard, "_sentinel", None)
-    if sentinel is not None and not hasattr(sentinel, "callers"):
-        sentinel.callers = {}
-
-
-def redis_server_binary() -> str:
-    """``redis-server``, installed from Debian's packages when the machine has none (as ``make cluster`` does)."""
-    import shutil
-    import subprocess
-
-    path = shutil.which("redis-server")
-    if path is None:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], check=True, env=env, capture_output=True)
-        path = shutil.which("redis-server")
-    assert path, "redis-server could not be installed"
-    return path

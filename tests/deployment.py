@@ -26,7 +26,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -38,18 +37,12 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from helpers import free_port
 
 from airflow_provider_kakaopose._compat import AIRFLOW_V_3_0_PLUS
 
 #: Log lines printed per component when a test fails.
 TAIL_LINES = 60
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on (bound then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class DeploymentError(AssertionError):

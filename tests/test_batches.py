@@ -7,7 +7,7 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import image_bytes
+from helpers import image_bytes
 from test_operators import context
 
 from airflow_provider_kakaopose.exceptions import KakaoPoseAuthError, KakaoPoseError
@@ -342,7 +342,7 @@ def test_an_unreachable_service_stops_the_batch_with_one_error(make_conn, tmp_pa
     failing alone after all its retries. With these retry waits (5 retries, 0.2 s doubling to 1 s) each image
     used to take 3.4 s or more, so 30 images (two waves of 16) took ~7.8 s and 2 images ~3.9 s; with the
     connection's default settings 68 s and 34 s (benchmarks/unreachable.py)."""
-    from conftest import API_KEY, free_port
+    from helpers import API_KEY, free_port
 
     from airflow_provider_kakaopose.exceptions import KakaoPoseConnectionError
 

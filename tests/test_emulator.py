@@ -7,7 +7,6 @@ import io
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import aiohttp
 import pytest
 import requests
 from aiohttp import web
+from helpers import free_port
 from PIL import Image
 
 from airflow_provider_kakaopose.emulator import EmulatorConfig, PoseEmulator
@@ -442,14 +442,8 @@ def test_config_object_and_kwargs():
 # ---------------------------------------------------------------- processes
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_cli_serves_and_stops():
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "KAKAO_POSE_EMULATOR_API_KEY": "envkey"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "airflow_provider_kakaopose.emulator", "--port", str(port), "--latency", "0"],

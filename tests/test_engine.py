@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from conftest import API_KEY
+from helpers import API_KEY
 
 from airflow_provider_kakaopose.coco import KEYPOINT_NAMES
 from airflow_provider_kakaopose.emulator.engine import BLAZEPOSE_TO_COCO, person_from_landmarks

@@ -9,7 +9,7 @@ import sys
 import duckdb
 import pytest
 from airflow_versions import asset_condition_objects, dag_bag, prepare_dag_test, xcom_rows
-from conftest import API_KEY, DAGS
+from helpers import API_KEY, DAGS
 
 from airflow_provider_kakaopose._compat import AIRFLOW_V_3_0_PLUS
 

@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from conftest import API_KEY, free_port, image_bytes
+from helpers import API_KEY, free_port, image_bytes
 
 from airflow_provider_kakaopose.exceptions import (
     KakaoPoseAuthError,

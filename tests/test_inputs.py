@@ -9,7 +9,7 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 from airflow_versions import prepare_dag_test
-from conftest import API_KEY
+from helpers import API_KEY
 from test_batches import ti_context
 from test_operators import context
 

@@ -10,7 +10,7 @@ def test_guard_fails_a_test_that_prints_the_key(pytester, capfd):
     pytester.makepyfile(
         """
         import logging
-        from conftest import API_KEY
+        from helpers import API_KEY
 
         def test_prints():
             print("header: KakaoAK " + API_KEY)

@@ -151,7 +151,7 @@ def test_openlineage_events_reach_a_real_transport(tmp_path):
     import json
     import os
 
-    from conftest import API_KEY, DAGS
+    from helpers import API_KEY, DAGS
 
     events_file = tmp_path / "events.jsonl"
     (tmp_path / "home").mkdir()  # Airflow 3.0 does not create AIRFLOW_HOME for its SQLite file

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from conftest import image_bytes
+from helpers import image_bytes
 
 from airflow_provider_kakaopose._compat import AirflowRescheduleException, AirflowSensorTimeout, TaskDeferred
 from airflow_provider_kakaopose.exceptions import (
@@ -790,7 +790,7 @@ def test_a_worker_waiting_25_s_logs_its_status_every_10_s(emulator, make_conn, c
     import logging
     import threading
 
-    from conftest import allow_execute_in_this_thread
+    from helpers import allow_execute_in_this_thread
     from test_trigger import log_text, status_lines
 
     caplog.set_level(logging.INFO)
@@ -918,7 +918,7 @@ def test_the_documented_connection_forms_and_the_airflow_2_scheme_warning(emulat
     import logging
     from urllib.parse import quote, urlsplit
 
-    from conftest import API_KEY
+    from helpers import API_KEY
 
     from airflow_provider_kakaopose._compat import AIRFLOW_V_3_1_PLUS
 

@@ -17,7 +17,7 @@ import duckdb
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from conftest import allow_execute_in_this_thread
+from helpers import allow_execute_in_this_thread
 
 from airflow_provider_kakaopose.exceptions import KakaoPoseInputError
 from airflow_provider_kakaopose.operators.pose import (

@@ -22,7 +22,7 @@ import textwrap
 import tomllib
 
 import pytest
-from conftest import API_KEY, ROOT, image_bytes
+from helpers import API_KEY, ROOT, image_bytes
 
 VIDEO_URL = "https://example.com/walk.mp4?frames=12&persons=2"
 

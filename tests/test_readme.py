@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import API_KEY
+from helpers import API_KEY
 
 from airflow_provider_kakaopose._compat import AIRFLOW_V_3_0_PLUS
 

@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from conftest import API_KEY, free_port, redis_server_binary
+from helpers import API_KEY, free_port, loop_gaps, redis_server_binary
 from test_rate_limiter import bunched, busiest_window
 
 from airflow_provider_kakaopose.hooks import _shared_quota
@@ -175,22 +175,9 @@ def test_callers_are_served_in_order_with_one_call_each(redis_url):
 
 async def test_waiting_on_the_store_never_blocks_the_loop(redis_url):
     quota = SharedQuota(redis_url, fresh_key(), RATE)
-    gaps: list[float] = []
-    stop = asyncio.Event()
-
-    async def heartbeat() -> None:
-        last = time.monotonic()
-        while not stop.is_set():
-            await asyncio.sleep(0.01)
-            now = time.monotonic()
-            gaps.append(now - last)
-            last = now
-
     await quota.acquire_async()  # the first use imports redis.asyncio and loads the script
-    beat = asyncio.ensure_future(heartbeat())
-    await asyncio.gather(*(quota.acquire_async() for _ in range(30)))
-    stop.set()
-    await beat
+    async with loop_gaps() as gaps:
+        await asyncio.gather(*(quota.acquire_async() for _ in range(30)))
     assert max(gaps) < 0.1
 
 

@@ -371,7 +371,7 @@ BUCKET = "kakaopose-test"
 @pytest.fixture(scope="module")
 def s3_server():
     """moto's S3 server on a loopback port (a real HTTP server; nothing leaves the machine)."""
-    from conftest import free_port
+    from helpers import free_port
     from moto.server import ThreadedMotoServer
 
     port = free_port()

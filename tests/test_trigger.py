@@ -7,7 +7,7 @@ import logging
 import time
 
 import pytest
-from conftest import API_KEY
+from helpers import API_KEY, loop_gaps
 
 from airflow_provider_kakaopose.hooks.pose import KakaoPoseHook
 from airflow_provider_kakaopose.triggers.pose import KakaoPoseJobTrigger
@@ -179,27 +179,13 @@ async def test_a_large_result_neither_blocks_the_loop_nor_stays_in_memory(big_jo
     base_url, job_id, size = big_job
     conn = {"conn_type": "kakao_pose", "host": base_url, "password": API_KEY}
     monkeypatch.setenv("AIRFLOW_CONN_KAKAO_POSE_BIG", json.dumps(conn))
-    gaps: list[float] = []
-    stop = asyncio.Event()
-
-    async def heartbeat() -> None:
-        last = time.monotonic()
-        while not stop.is_set():
-            await asyncio.sleep(0.01)
-            now = time.monotonic()
-            gaps.append(now - last)
-            last = now
-
-    beat = asyncio.ensure_future(heartbeat())
-    await asyncio.sleep(0.05)
-    tracemalloc.start()
-    try:
-        [event] = await events_of(KakaoPoseJobTrigger(job_id, "kakao_pose_big", poll_interval=1))
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-        stop.set()
-        await beat
+    async with loop_gaps() as gaps:
+        tracemalloc.start()
+        try:
+            [event] = await events_of(KakaoPoseJobTrigger(job_id, "kakao_pose_big", poll_interval=1))
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
     assert event["status"] == "success"
     assert size > 20e6
     assert peak < 8e6, f"the trigger held {peak / 1e6:.0f} MB for a {size / 1e6:.0f} MB body"
