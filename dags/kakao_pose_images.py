@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import pendulum
-from _common import IMAGES, OUTPUT_ROOT, RUN_DIR
+from _common import EXAMPLE_DAG_ARGS, IMAGES, OUTPUT_ROOT, RUN_DIR
 from airflow.providers.common.compat.sdk import DAG
 
 from airflow_provider_kakaopose.operators.pose import KakaoPoseImageOperator
 
-with DAG(
-    dag_id="kakao_pose_images",
-    schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    tags=["kakao-pose", "example"],
-) as dag:
+with DAG(dag_id="kakao_pose_images", **EXAMPLE_DAG_ARGS) as dag:
     KakaoPoseImageOperator(
         task_id="analyze_images",
         images=IMAGES,

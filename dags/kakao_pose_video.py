@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import pendulum
-from _common import OUTPUT_ROOT, POLL_INTERVAL, POSE_VIDEO_ASSET_URI, RUN_DIR, VIDEOS
+from _common import EXAMPLE_DAG_ARGS, OUTPUT_ROOT, POLL_INTERVAL, POSE_VIDEO_ASSET_URI, RUN_DIR, VIDEOS
 from airflow.providers.common.compat.sdk import DAG, Asset
 
 from airflow_provider_kakaopose.operators.pose import KakaoPoseVideoOperator
 
-with DAG(
-    dag_id="kakao_pose_video",
-    schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    tags=["kakao-pose", "example"],
-) as dag:
+with DAG(dag_id="kakao_pose_video", **EXAMPLE_DAG_ARGS) as dag:
     KakaoPoseVideoOperator(
         task_id="analyze_video",
         video=VIDEOS[0],

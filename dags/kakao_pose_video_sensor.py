@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import pendulum
-from _common import OUTPUT_ROOT, POLL_INTERVAL, RUN_DIR, VIDEOS
+from _common import EXAMPLE_DAG_ARGS, OUTPUT_ROOT, POLL_INTERVAL, RUN_DIR, VIDEOS
 from airflow.providers.common.compat.sdk import DAG
 
 from airflow_provider_kakaopose.operators.pose import KakaoPoseJobToParquetOperator, KakaoPoseVideoOperator
 from airflow_provider_kakaopose.sensors.pose import KakaoPoseJobSensor
 
-with DAG(
-    dag_id="kakao_pose_video_sensor",
-    schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    tags=["kakao-pose", "example"],
-) as dag:
+with DAG(dag_id="kakao_pose_video_sensor", **EXAMPLE_DAG_ARGS) as dag:
     submit = KakaoPoseVideoOperator(task_id="submit", video=VIDEOS[0], wait_for_completion=False)
     wait = KakaoPoseJobSensor(
         task_id="wait",

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import pendulum
-from _common import OUTPUT_ROOT, POLL_INTERVAL, RUN_DIR, VIDEOS
+from _common import EXAMPLE_DAG_ARGS, OUTPUT_ROOT, POLL_INTERVAL, RUN_DIR, VIDEOS
 from airflow.providers.common.compat.sdk import DAG
 
 from airflow_provider_kakaopose.operators.pose import KakaoPoseVideoOperator
 
-with DAG(
-    dag_id="kakao_pose_videos_mapped",
-    schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    tags=["kakao-pose", "example"],
-) as dag:
+with DAG(dag_id="kakao_pose_videos_mapped", **EXAMPLE_DAG_ARGS) as dag:
     KakaoPoseVideoOperator.partial(
         task_id="analyze_videos",
         deferrable=True,

@@ -13,6 +13,10 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from airflow_provider_kakaopose.operators.pose import KakaoPoseImageOperator, KakaoPoseVideoOperator
 
 ROOT = Path(__file__).resolve().parents[1]
 DAGS = ROOT / "dags"
@@ -90,3 +94,97 @@ def redis_server_binary() -> str:
         path = shutil.which("redis-server")
     assert path, "redis-server could not be installed"
     return path
+
+
+def random_person(seed: int = 0, undetected: tuple[int, ...] = ()) -> dict:
+    """One person of a COCO answer with random (seeded) keypoints, box and scores; ``undetected`` keypoint ids
+    are sent as ``0, 0, 0`` as the service does."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    kp = np.round(rng.uniform(0, 1280, size=(17, 3)), 2)
+    kp[:, 2] = np.round(rng.uniform(0, 1, size=17), 4)
+    for k in undetected:
+        kp[k - 1] = 0.0
+    return {
+        "area": round(float(rng.uniform(1e4, 3e5)), 4),
+        "bbox": np.round(rng.uniform(0, 700, size=4), 2).tolist(),
+        "category_id": 1,
+        "keypoints": kp.ravel().tolist(),
+        "score": round(float(rng.uniform(0, 1)), 4),
+    }
+
+
+# ------------------------------------------------------------------------------- operators without Airflow
+
+#: A short video the emulator answers quickly (8 frames, 2 people).
+VIDEO_URL = "https://example.com/walk.mp4?frames=8&persons=2"
+
+
+class FakeStore:
+    """Stands in for Airflow 3.3's task state store (kept across tries of one task instance)."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    def set(self, key: str, value: Any, *, retention: Any = None) -> None:
+        assert value is not None
+        self.data[key] = value
+
+
+class FakeTI:
+    """The task instance's identity and XCom, enough for the operators (and Airflow 2.11's reschedule mode,
+    which looks the first try's start up in the metadata DB by these ids)."""
+
+    dag_id, run_id, task_id, map_index = "test_dag", "test_run", "test_task", -1
+    max_tries, try_number = 0, 1
+
+    def __init__(self) -> None:
+        self.xcom: dict[str, Any] = {}
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.xcom[key] = value
+
+    def get_first_reschedule_date(self, context: Any) -> None:
+        return None
+
+
+def context(store: FakeStore | None = None) -> dict[str, Any]:
+    """A task context for calling an operator's ``execute`` directly (Airflow 3.3's task state store)."""
+    return {"ti": FakeTI(), "task_state_store": store if store is not None else FakeStore()}
+
+
+def video_operator(conn_id: str, output_uri: str, **kwargs: Any) -> KakaoPoseVideoOperator:
+    """A video operator that waits in the worker, polling every 0.1 s (``task_id="v"``, ``VIDEO_URL``)."""
+    from airflow_provider_kakaopose.operators.pose import KakaoPoseVideoOperator
+
+    kwargs = {"task_id": "v", "video": VIDEO_URL, "deferrable": False, "poll_interval": 0.1, **kwargs}
+    return KakaoPoseVideoOperator(output_uri=output_uri, kakao_pose_conn_id=conn_id, **kwargs)
+
+
+def image_operator(conn_id: str, output_uri: Any, images: Any, **kwargs: Any) -> KakaoPoseImageOperator:
+    """An image operator (``task_id="t"``) writing to ``output_uri``."""
+    from airflow_provider_kakaopose.operators.pose import KakaoPoseImageOperator
+
+    kwargs = {"task_id": "t", **kwargs}
+    return KakaoPoseImageOperator(images=images, output_uri=str(output_uri), kakao_pose_conn_id=conn_id, **kwargs)
+
+
+def use_emulator_as_default_conn(monkeypatch: Any, emulator: Any) -> None:
+    """Point the default connection (``kakao_pose_default``) at ``emulator``, with the canary key."""
+    import json
+
+    conn = {"conn_type": "kakao_pose", "host": emulator.base_url, "password": API_KEY}
+    monkeypatch.setenv("AIRFLOW_CONN_KAKAO_POSE_DEFAULT", json.dumps(conn))
+
+
+def caplog_text() -> list[str]:
+    """Airflow 2 logs through logging (captured by pytest's own handler), Airflow 3 through structlog (stdout)."""
+    import logging
+
+    return [
+        h.stream.getvalue() for h in logging.getLogger().handlers if hasattr(getattr(h, "stream", None), "getvalue")
+    ]

@@ -7,8 +7,7 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import image_bytes
-from test_operators import context
+from helpers import caplog_text, context, image_bytes, image_operator
 
 from airflow_provider_kakaopose.exceptions import KakaoPoseAuthError, KakaoPoseError
 from airflow_provider_kakaopose.hooks._client import RateLimiter
@@ -71,12 +70,7 @@ def test_failures_go_to_the_errors_table_and_every_input_is_accounted_for(emulat
 
 def test_default_ratio_fails_the_task_after_writing_both_tables(emulator, make_conn, tmp_path):
     out = tmp_path / "k.parquet"
-    op = KakaoPoseImageOperator(
-        task_id="i",
-        images=["https://example.com/a.jpg", "https://x.invalid/b.jpg"],
-        output_uri=str(out),
-        kakao_pose_conn_id=make_conn(),
-    )
+    op = image_operator(make_conn(), out, ["https://example.com/a.jpg", "https://x.invalid/b.jpg"])
     with pytest.raises(KakaoPoseError, match=r"1 of 2 image\(s\) failed"):
         op.execute(context())
     sources, errors = sources_and_errors(out)
@@ -85,23 +79,16 @@ def test_default_ratio_fails_the_task_after_writing_both_tables(emulator, make_c
 
 def test_ratio_within_the_limit_succeeds(emulator, make_conn, tmp_path):
     images = [f"https://example.com/{n}.jpg" for n in range(9)] + ["https://x.invalid/b.jpg"]
-    op = KakaoPoseImageOperator(
-        task_id="i",
-        images=images,
-        output_uri=str(tmp_path / "k.parquet"),
-        max_failed_ratio=0.1,
-        kakao_pose_conn_id=make_conn(),
-    )
+    op = image_operator(make_conn(), tmp_path / "k.parquet", images, max_failed_ratio=0.1)
     assert op.execute(context())["failed"] == 1
 
 
 def test_a_refused_key_stops_the_batch(emulator, make_conn, tmp_path):
-    op = KakaoPoseImageOperator(
-        task_id="i",
-        images=[f"https://example.com/{n}.jpg" for n in range(50)],
-        output_uri=str(tmp_path / "k.parquet"),
+    op = image_operator(
+        make_conn(password="wrong-key-9"),
+        tmp_path / "k.parquet",
+        [f"https://example.com/{n}.jpg" for n in range(50)],
         max_concurrency=2,
-        kakao_pose_conn_id=make_conn(password="wrong-key-9"),
     )
     with pytest.raises(KakaoPoseAuthError):
         op.execute(context())
@@ -111,13 +98,7 @@ def test_a_refused_key_stops_the_batch(emulator, make_conn, tmp_path):
 def test_concurrency_overlaps_latency(emulator, make_conn, tmp_path):
     emulator.configure(latency=0.2)
     images = [f"https://example.com/{n}.jpg" for n in range(40)]
-    op = KakaoPoseImageOperator(
-        task_id="i",
-        images=images,
-        output_uri=str(tmp_path / "k.parquet"),
-        max_concurrency=20,
-        kakao_pose_conn_id=make_conn(),
-    )
+    op = image_operator(make_conn(), tmp_path / "k.parquet", images, max_concurrency=20)
     start = time.monotonic()
     op.execute(context())
     assert time.monotonic() - start < 2.5  # sequential would take 8 s
@@ -125,13 +106,7 @@ def test_concurrency_overlaps_latency(emulator, make_conn, tmp_path):
 
 def test_rate_limit_holds_for_the_whole_batch(emulator, make_conn, tmp_path):
     images = [f"https://example.com/{n}.jpg" for n in range(30)]
-    op = KakaoPoseImageOperator(
-        task_id="i",
-        images=images,
-        output_uri=str(tmp_path / "k.parquet"),
-        max_concurrency=16,
-        kakao_pose_conn_id=make_conn(rate_limit_per_second=20),
-    )
+    op = image_operator(make_conn(rate_limit_per_second=20), tmp_path / "k.parquet", images, max_concurrency=16)
     op.execute(context())
     times = sorted(r.time for r in emulator.requests)
     # The limiter sends at most 20 in any second; arrivals at the emulator jitter on a loaded machine (CI
@@ -144,12 +119,11 @@ def test_rate_limit_holds_for_the_whole_batch(emulator, make_conn, tmp_path):
 def test_quota_answers_slow_the_batch_instead_of_failing_it(emulator, make_conn, tmp_path):
     emulator.configure(quota_per_second=10, quota_mode="kakao")
     images = [f"https://example.com/{n}.jpg" for n in range(40)]
-    op = KakaoPoseImageOperator(
-        task_id="i",
-        images=images,
-        output_uri=str(tmp_path / "k.parquet"),
+    op = image_operator(
+        make_conn(max_retries=8, retry_wait_initial=0.1, retry_wait_max=1.0),
+        tmp_path / "k.parquet",
+        images,
         max_concurrency=16,
-        kakao_pose_conn_id=make_conn(max_retries=8, retry_wait_initial=0.1, retry_wait_max=1.0),
     )
     summary = op.execute(context())
     assert summary["failed"] == 0 and summary["succeeded"] == 40
@@ -238,15 +212,6 @@ def test_an_image_listed_twice_is_analysed_once_and_never_doubles_over_retries(e
     sources, errors = sources_and_errors(out)
     assert sources == ["https://example.com/twice.jpg"] and len(errors) == 1
     assert "listed 2 times" in capsys.readouterr().out + "".join(caplog_text())
-
-
-def caplog_text() -> list[str]:
-    """Airflow 2 logs through logging (captured by pytest's own handler), Airflow 3 through structlog (stdout)."""
-    import logging
-
-    return [
-        h.stream.getvalue() for h in logging.getLogger().handlers if hasattr(getattr(h, "stream", None), "getvalue")
-    ]
 
 
 class FlakyFS:
@@ -383,14 +348,8 @@ def test_a_flaky_network_keeps_per_image_errors_once_an_image_got_through(emulat
     images = ["https://example.com/up/0.jpg"] + [f"https://example.com/down/{n}.jpg" for n in range(6)]
     images.append("https://example.com/up/7.jpg")
     out = tmp_path / "k.parquet"
-    op = KakaoPoseImageOperator(
-        task_id="i",
-        images=images,
-        output_uri=str(out),
-        max_concurrency=1,  # the first image gets through first, then six in a row cannot connect
-        max_failed_ratio=1.0,
-        kakao_pose_conn_id=make_conn(max_retries=2),
-    )
+    # one at a time: the first image gets through first, then six in a row cannot connect
+    op = image_operator(make_conn(max_retries=2), out, images, max_concurrency=1, max_failed_ratio=1.0)
     summary = op.execute(ti_context())
     assert (summary["succeeded"], summary["failed"]) == (2, 6)
     sources, errors = sources_and_errors(out)
@@ -410,12 +369,11 @@ def test_a_batch_that_never_connects_stops_even_one_image_at_a_time(make_conn, t
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     sent = count_sends(monkeypatch)
-    op = KakaoPoseImageOperator(
-        task_id="i",
-        images=[f"https://example.com/{n}.jpg" for n in range(10)],
-        output_uri=str(tmp_path / "k.parquet"),
+    op = image_operator(
+        make_conn(host="http://pose-api.invalid", max_retries=0),
+        tmp_path / "k.parquet",
+        [f"https://example.com/{n}.jpg" for n in range(10)],
         max_concurrency=1,
-        kakao_pose_conn_id=make_conn(host="http://pose-api.invalid", max_retries=0),
     )
     with pytest.raises(KakaoPoseConnectionError, match=r"3 images in a row could not connect \(NameResolution") as info:
         op.execute(ti_context())

@@ -9,7 +9,7 @@ import sys
 import duckdb
 import pytest
 from airflow_versions import asset_condition_objects, dag_bag, prepare_dag_test, xcom_rows
-from helpers import API_KEY, DAGS
+from helpers import API_KEY, DAGS, use_emulator_as_default_conn
 
 from airflow_provider_kakaopose._compat import AIRFLOW_V_3_0_PLUS
 
@@ -25,10 +25,7 @@ VIDEOS = "https://example.com/a.mp4?frames=12&persons=2,https://example.com/b.mp
 
 @pytest.fixture
 def run_example(airflow_db, emulator, monkeypatch, tmp_path):
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_KAKAO_POSE_DEFAULT",
-        json.dumps({"conn_type": "kakao_pose", "host": emulator.base_url, "password": API_KEY}),
-    )
+    use_emulator_as_default_conn(monkeypatch, emulator)
     monkeypatch.setenv("KAKAO_POSE_OUTPUT", str(tmp_path / "out"))
     monkeypatch.setenv("KAKAO_POSE_POLL_INTERVAL", "0.3")
     monkeypatch.setenv("KAKAO_POSE_DEMO_VIDEOS", VIDEOS)

@@ -9,9 +9,8 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 from airflow_versions import prepare_dag_test
-from helpers import API_KEY
+from helpers import context, use_emulator_as_default_conn
 from test_batches import ti_context
-from test_operators import context
 
 from airflow_provider_kakaopose.exceptions import KakaoPoseInputError
 from airflow_provider_kakaopose.operators.pose import KakaoPoseImageOperator, KakaoPoseVideoOperator
@@ -90,7 +89,7 @@ def test_a_file_whose_name_starts_with_a_bracket_is_still_a_path(tmp_path):
 
 
 def test_the_log_line_says_the_text_was_read_as_a_list_and_how_to_avoid_it(emulator, make_conn, tmp_path, capsys):
-    from test_batches import caplog_text
+    from helpers import caplog_text
 
     op = KakaoPoseImageOperator(
         task_id="i",
@@ -125,10 +124,7 @@ def test_a_video_operator_refuses_a_list_before_sending(emulator, make_conn, tmp
 
 @pytest.fixture
 def run_rendered(airflow_db, emulator, monkeypatch, tmp_path):
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_KAKAO_POSE_DEFAULT",
-        json.dumps({"conn_type": "kakao_pose", "host": emulator.base_url, "password": API_KEY}),
-    )
+    use_emulator_as_default_conn(monkeypatch, emulator)
     monkeypatch.setenv("KAKAO_POSE_OUTPUT", str(tmp_path / "out"))
     sys.modules.pop("kakao_pose_test_rendered_list", None)  # re-read the environment
     module = importlib.import_module("kakao_pose_test_rendered_list")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from test_operators import VIDEO_URL, context
+from helpers import VIDEO_URL, context, video_operator
 
 from airflow_provider_kakaopose.operators.pose import (
     KakaoPoseImageOperator,
@@ -35,14 +35,7 @@ def test_image_operator_reports_inputs_and_outputs_with_schema(emulator, make_co
 
 def test_video_operator_lineage(emulator, make_conn, tmp_path):
     out = tmp_path / "v.parquet"
-    op = KakaoPoseVideoOperator(
-        task_id="v",
-        video=VIDEO_URL,
-        output_uri=str(out),
-        deferrable=False,
-        poll_interval=0.1,
-        kakao_pose_conn_id=make_conn(),
-    )
+    op = video_operator(make_conn(), str(out))
     op.execute(context())
     lineage = op.get_openlineage_facets_on_complete(None)
     assert [(d.namespace, d.name) for d in lineage.inputs] == [("https://example.com", "walk.mp4")]

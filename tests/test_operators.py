@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from helpers import image_bytes
+from helpers import VIDEO_URL, FakeStore, FakeTI, context, image_bytes, video_operator
 
 from airflow_provider_kakaopose._compat import AirflowRescheduleException, AirflowSensorTimeout, TaskDeferred
 from airflow_provider_kakaopose.exceptions import (
@@ -26,43 +26,6 @@ from airflow_provider_kakaopose.operators.pose import (
 )
 from airflow_provider_kakaopose.sensors.pose import KakaoPoseJobSensor
 from airflow_provider_kakaopose.triggers.pose import KakaoPoseJobTrigger
-
-VIDEO_URL = "https://example.com/walk.mp4?frames=8&persons=2"
-
-
-class FakeStore:
-    """Stands in for Airflow 3.3's task state store (kept across tries of one task instance)."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, Any] = {}
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.data.get(key, default)
-
-    def set(self, key: str, value: Any, *, retention: Any = None) -> None:
-        assert value is not None
-        self.data[key] = value
-
-
-class FakeTI:
-    """The task instance's identity and XCom, enough for the operators (and Airflow 2.11's reschedule mode,
-    which looks the first try's start up in the metadata DB by these ids)."""
-
-    dag_id, run_id, task_id, map_index = "test_dag", "test_run", "test_task", -1
-    max_tries, try_number = 0, 1
-
-    def __init__(self) -> None:
-        self.xcom: dict[str, Any] = {}
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        self.xcom[key] = value
-
-    def get_first_reschedule_date(self, context: Any) -> None:
-        return None
-
-
-def context(store: FakeStore | None = None) -> dict[str, Any]:
-    return {"ti": FakeTI(), "task_state_store": store if store is not None else FakeStore()}
 
 
 def wait_done(conn_id: str, job_id: str) -> None:
@@ -144,7 +107,13 @@ def test_sensor_deferrable_does_not_defer_a_finished_job(emulator, make_conn):
     conn_id = make_conn()
     job_id = KakaoPoseHook(conn_id).submit_video_job(video_url=VIDEO_URL)
     wait_done(conn_id, job_id)
-    KakaoPoseJobSensor(task_id="s", job_id=job_id, kakao_pose_conn_id=conn_id, deferrable=True).execute(context())
+    polls = emulator.count(method="GET")
+    sensor = KakaoPoseJobSensor(task_id="s", job_id=job_id, kakao_pose_conn_id=conn_id, deferrable=True)
+    try:
+        sensor.execute(context())
+    except TaskDeferred:
+        pytest.fail("the sensor deferred a job that had already finished")
+    assert emulator.count(method="GET") == polls + 1  # one look, in the worker
 
 
 def test_deferrable_defaults_to_the_default_deferrable_setting(monkeypatch):
@@ -305,15 +274,7 @@ def test_sensor_job_id_is_templated():
 def test_video_operator_defers_then_writes_parquet(emulator, make_conn, tmp_path):
     conn_id = make_conn()
     out = tmp_path / "video.parquet"
-    op = KakaoPoseVideoOperator(
-        task_id="v",
-        video=VIDEO_URL,
-        output_uri=str(out),
-        deferrable=True,
-        poll_interval=0.5,
-        timeout=120,
-        kakao_pose_conn_id=conn_id,
-    )
+    op = video_operator(conn_id, str(out), deferrable=True, poll_interval=0.5, timeout=120)
     ctx = context()
     with pytest.raises(TaskDeferred) as info:
         op.execute(ctx)
@@ -388,14 +349,7 @@ def test_video_operator_retry_reattaches_instead_of_resubmitting(emulator, make_
     store = FakeStore()
 
     def attempt():
-        op = KakaoPoseVideoOperator(
-            task_id="v",
-            video=VIDEO_URL,
-            output_uri=str(tmp_path / "o.parquet"),
-            deferrable=True,
-            poll_interval=0.2,
-            kakao_pose_conn_id=conn_id,
-        )
+        op = video_operator(conn_id, str(tmp_path / "o.parquet"), deferrable=True, poll_interval=0.2)
         with pytest.raises(TaskDeferred) as info:
             op.execute(context(store))
         return info.value.trigger
@@ -406,13 +360,7 @@ def test_video_operator_retry_reattaches_instead_of_resubmitting(emulator, make_
     assert emulator.count(method="POST", path="/pose/job") == 1
     wait_done(conn_id, first.job_id)
     # A try after success loads the finished job without submitting or deferring.
-    op = KakaoPoseVideoOperator(
-        task_id="v",
-        video=VIDEO_URL,
-        output_uri=str(tmp_path / "o.parquet"),
-        deferrable=True,
-        kakao_pose_conn_id=conn_id,
-    )
+    op = video_operator(conn_id, str(tmp_path / "o.parquet"), deferrable=True)
     assert op.execute(context(store)) == first.job_id
     assert emulator.count(method="POST", path="/pose/job") == 1
 
@@ -503,14 +451,7 @@ def test_without_a_task_state_store_the_job_record_lives_beside_the_output(emula
     out = tmp_path / "o.parquet"
 
     def attempt(ti: FakeTI | None = None) -> Any:
-        op = KakaoPoseVideoOperator(
-            task_id="v",
-            video=VIDEO_URL,
-            output_uri=str(out),
-            deferrable=True,
-            poll_interval=0.2,
-            kakao_pose_conn_id=conn_id,
-        )
+        op = video_operator(conn_id, str(out), deferrable=True, poll_interval=0.2)
         ctx = {"ti": ti or FakeTI()}  # no "task_state_store"
         try:
             return op.execute(ctx)
@@ -535,14 +476,7 @@ def test_without_a_task_state_store_the_job_record_lives_beside_the_output(emula
 
 def test_video_operator_waits_in_the_worker_when_not_deferrable(emulator, make_conn, tmp_path):
     conn_id = make_conn()
-    op = KakaoPoseVideoOperator(
-        task_id="v",
-        video=VIDEO_URL,
-        output_uri=str(tmp_path / "w.parquet"),
-        deferrable=False,
-        poll_interval=0.1,
-        kakao_pose_conn_id=conn_id,
-    )
+    op = video_operator(conn_id, str(tmp_path / "w.parquet"))
     ctx = context()
     assert op.execute(ctx) == ctx["ti"].xcom["job_id"]
     summary = ctx["ti"].xcom["summary"]
@@ -551,15 +485,7 @@ def test_video_operator_waits_in_the_worker_when_not_deferrable(emulator, make_c
 
 def test_video_operator_worker_wait_times_out(emulator, make_conn):
     emulator.configure(job_processing_s=60)
-    op = KakaoPoseVideoOperator(
-        task_id="v",
-        video=VIDEO_URL,
-        output_uri="/tmp/x.parquet",
-        deferrable=False,
-        poll_interval=0.1,
-        timeout=0.4,
-        kakao_pose_conn_id=make_conn(),
-    )
+    op = video_operator(make_conn(), "/tmp/x.parquet", timeout=0.4)
     with pytest.raises(KakaoPoseError, match="still"):
         op.execute(context())
 
@@ -576,14 +502,7 @@ def test_video_operator_uploads_local_files(emulator, make_conn, tmp_path):
 
 
 def test_video_operator_failed_job_in_worker(emulator, make_conn):
-    op = KakaoPoseVideoOperator(
-        task_id="v",
-        video="https://x.invalid/v.mp4",
-        output_uri="/tmp/x.parquet",
-        deferrable=False,
-        poll_interval=0.1,
-        kakao_pose_conn_id=make_conn(),
-    )
+    op = video_operator(make_conn(), "/tmp/x.parquet", video="https://x.invalid/v.mp4")
     with pytest.raises(KakaoPoseJobFailedError, match="Failed to get video"):
         op.execute(context())
 
@@ -699,15 +618,7 @@ def test_video_operator_tracks_people_and_writes_pictures(emulator, make_conn, t
     from PIL import Image
 
     out = tmp_path / "v.parquet"
-    op = KakaoPoseVideoOperator(
-        task_id="v",
-        video=VIDEO_URL,
-        output_uri=str(out),
-        deferrable=False,
-        poll_interval=0.1,
-        pictures=True,
-        kakao_pose_conn_id=make_conn(),
-    )
+    op = video_operator(make_conn(), str(out), pictures=True)
     ctx = context()
     op.execute(ctx)
     summary = ctx["ti"].xcom["summary"]
@@ -723,15 +634,7 @@ def test_video_operator_tracks_people_and_writes_pictures(emulator, make_conn, t
 
 def test_video_operator_without_tracking_streams_the_plain_table(emulator, make_conn, tmp_path):
     out = tmp_path / "plain.parquet"
-    KakaoPoseVideoOperator(
-        task_id="v",
-        video=VIDEO_URL,
-        output_uri=str(out),
-        deferrable=False,
-        poll_interval=0.1,
-        track_people=False,
-        kakao_pose_conn_id=make_conn(),
-    ).execute(context())
+    video_operator(make_conn(), str(out), track_people=False).execute(context())
     assert "track_id" not in pq.read_table(out).column_names
     assert sorted(p.name for p in tmp_path.iterdir()) == ["_kakaopose", "plain.parquet"]
     assert sorted(p.name for p in (tmp_path / "_kakaopose").iterdir()) == ["plain.task.json"]
@@ -755,14 +658,7 @@ class FailingStore(FakeStore):
 def test_a_job_record_that_fails_to_save_once_is_saved_again(emulator, make_conn, tmp_path, capsys, caplog):
     """The record of a submitted job fails to save once: saved again, no second job, the id in the log."""
     store = FailingStore(failures=1)
-    job_id = KakaoPoseVideoOperator(
-        task_id="v",
-        video=VIDEO_URL,
-        output_uri=str(tmp_path / "o.parquet"),
-        deferrable=False,
-        poll_interval=0.1,
-        kakao_pose_conn_id=make_conn(),
-    ).execute(context(store))
+    job_id = video_operator(make_conn(), str(tmp_path / "o.parquet")).execute(context(store))
     assert store.data[JOB_STATE_KEY]["job"]["job_id"] == job_id
     assert emulator.count(method="POST", path="/pose/job") == 1
     assert f"as job {job_id}" in capsys.readouterr().out + caplog.text

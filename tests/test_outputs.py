@@ -17,16 +17,13 @@ import duckdb
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from helpers import allow_execute_in_this_thread
+from helpers import VIDEO_URL, allow_execute_in_this_thread, image_operator, video_operator
 
 from airflow_provider_kakaopose.exceptions import KakaoPoseInputError
 from airflow_provider_kakaopose.operators.pose import (
-    KakaoPoseImageOperator,
     KakaoPoseJobToParquetOperator,
     KakaoPoseVideoOperator,
 )
-
-VIDEO_URL = "https://example.com/walk.mp4?frames=8&persons=2"
 
 
 class TI:
@@ -41,13 +38,9 @@ class TI:
 
 def ctx(ti: TI | None = None, *, state_store: bool = True) -> dict[str, Any]:
     """A task context; ``state_store=False`` is Airflow < 3.3 (job records go to files)."""
-    from test_operators import FakeStore
+    from helpers import FakeStore
 
     return {"ti": ti or TI(), "task_state_store": FakeStore() if state_store else None}
-
-
-def images_op(conn_id: str, out: Any, images: list[str], **kwargs: Any) -> KakaoPoseImageOperator:
-    return KakaoPoseImageOperator(task_id="t", images=images, output_uri=str(out), kakao_pose_conn_id=conn_id, **kwargs)
 
 
 # ------------------------------------------------------------------------------ the folder is one dataset
@@ -61,18 +54,12 @@ def test_the_output_folder_reads_as_one_dataset_of_keypoints(emulator, make_conn
     missing = str(tmp_path / "missing.png")
     for day in ("2026-01-01", "2026-01-02"):
         images = [f"https://example.com/{day}/{n}.jpg" for n in range(3)] + [missing]
-        op = images_op(conn_id, tmp_path / "img" / f"dt={day}" / "keypoints.parquet", images, pictures=True)
+        op = image_operator(conn_id, tmp_path / "img" / f"dt={day}" / "keypoints.parquet", images, pictures=True)
         op.max_failed_ratio = 0.5
         op.execute(ctx())
-        KakaoPoseVideoOperator(
-            task_id="v",
-            video=VIDEO_URL,
-            output_uri=str(tmp_path / "vid" / f"dt={day}" / "keypoints.parquet"),
-            deferrable=False,
-            poll_interval=0.1,
-            pictures=True,
-            kakao_pose_conn_id=conn_id,
-        ).execute(ctx(state_store=False))
+        video_operator(conn_id, str(tmp_path / "vid" / f"dt={day}" / "keypoints.parquet"), pictures=True).execute(
+            ctx(state_store=False)
+        )
     for kind in ("img", "vid"):
         folder = tmp_path / kind
         expected = sum(pq.read_table(p).num_rows for p in folder.glob("dt=*/keypoints.parquet"))
@@ -104,16 +91,16 @@ def test_a_mapped_instance_refuses_an_output_another_map_index_wrote_before_send
     refused with the fix named before any request, and map index 0's rows stay."""
     conn_id = make_conn()
     out = tmp_path / "dt=2026-01-01" / "keypoints.parquet"
-    images_op(conn_id, out, ["https://example.com/a.jpg"]).execute(ctx(TI(map_index=0)))
+    image_operator(conn_id, out, ["https://example.com/a.jpg"]).execute(ctx(TI(map_index=0)))
     rows = pq.read_table(out).to_pylist()
     before = emulator.count()
     with pytest.raises(KakaoPoseInputError, match=r"map index 0 .*ti\.map_index"):
-        images_op(conn_id, out, ["https://example.com/b.jpg"]).execute(ctx(TI(map_index=1)))
+        image_operator(conn_id, out, ["https://example.com/b.jpg"]).execute(ctx(TI(map_index=1)))
     assert emulator.count() == before
     assert pq.read_table(out).to_pylist() == rows
     # the same map index again (a retry, a cleared task), or the next run, may write it
-    images_op(conn_id, out, ["https://example.com/a.jpg"]).execute(ctx(TI(map_index=0)))
-    images_op(conn_id, out, ["https://example.com/c.jpg"]).execute(ctx(TI(map_index=1, run_id="scheduled__2")))
+    image_operator(conn_id, out, ["https://example.com/a.jpg"]).execute(ctx(TI(map_index=0)))
+    image_operator(conn_id, out, ["https://example.com/c.jpg"]).execute(ctx(TI(map_index=1, run_id="scheduled__2")))
     assert set(pq.read_table(out)["source"].to_pylist()) == {"https://example.com/c.jpg"}
 
 
@@ -128,7 +115,7 @@ def test_mapped_instances_started_together_on_one_output_lose_no_rows_silently(e
 
     def instance(n: int) -> None:
         allow_execute_in_this_thread()
-        op = images_op(conn_id, out, [f"https://example.com/{n}-{k}.jpg" for k in range(3)])
+        op = image_operator(conn_id, out, [f"https://example.com/{n}-{k}.jpg" for k in range(3)])
         barrier.wait()
         try:
             results[n] = op.execute(ctx(TI(map_index=n)))
@@ -152,14 +139,9 @@ def test_a_mapped_video_instance_refuses_another_map_indexs_output_before_submit
     out = tmp_path / "keypoints.parquet"
 
     def video(n: int) -> Any:
-        return KakaoPoseVideoOperator(
-            task_id="t",
-            video=f"{VIDEO_URL}&n={n}",
-            output_uri=str(out),
-            deferrable=False,
-            poll_interval=0.1,
-            kakao_pose_conn_id=conn_id,
-        ).execute(ctx(TI(map_index=n), state_store=False))
+        return video_operator(conn_id, str(out), task_id="t", video=f"{VIDEO_URL}&n={n}").execute(
+            ctx(TI(map_index=n), state_store=False)
+        )
 
     video(0)
     with pytest.raises(KakaoPoseInputError, match="map index 0"):
@@ -182,7 +164,7 @@ def test_an_output_without_a_filesystem_fails_before_anything_is_sent(emulator, 
     before the submission, the upload and the download — not after the job was paid for."""
     conn_id = make_conn()
     with pytest.raises(KakaoPoseInputError, match=f"(?s)Cannot write the output_uri.*{match}.*Nothing was sent"):
-        images_op(conn_id, uri, ["https://example.com/a.jpg"]).execute(ctx())
+        image_operator(conn_id, uri, ["https://example.com/a.jpg"]).execute(ctx())
     video = KakaoPoseVideoOperator(
         task_id="v", video=VIDEO_URL, output_uri=uri, deferrable=False, kakao_pose_conn_id=conn_id
     )
@@ -197,7 +179,7 @@ def test_an_output_without_a_filesystem_fails_before_anything_is_sent(emulator, 
 
 def test_an_output_that_is_a_folder_fails_before_anything_is_sent(emulator, make_conn, tmp_path):
     with pytest.raises(KakaoPoseInputError, match="is a folder"):
-        images_op(make_conn(), tmp_path, ["https://example.com/a.jpg"]).execute(ctx())
+        image_operator(make_conn(), tmp_path, ["https://example.com/a.jpg"]).execute(ctx())
     assert emulator.requests == []
 
 
@@ -245,7 +227,7 @@ def test_the_next_try_removes_what_a_killed_try_left_half_written(emulator, make
     killed_mid_write(str(out), owner_tag(run_identity({"ti": TI(task_id="other")})))  # not this task's
     leftovers = sorted(p.name for p in tmp_path.rglob("*.tmp"))
     assert len(leftovers) == 3
-    images_op(conn_id, out, ["https://example.com/a.jpg"]).execute(ctx(ti))
+    image_operator(conn_id, out, ["https://example.com/a.jpg"]).execute(ctx(ti))
     remaining = sorted(p.name for p in tmp_path.rglob("*.tmp"))
     assert len(remaining) == 1 and mine not in remaining[0]
     assert pq.read_table(out).num_rows > 0
@@ -255,7 +237,7 @@ def test_written_files_are_complete_and_carry_no_temporary_name(emulator, make_c
     from airflow_provider_kakaopose.operators._outputs import run_identity
 
     out = tmp_path / "keypoints.parquet"
-    images_op(make_conn(), out, ["https://example.com/a.jpg"]).execute(ctx())
+    image_operator(make_conn(), out, ["https://example.com/a.jpg"]).execute(ctx())
     assert not list(tmp_path.rglob("*.tmp"))
     claim = json.loads((tmp_path / "_kakaopose" / "keypoints.task.json").read_text())
     assert claim["run"] == run_identity({"ti": TI()}) and claim["claimed_at"] <= time.time()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import json
 import shutil
 import sys
 from datetime import UTC, datetime
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import API_KEY
+from helpers import use_emulator_as_default_conn
 
 from airflow_provider_kakaopose._compat import AIRFLOW_V_3_0_PLUS
 
@@ -22,10 +21,7 @@ OUTPUT = Path("/tmp/pose")  # where the README writes
 def readme_dag(airflow_db, emulator, monkeypatch):
     """The README's DAG module, with ``kakao_pose_default`` pointing at the emulator (the only change: the
     README's connection holds a real key for the real service)."""
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_KAKAO_POSE_DEFAULT",
-        json.dumps({"conn_type": "kakao_pose", "host": emulator.base_url, "password": API_KEY}),
-    )
+    use_emulator_as_default_conn(monkeypatch, emulator)
     sys.modules.pop("kakao_pose_readme", None)
     created = not OUTPUT.exists()
     yield importlib.import_module("kakao_pose_readme").dag

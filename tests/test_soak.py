@@ -28,8 +28,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 import requests
-from helpers import API_KEY, allow_execute_in_this_thread
-from test_operators import FakeStore, context
+from helpers import API_KEY, FakeStore, allow_execute_in_this_thread, context
 
 from airflow_provider_kakaopose.emulator import PoseEmulator
 from airflow_provider_kakaopose.exceptions import (

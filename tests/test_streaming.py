@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import random_person
 
 from airflow_provider_kakaopose.exceptions import KakaoPoseConnectionError, KakaoPoseError
 from airflow_provider_kakaopose.hooks.pose import KakaoPoseHook
@@ -35,26 +36,12 @@ SAMPLES = Path(__file__).parent / "data" / "samples"
 
 def small_answer() -> bytes:
     """A small but complete video answer: 3 frames (one empty), 2 persons, an undetected keypoint, a gap."""
-    rng = np.random.default_rng(3)
-
-    def person() -> dict:
-        kp = np.round(rng.uniform(0, 640, size=(17, 3)), 2)
-        kp[:, 2] = np.round(rng.uniform(0, 1, size=17), 3)
-        kp[4] = 0.0
-        return {
-            "area": round(float(rng.uniform(1e4, 3e4)), 2),
-            "bbox": np.round(rng.uniform(0, 300, size=4), 1).tolist(),
-            "category_id": 1,
-            "keypoints": kp.ravel().tolist(),
-            "score": round(float(rng.uniform(0, 1)), 3),
-        }
-
     categories = json.loads((SAMPLES / "job_success_response.json").read_bytes())["categories"]
     answer = {
         "annotations": [
-            {"frame_num": 0, "objects": [person(), person()]},
+            {"frame_num": 0, "objects": [random_person(31, (5,)), random_person(32, (5,))]},
             {"frame_num": 1, "objects": []},
-            {"frame_num": 3, "objects": [person()]},
+            {"frame_num": 3, "objects": [random_person(33, (5,))]},
         ],
         "categories": categories,
         "info": {"version": "191227"},
@@ -326,7 +313,7 @@ def test_a_cut_download_into_a_non_seekable_sink_fails_clearly_and_is_not_retrie
 
 
 def test_the_operator_survives_a_cut_download_and_writes_nothing_half(emulator, make_conn, tmp_path):
-    from test_operators import context
+    from helpers import context
 
     conn_id = make_conn()
     job_id = finished_job(conn_id)
@@ -496,7 +483,7 @@ def test_a_small_keypoints_table_to_s3(s3):
 def test_the_next_try_aborts_the_multipart_uploads_a_killed_try_left(s3, emulator, make_conn):
     """A worker killed mid-upload leaves a pending multipart upload (billed until aborted): the next try of the
     task aborts those for its own keys, and leaves another key's alone."""
-    from test_operators import context
+    from helpers import context
 
     from airflow_provider_kakaopose.operators.pose import KakaoPoseImageOperator
 

@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import random_person as person
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -60,21 +61,6 @@ def fast_only(monkeypatch):
         raise AssertionError("fell back to the slow path")
 
     monkeypatch.setattr(flatten, "json_fallback", no_slow)
-
-
-def person(seed: int = 0, undetected: tuple[int, ...] = ()) -> dict:
-    rng = np.random.default_rng(seed)
-    kp = np.round(rng.uniform(0, 1280, size=(17, 3)), 2)
-    kp[:, 2] = np.round(rng.uniform(0, 1, size=17), 4)
-    for k in undetected:
-        kp[k - 1] = 0.0
-    return {
-        "area": round(float(rng.uniform(1e4, 3e5)), 4),
-        "bbox": np.round(rng.uniform(0, 700, size=4), 2).tolist(),
-        "category_id": 1,
-        "keypoints": kp.ravel().tolist(),
-        "score": round(float(rng.uniform(0, 1)), 4),
-    }
 
 
 def video(frames: list[list[dict]], fps: float = 30.0, frame_nums: list[int] | None = None) -> dict:

@@ -9,6 +9,7 @@ retries, rate limit and input checks) and share one policy for errors, retries a
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import threading
 import weakref
@@ -356,13 +357,7 @@ class KakaoPoseHook(_KakaoPoseHookBase):
         upload = read_upload(file, "image") if file is not None else None
         check_image_input(image_url, upload, self.settings, self.limits)
         fields = {"image_url": image_url} if image_url is not None else None
-        return self._request(
-            "POST",
-            "/pose",
-            fields=fields,
-            upload=upload,
-            parse=lambda body: check_persons(parse_json(body, "POST", "/pose"), "POST", "/pose"),
-        )
+        return self._post("/pose", fields, upload, check_persons)
 
     def submit_video_job(
         self,
@@ -389,13 +384,24 @@ class KakaoPoseHook(_KakaoPoseHookBase):
             fields["video_url"] = video_url
         if callback_url is not None:
             fields["callback_url"] = callback_url
+        return self._post("/pose/job", fields, upload, check_job_id, resend_if_unsure=False)
+
+    def _post(
+        self,
+        path: str,
+        fields: dict[str, str] | None,
+        upload: Upload | None,
+        check: Callable[[Any, str, str], Any],
+        **options: Any,
+    ) -> Any:
+        """``POST path`` (form ``fields``, an optional file ``upload``); the JSON answer checked by ``check``."""
         return self._request(
             "POST",
-            "/pose/job",
+            path,
             fields=fields,
             upload=upload,
-            parse=lambda body: check_job_id(parse_json(body, "POST", "/pose/job"), "POST", "/pose/job"),
-            resend_if_unsure=False,
+            parse=lambda body: check(parse_json(body, "POST", path), "POST", path),
+            **options,
         )
 
     def get_job(self, job_id: str) -> dict:
@@ -520,15 +526,9 @@ class KakaoPoseAsyncHook(_KakaoPoseHookBase):
     stay under ``rate_limit_per_second``. Without ``async with``, each call opens and closes its own session.
     """
 
-    def __init__(
-        self,
-        kakao_pose_conn_id: str = DEFAULT_CONN_ID,
-        *,
-        limits: Limits | None = None,
-        logger_name: str | None = None,
-    ) -> None:
-        super().__init__(kakao_pose_conn_id, limits=limits, logger_name=logger_name)
-        self._settings_lock = asyncio.Lock()
+    @functools.cached_property
+    def _settings_lock(self) -> asyncio.Lock:
+        return asyncio.Lock()  # made on first use, in the event loop that uses it
 
     async def get_settings(self) -> ConnSettings:
         """The connection's parsed settings, looked up without blocking the event loop."""

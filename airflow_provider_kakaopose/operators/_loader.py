@@ -28,6 +28,16 @@ class _JobLoader(_PoseLineage):
     track_people: bool = True
     pictures: bool = False
 
+    def _set_loading(self, output_uri: Any, track_people: bool, pictures: bool, kakao_pose_conn_id: str) -> None:
+        """Keep the arguments every job-loading operator takes; ``output_uri`` becomes the task's asset outlet."""
+        from airflow_provider_kakaopose.operators._inputs import add_asset_outlet
+
+        self.output_uri = output_uri
+        self.track_people = track_people
+        self.pictures = pictures
+        self.kakao_pose_conn_id = kakao_pose_conn_id
+        add_asset_outlet(self, output_uri)  # type: ignore[arg-type]  # mixed into a BaseOperator
+
     def load_job(self, job_id: str, output_uri: str | None, source: str | None, run: str) -> dict[str, Any]:
         """Fetch the job's raw JSON and write its table (with ``track_id`` and pictures when asked).
 

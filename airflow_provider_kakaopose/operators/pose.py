@@ -344,10 +344,8 @@ class KakaoPoseVideoOperator(_JobLoader, BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.track_people = track_people
-        self.pictures = pictures
+        self._set_loading(output_uri, track_people, pictures, kakao_pose_conn_id)
         self.video = video
-        self.output_uri = output_uri
         self.smoothing = smoothing
         self.callback_url = callback_url
         self.wait_for_completion = wait_for_completion
@@ -356,8 +354,6 @@ class KakaoPoseVideoOperator(_JobLoader, BaseOperator):
             raise ValueError(f"poll_interval must be positive, not {poll_interval!r}")
         self.poll_interval = float(poll_interval)
         self.timeout = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
-        self.kakao_pose_conn_id = kakao_pose_conn_id
-        add_asset_outlet(self, output_uri)
 
     def _video(self) -> Any:
         """``video``, refused before anything is sent when it is a list or the text of one (a rendered template)."""
@@ -568,13 +564,9 @@ class KakaoPoseJobToParquetOperator(_JobLoader, BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.track_people = track_people
-        self.pictures = pictures
+        self._set_loading(output_uri, track_people, pictures, kakao_pose_conn_id)
         self.job_id = job_id
-        self.output_uri = output_uri
         self.source = source
-        self.kakao_pose_conn_id = kakao_pose_conn_id
-        add_asset_outlet(self, output_uri)
 
     def execute(self, context: Context) -> dict[str, Any]:
         check_pictures_dependency(self.pictures)
