@@ -113,11 +113,11 @@ def test_a_body_in_one_byte_chunks_and_a_non_seekable_stream(fast_only):
 
 @pytest.mark.parametrize("chunk", [1, 2, 3, 7, 64])
 def test_a_seekable_file_scanned_in_small_pieces(fast_only, monkeypatch, tmp_path, chunk):
-    """A file is read in pieces of ``_SCAN_CHUNK`` bytes (never whole): any piece size gives the same table."""
+    """A file is read in pieces of ``SCAN_CHUNK`` bytes (never whole): any piece size gives the same table."""
     body = small_answer()
     want = keypoints_table(body)
-    monkeypatch.setattr(scanner, "_SCAN_CHUNK", chunk)
-    monkeypatch.setattr(scanner, "_PIECE_BYTES", chunk)  # rows parsed a few annotations at a time
+    monkeypatch.setattr(scanner, "SCAN_CHUNK", chunk)
+    monkeypatch.setattr(scanner, "PIECE_BYTES", chunk)  # rows parsed a few annotations at a time
     path = tmp_path / "job.json"
     path.write_bytes(body)
     with open(path, "rb") as f:  # a real file: read with pread

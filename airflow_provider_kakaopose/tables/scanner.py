@@ -40,9 +40,11 @@ if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
 
-# Bytes of the raw body parsed per piece on the fast path (bounds the memory of the intermediate copies).
-_PIECE_BYTES = 4 << 20
-_SCAN_CHUNK = 16 << 20
+# Tunables (module constants; the tests lower them to exercise boundaries with small bodies).
+#: Bytes of the raw body parsed per piece on the fast path (bounds the memory of the intermediate copies).
+PIECE_BYTES = 4 << 20
+#: Bytes of the body scanned at a time for the annotations' boundaries.
+SCAN_CHUNK = 16 << 20
 
 # --------------------------------------------------------------------------------------------- raw JSON fast path
 
@@ -237,13 +239,13 @@ class _ArrayScan:
 
 
 def _scan_array(body: Body, open_: int) -> _ArrayScan:
-    """Scan the array whose ``[`` is at ``open_`` in pieces of ``_SCAN_CHUNK`` bytes."""
+    """Scan the array whose ``[`` is at ``open_`` in pieces of ``SCAN_CHUNK`` bytes."""
     scan = _ArrayScan(open_)
     pos, n = open_ + 1, len(body)
     while pos < n:
-        if scan.feed(body[pos : pos + _SCAN_CHUNK]):
+        if scan.feed(body[pos : pos + SCAN_CHUNK]):
             return scan
-        pos += _SCAN_CHUNK
+        pos += SCAN_CHUNK
     raise FastPathGaveUp("unterminated annotations array")
 
 
@@ -373,7 +375,7 @@ def _frame_nums(body: Body, starts: np.ndarray, ends: np.ndarray) -> np.ndarray 
     if type(last.get("frame_num")) is int and last["frame_num"] == n - 1:
         return None
     nums = []
-    block = max(_SCAN_CHUNK, 1 << 16)  # holds a whole leading "frame_num" however small the scan's chunks
+    block = max(SCAN_CHUNK, 1 << 16)  # holds a whole leading "frame_num" however small the scan's chunks
     window, w0 = (body, 0) if isinstance(body, bytes) else (b"", 0)
     for s in starts.tolist():
         if s + 256 > w0 + len(window) and w0 + len(window) < len(body):  # a file body: the next block
@@ -429,7 +431,7 @@ def _fast_batches(
 
 
 def _piece_bounds(starts: np.ndarray, ends: np.ndarray) -> list[tuple[int, int]]:
-    """``(i, j)`` ranges of annotations cutting the array into pieces of about ``_PIECE_BYTES``, whole
+    """``(i, j)`` ranges of annotations cutting the array into pieces of about ``PIECE_BYTES``, whole
     annotations each (at least one)."""
     import numpy as np
 
@@ -437,7 +439,7 @@ def _piece_bounds(starts: np.ndarray, ends: np.ndarray) -> list[tuple[int, int]]
     bounds = []
     i = 0
     while i < n:
-        j = min(max(i + 1, int(np.searchsorted(ends, int(starts[i]) + _PIECE_BYTES, side="left"))), n)
+        j = min(max(i + 1, int(np.searchsorted(ends, int(starts[i]) + PIECE_BYTES, side="left"))), n)
         bounds.append((i, j))
         i = j
     return bounds
@@ -601,7 +603,7 @@ def _person_values(persons: pa.StructArray, fail: Callable[[int, str], Exception
 # --------------------------------------------------------------------------------------------- bodies cut short
 
 #: Bytes read at a time when a body is checked for completeness (the check's memory is a few times this).
-_CHECK_CHUNK = 1 << 20
+CHECK_CHUNK = 1 << 20
 _BOM = b"\xef\xbb\xbf"
 _KEY_BEFORE = re.compile(rb'"((?:[^"\\]|\\.)*)"[ \t\r\n]*:[ \t\r\n]*\Z')
 
@@ -799,8 +801,8 @@ def cut_short_message(body: Body) -> str | None:
     array closes (or it opens none, or is malformed before its end): read in pieces, never parsed."""
     nesting = _Nesting()
     view = memoryview(body) if isinstance(body, bytes) else body
-    for pos in range(0, len(body), _CHECK_CHUNK):
-        nesting.feed(view[pos : pos + _CHECK_CHUNK])
+    for pos in range(0, len(body), CHECK_CHUNK):
+        nesting.feed(view[pos : pos + CHECK_CHUNK])
         if nesting.settled:
             return None
     return nesting.cut_short(body)

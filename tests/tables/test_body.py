@@ -45,13 +45,13 @@ def test_a_body_cut_at_any_byte_is_reported_as_cut_short():
 
 @pytest.mark.parametrize("chunk", [1, 2, 3, 7, 64])
 def test_the_cut_short_check_reads_in_pieces_of_any_size(monkeypatch, chunk):
-    """The check reads a body in pieces (``_CHECK_CHUNK``): an escape, a string or a bracket split between
+    """The check reads a body in pieces (``CHECK_CHUNK``): an escape, a string or a bracket split between
     two pieces gives the same verdict."""
     body = escaped_body(frames=2)
     cuts = [*range(1, len(body), 61), *(i + 1 for i in range(len(body)) if body[i] == 0x5C)]  # after "\\"
     want = {n: scanner.cut_short_message(body[:n]) for n in cuts}
     assert all(want.values()) and scanner.cut_short_message(body) is None
-    monkeypatch.setattr(scanner, "_CHECK_CHUNK", chunk)
+    monkeypatch.setattr(scanner, "CHECK_CHUNK", chunk)
     assert {n: scanner.cut_short_message(body[:n]) for n in cuts} == want
     assert scanner.cut_short_message(body) is None
 

@@ -137,15 +137,15 @@ def test_reader_streams_the_same_rows(tmp_path):
 
 
 def test_small_pieces_cover_everything(monkeypatch, fast_only):
-    monkeypatch.setattr(scanner, "_PIECE_BYTES", 2000)
-    monkeypatch.setattr(scanner, "_SCAN_CHUNK", 777)
+    monkeypatch.setattr(scanner, "PIECE_BYTES", 2000)
+    monkeypatch.setattr(scanner, "SCAN_CHUNK", 777)
     r = video([[person(i)] * (i % 3) for i in range(40)])
     t = keypoints_table(json.dumps(r, indent=1).encode())
     approx_equal(to_coco(t), r)
 
 
 def test_fallback_half_way_replays_the_rest(monkeypatch):
-    monkeypatch.setattr(scanner, "_PIECE_BYTES", 3000)
+    monkeypatch.setattr(scanner, "PIECE_BYTES", 3000)
     r = video([[person(i)] for i in range(20)])
     text = json.dumps(r)
     # a duplicated key deep in the body: valid JSON (last wins) that pyarrow refuses -> fallback mid-stream

@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import types
-from pathlib import Path
 
 import duckdb
 import fsspec
@@ -26,7 +25,6 @@ from airflow_provider_kakaopose.tables import (
     keypoints_reader,
     keypoints_table,
     read_keypoints,
-    storage,
     to_coco,
     write_parquet,
 )
@@ -106,39 +104,33 @@ def test_memory_uri_and_object_storage_path(table):
     fs.rm("/bucket", recursive=True)
 
 
-def _failing_writer(monkeypatch):
-    real = storage._write_to
+def fails_midway(table: pa.Table) -> pa.RecordBatchReader:
+    """Rows that break after the first row group is written: the disk fills up mid-file."""
 
-    def half_then_fail(sink, data, row_group_size, compression):
-        if isinstance(sink, str):
-            Path(sink).write_bytes(b"PAR1 half a file")
-        else:
-            sink.write(b"PAR1 half a file")
+    def batches():
+        yield from table.slice(0, 17).to_batches()
         raise OSError("disk on fire")
 
-    monkeypatch.setattr(storage, "_write_to", half_then_fail)
-    return real
+    return pa.RecordBatchReader.from_batches(table.schema, batches())
 
 
-def test_atomic_local_write(tmp_path, table, monkeypatch):
+def test_atomic_local_write(tmp_path, table):
     path = tmp_path / "k.parquet"
     write_parquet(table, path)
     before = path.read_bytes()
-    _failing_writer(monkeypatch)
     with pytest.raises(OSError, match="disk on fire"):
-        write_parquet(table.slice(0, 17), path)
+        write_parquet(fails_midway(table), path, row_group_size=17)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["k.parquet"]  # no temporary left behind
 
 
-def test_atomic_memory_write(table, monkeypatch):
+def test_atomic_memory_write(table):
     uri = "memory://atomic/k.parquet"
     write_parquet(table, uri)
     fs = fsspec.filesystem("memory")
     before = fs.cat("/atomic/k.parquet")
-    _failing_writer(monkeypatch)
-    with pytest.raises(OSError):
-        write_parquet(table.slice(0, 17), uri)
+    with pytest.raises(OSError, match="disk on fire"):
+        write_parquet(fails_midway(table), uri, row_group_size=17)
     assert fs.cat("/atomic/k.parquet") == before
     assert fs.ls("/atomic", detail=False) == ["/atomic/k.parquet"]
     fs.rm("/atomic", recursive=True)
