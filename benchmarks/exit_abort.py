@@ -3,7 +3,7 @@
 Symptom (issue 20, item 11): rarely, on a busy machine, a process that flattened tables dies at exit with
 ``terminate called without an active exception`` (SIGABRT, exit status 134 / -6) after all its work is done.
 
-This script runs a child process N times. Each child does what the operator does (``_JobLoader.load_job``):
+This script runs a child process N times. Each child does what the operator does (``JobLoader.load_job``):
 the body is written into a :class:`BodySpool` in 1 MB chunks (as ``KakaoPoseHook.download_job`` does: from a
 file, or ``--download`` for a real download from an emulator in its own process), then ``keypoints_reader`` +
 ``assign_tracks_reader`` + ``write_parquet`` to a temporary directory, the output checked (``--check``), and the

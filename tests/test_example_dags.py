@@ -197,8 +197,8 @@ def test_every_operator_and_the_sensor_in_one_dag_and_retries_never_resubmit(run
     from airflow.models import Variable  # the metadata DB's, readable outside a task on every version
 
     from airflow_provider_kakaopose._compat import HAS_TASK_STATE_STORE
+    from airflow_provider_kakaopose.operators._job_record import variable_key
     from airflow_provider_kakaopose.operators._outputs import run_identity
-    from airflow_provider_kakaopose.operators.pose import _variable_key
 
     dag_run, files = run_example("kakao_pose_test_everything")
     tis = {(ti.task_id, ti.map_index): ti for ti in dag_run.get_task_instances()}
@@ -226,4 +226,4 @@ def test_every_operator_and_the_sensor_in_one_dag_and_retries_never_resubmit(run
         assert records == ["retried.job.json", "v0.job.json", "v1.job.json"]
         ti = tis[("retried_without_output", -1)]
         context = {"ti": ti}
-        assert Variable.get(_variable_key(run_identity(context)), None) is None  # deleted once it succeeded
+        assert Variable.get(variable_key(run_identity(context)), None) is None  # deleted once it succeeded

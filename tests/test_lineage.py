@@ -86,13 +86,13 @@ def test_no_operator_has_the_job_link_and_dags_serialized_with_it_still_load(cap
 
 
 def test_storage_uri_namespaces():
-    from airflow_provider_kakaopose.operators.pose import _ol_dataset
+    from airflow_provider_kakaopose.operators._lineage import ol_dataset
 
-    assert (_ol_dataset("s3://aws_default@bucket/pose/k.parquet").namespace, _ol_dataset("s3://b/x").name) == (
+    assert (ol_dataset("s3://aws_default@bucket/pose/k.parquet").namespace, ol_dataset("s3://b/x").name) == (
         "s3://bucket",
         "x",
     )
-    assert _ol_dataset("gs://bucket/a/b.parquet").namespace == "gs://bucket"
+    assert ol_dataset("gs://bucket/a/b.parquet").namespace == "gs://bucket"
 
 
 def test_everything_works_without_openlineage(tmp_path):

@@ -30,16 +30,16 @@ JOB_RETENTION = timedelta(days=7)
 SAVE_ATTEMPTS = 4
 
 #: Settings a job record from before they were stored is taken to have had.
-_OLD_RECORD_DEFAULTS: dict[str, Any] = {"smoothing": True, "callback_url": None}
+OLD_RECORD_DEFAULTS: dict[str, Any] = {"smoothing": True, "callback_url": None}
 
 
-def _utc_now() -> str:
+def utc_now() -> str:
     from datetime import datetime
 
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _settle_pending(record: dict[str, Any], log: Any) -> int:
+def settle_pending(record: dict[str, Any], log: Any) -> int:
     """Count a submission an earlier try sent but never recorded the answer of; return the unknown count."""
     unknown = int(record.get("unknown_submissions") or 0)
     pending = record.get("pending")
@@ -53,7 +53,7 @@ def _settle_pending(record: dict[str, Any], log: Any) -> int:
     return unknown
 
 
-def _variable_key(run: str) -> str:
+def variable_key(run: str) -> str:
     """A Variable name for one task instance (readable prefix, the run id hashed: keys hold 250 chars)."""
     import hashlib
 
@@ -93,7 +93,7 @@ class JobRecordStore:
         elif output_uri:
             self._place = _FilePlace(output_uri, self.run, log)
         else:
-            self._place = _VariablePlace(_variable_key(self.run), log)
+            self._place = _VariablePlace(variable_key(self.run), log)
 
     @property
     def where(self) -> str:

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from openlineage.client.facet_v2 import DatasetFacet
 
 
-def _ol_dataset(uri: str, schema: Any = None) -> Dataset:
+def ol_dataset(uri: str, schema: Any = None) -> Dataset:
     """An OpenLineage dataset for a URL, a local path or a storage URI (naming per the OpenLineage spec)."""
     from urllib.parse import urlsplit
 
@@ -35,7 +35,7 @@ def _ol_dataset(uri: str, schema: Any = None) -> Dataset:
     return Dataset(namespace=namespace, name=name, facets=facets)
 
 
-class _PoseLineage:
+class PoseLineage:
     """OpenLineage facets for the pose operators: inputs are what was analysed, outputs the Parquet tables
     (with a schema facet). Only used when the OpenLineage provider is installed."""
 
@@ -49,6 +49,6 @@ class _PoseLineage:
 
         schemas = {"keypoints": keypoints_schema(), "errors": errors_schema()}
         return OperatorLineage(
-            inputs=[_ol_dataset(uri) for uri in getattr(self, "lineage_inputs", [])],
-            outputs=[_ol_dataset(uri, schemas[kind]) for uri, kind in getattr(self, "lineage_outputs", [])],
+            inputs=[ol_dataset(uri) for uri in getattr(self, "lineage_inputs", [])],
+            outputs=[ol_dataset(uri, schemas[kind]) for uri, kind in getattr(self, "lineage_outputs", [])],
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_kakaopose.jobs import JobStatus
-from airflow_provider_kakaopose.operators._lineage import _PoseLineage
+from airflow_provider_kakaopose.operators._lineage import PoseLineage
 from airflow_provider_kakaopose.operators._outputs import OutputClaim, owner_tag, pictures_base_uri
 
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from airflow_provider_kakaopose.tables import BodySpool
 
 
-class _JobLoader(_PoseLineage):
+class JobLoader(PoseLineage):
     """Fetch a finished job's raw body and write its table (shared by the video and load operators)."""
 
     kakao_pose_conn_id: str

@@ -38,18 +38,16 @@ from airflow_provider_kakaopose.operators._inputs import (
     parse_rendered_list,
 )
 from airflow_provider_kakaopose.operators._job_record import (
-    _OLD_RECORD_DEFAULTS,
     JOB_RETENTION,
     JOB_STATE_KEY,
+    OLD_RECORD_DEFAULTS,
     SAVE_ATTEMPTS,
     JobRecordStore,
-    _settle_pending,
-    _utc_now,
+    settle_pending,
+    utc_now,
 )
-from airflow_provider_kakaopose.operators._job_record import _variable_key as _variable_key  # tests name it here
-from airflow_provider_kakaopose.operators._lineage import _ol_dataset as _ol_dataset  # tests name it here
-from airflow_provider_kakaopose.operators._lineage import _PoseLineage
-from airflow_provider_kakaopose.operators._loader import _JobLoader
+from airflow_provider_kakaopose.operators._lineage import PoseLineage
+from airflow_provider_kakaopose.operators._loader import JobLoader
 from airflow_provider_kakaopose.operators._outputs import (
     OutputClaim,
     default_errors_uri,
@@ -80,7 +78,7 @@ __all__ = [
 ]
 
 
-class KakaoPoseImageOperator(_PoseLineage, BaseOperator):
+class KakaoPoseImageOperator(PoseLineage, BaseOperator):
     """Detect poses in a batch of images, concurrently at the quota's pace; write keypoints and errors.
 
     :param images: one item or a list (templated). http(s) URLs are passed to the service as ``image_url``;
@@ -296,7 +294,7 @@ class KakaoPoseImageOperator(_PoseLineage, BaseOperator):
         return failures
 
 
-class KakaoPoseVideoOperator(_JobLoader, BaseOperator):
+class KakaoPoseVideoOperator(JobLoader, BaseOperator):
     """Analyse a video: submit the job, wait for it, write its keypoints as Parquet.
 
     :param video: an http(s) URL (sent as ``video_url``) or a path/URI to upload (templated).
@@ -385,7 +383,7 @@ class KakaoPoseVideoOperator(_JobLoader, BaseOperator):
         if not isinstance(job, dict) or not job.get("job_id"):
             return None
         wanted = self._settings()
-        differs = [k for k, v in wanted.items() if job.get(k, _OLD_RECORD_DEFAULTS.get(k)) != v]
+        differs = [k for k, v in wanted.items() if job.get(k, OLD_RECORD_DEFAULTS.get(k)) != v]
         if differs:
             self.log.info(
                 "Job %s from an earlier try was for another %s; submitting again", job["job_id"], " and ".join(differs)
@@ -402,7 +400,7 @@ class KakaoPoseVideoOperator(_JobLoader, BaseOperator):
         """Submit the video. The record says "a submission is under way" before the request is sent, so a
         try cut off mid-request (a killed worker) leaves a trace the next try counts and warns about."""
         source, kwargs = open_input(self._video())
-        unknown = _settle_pending(record, self.log)
+        unknown = settle_pending(record, self.log)
         if unknown:
             self.log.warning(
                 "%d earlier submission(s) of this task had an unknown outcome (last: %s): the service may have "
@@ -424,7 +422,7 @@ class KakaoPoseVideoOperator(_JobLoader, BaseOperator):
             record["pending"] = None
             if getattr(err, "outcome_unknown", False):
                 record["unknown_submissions"] = unknown + 1
-                record["last_unknown"] = f"{_utc_now()}: {err}"
+                record["last_unknown"] = f"{utc_now()}: {err}"
                 self.log.warning("The submission of %s may have created a job: %s", source, err)
             store.save(record)
             raise
@@ -534,7 +532,7 @@ class KakaoPoseVideoOperator(_JobLoader, BaseOperator):
         return job_id
 
 
-class KakaoPoseJobToParquetOperator(_JobLoader, BaseOperator):
+class KakaoPoseJobToParquetOperator(JobLoader, BaseOperator):
     """Fetch a finished video job and write its keypoints table (the load step after the sensor).
 
     :param job_id: the job (templated), e.g. ``"{{ ti.xcom_pull('submit') }}"``.
