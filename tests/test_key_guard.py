@@ -7,6 +7,7 @@ from pathlib import Path
 
 def test_guard_fails_a_test_that_prints_the_key(pytester, capfd):
     pytester.makeconftest((Path(__file__).parent / "conftest.py").read_text())
+    pytester.makepyfile(helpers=(Path(__file__).parent / "helpers.py").read_text())
     pytester.makepyfile(
         """
         import logging
