@@ -1,4 +1,4 @@
-"""Soak: a 1,000-image batch and 50 video jobs against an emulator that injects ~20 % faults.
+"""Soak: a 1,000-image batch and 58 video jobs against an emulator that injects ~20 % faults.
 
 Every request the emulator receives is recorded with the fault it was given, so each input's outcome can be
 *predicted* from its own requests and compared with what the operators did:
@@ -282,12 +282,14 @@ def test_soak_video_jobs_end_in_parquet_or_the_right_error(emulator, soak_conn, 
         frames, persons = 20 + 10 * (i % 4), 1 + i % 3
         url = f"https://example.com/soak/v{i:02d}.mp4?frames={frames}&persons={persons}"
         videos.append({"url": url, "kind": "success", "frames": frames, "persons": persons, "timeout": 60, "poll": 0.1})
-    for i in range(5):  # the emulator cannot fetch them: the job ends "failed"
+    # 8 and 10 of the two error kinds: faults derail each case with a fair chance, and every kind must come out as
+    # itself at least once (with 5 each, all 5 deadline cases were once derailed: a rare false failure).
+    for i in range(8):  # the emulator cannot fetch them: the job ends "failed"
         videos.append({"url": f"https://cdn{i}.invalid/v.mp4", "kind": "failed", "timeout": 60, "poll": 0.1})
-    for i in range(5):  # processing for 10 minutes: still running at a 1 s deadline (few polls, few faults)
+    for i in range(10):  # processing for 10 minutes: still running at a 1 s deadline (few polls, few faults)
         url = f"https://example.com/soak/stuck{i}.mp4?frames=10&waiting_s=0&processing_s=600"
         videos.append({"url": url, "kind": "deadline", "timeout": 1.0, "poll": 0.4})
-    assert len(videos) == 50
+    assert len(videos) == 58
     random.Random(SEED).shuffle(videos)
     bogus = [str(uuid.UUID(int=n + 1, version=4)) for n in range(4)]  # never submitted: "not found"
 
