@@ -13,87 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from scenes import POSE, crowd, line, video
+
 from airflow_provider_kakaopose.tables import keypoints_table
 from airflow_provider_kakaopose.tracking import assign_tracks, assign_tracks_reader
-
-# A standing person, keypoint offsets from the centre in units of the person's height (x right, y down).
-POSE = np.array(
-    [
-        [0.0, -0.42],  # nose
-        [-0.03, -0.45],
-        [0.03, -0.45],
-        [-0.06, -0.43],
-        [0.06, -0.43],
-        [-0.12, -0.3],  # shoulders
-        [0.12, -0.3],
-        [-0.16, -0.12],  # elbows
-        [0.16, -0.12],
-        [-0.17, 0.04],  # wrists
-        [0.17, 0.04],
-        [-0.08, 0.02],  # hips
-        [0.08, 0.02],
-        [-0.09, 0.25],  # knees
-        [0.09, 0.25],
-        [-0.09, 0.48],  # ankles
-        [0.09, 0.48],
-    ]
-)
-
-
-def video(
-    paths: dict[int, np.ndarray],
-    heights: dict[int, float],
-    *,
-    seed: int = 0,
-    noise: float = 1.5,
-    undetected: float = 0.05,
-    job_id: str = "job-1",
-) -> tuple[dict, dict[tuple[int, int], int]]:
-    """A video job answer from true paths, and the true identity of each (frame_num, person_idx).
-
-    ``paths[identity]`` is an (F, 2) array of centres, NaN where the person is not in the frame. Keypoints get
-    Gaussian noise (px) and a small per-person pose variation; a share of them is undetected (sent as 0, 0, 0);
-    the box is the extent of the detected keypoints with a margin; the persons of a frame come in random order.
-    """
-    rng = np.random.default_rng(seed)
-    frames = len(next(iter(paths.values())))
-    poses = {i: POSE + rng.normal(0, 0.015, POSE.shape) for i in paths}
-    annotations, truth = [], {}
-    for f in range(frames):
-        present = [i for i in paths if not np.isnan(paths[i][f]).any()]
-        rng.shuffle(present)
-        objects = []
-        for p_idx, i in enumerate(present):
-            h = heights[i]
-            kp = paths[i][f] + poses[i] * h + rng.normal(0, noise, (17, 2))
-            seen = rng.random(17) >= undetected
-            seen[5] = True  # at least one keypoint
-            lo, hi = kp[seen].min(axis=0) - 0.05 * h, kp[seen].max(axis=0) + 0.05 * h
-            flat = []
-            for k in range(17):
-                flat += [round(float(kp[k, 0]), 2), round(float(kp[k, 1]), 2), 0.9] if seen[k] else [0.0, 0.0, 0.0]
-            w, bh = hi - lo
-            objects.append(
-                {
-                    "area": round(float(w * bh), 4),
-                    "bbox": [round(float(v), 2) for v in (lo[0], lo[1], w, bh)],
-                    "category_id": 1,
-                    "keypoints": flat,
-                    "score": 0.9,
-                }
-            )
-            truth[(f, p_idx)] = i
-        annotations.append({"frame_num": f, "objects": objects})
-    answer = {
-        "annotations": annotations,
-        "categories": [{"id": 1, "name": "person"}],
-        "info": {"description": "synthetic"},
-        "job_id": job_id,
-        "status": "success",
-        "video": {"fps": 30.0, "frames": frames, "height": 720, "width": 1280},
-    }
-    return answer, truth
-
 
 def person_frames(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     first = table.filter(pa.compute.equal(table.column("keypoint_id"), 1))
@@ -115,11 +38,6 @@ def accuracy(table: pa.Table, truth: dict[tuple[int, int], int]) -> float:
     if len(set(majority.values())) < len(majority):
         return 0.0
     return float(np.mean([track[k] == majority[ident[k]] for k in range(len(ident))]))
-
-
-def line(start: tuple[float, float], velocity: tuple[float, float], frames: int) -> np.ndarray:
-    t = np.arange(frames)[:, None]
-    return np.asarray(start, float) + t * np.asarray(velocity, float)
 
 
 def check_invariants(table: pa.Table) -> None:
@@ -174,12 +92,16 @@ def test_person_who_leaves_and_comes_back_nearby_keeps_id():
 
 
 def test_person_away_longer_than_max_gap_gets_new_id():
+    """Issue 24 changed this: a person hidden 20 frames (0.67 s > max_gap = 10 frames) who comes back where
+    they were heading now keeps their id (max_occlusion_s, 2 s by default); without it, a new id as before."""
     frames = 100
     a = line((200, 360), (3, 0), frames)
     a[40:60] = np.nan  # 20 frames > max_gap=10
     paths = {0: a, 1: line((1000, 300), (-1, 0), frames)}
     answer, truth = video(paths, {0: 200, 1: 200}, seed=5)
-    table = assign_tracks(keypoints_table(answer), max_gap=10)
+    assert accuracy(assign_tracks(keypoints_table(answer), max_gap=10), truth) == 1.0
+    assert accuracy(assign_tracks(keypoints_table(answer), max_gap=10, max_occlusion_s=0.6), truth) < 1.0
+    table = assign_tracks(keypoints_table(answer), max_gap=10, max_occlusion_s=0)
     frame, _, track = person_frames(table)
     ident = np.array([truth[(int(f), int(p))] for f, p in zip(*person_frames(table)[:2], strict=True)])
     before = set(track[(ident == 0) & (frame < 40)])
@@ -190,26 +112,6 @@ def test_person_away_longer_than_max_gap_gets_new_id():
     # with a long enough max_gap the same person keeps the id
     table = assign_tracks(keypoints_table(answer), max_gap=25)
     assert accuracy(table, truth) == 1.0
-
-
-def crowd(n: int = 10, frames: int = 200, seed: int = 6) -> tuple[dict, dict]:
-    rng = np.random.default_rng(seed)
-    paths, heights = {}, {}
-    for i in range(n):
-        pos = np.array([rng.uniform(100, 1180), rng.uniform(150, 600)])
-        vel = rng.normal(0, 3, 2)
-        path = []
-        for _ in range(frames):
-            vel = 0.95 * vel + rng.normal(0, 0.4, 2)
-            pos = pos + vel
-            if not 60 < pos[0] < 1220:
-                vel[0] = -vel[0]
-            if not 120 < pos[1] < 620:
-                vel[1] = -vel[1]
-            path.append(pos.copy())
-        paths[i] = np.array(path)
-        heights[i] = rng.uniform(150, 260)
-    return video(paths, heights, seed=seed)
 
 
 def test_crowd_of_ten():
@@ -255,6 +157,7 @@ def test_column_position_type_row_order_and_metadata():
         "max_gap": 5,
         "min_iou": 0.2,
         "max_distance": 0.8,
+        "max_occlusion_s": 2.0,
         "method": "cascade",
     }
     assert out.column("track_id").null_count == 0
