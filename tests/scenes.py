@@ -125,13 +125,13 @@ def line(start: tuple[float, float], velocity: tuple[float, float], frames: int)
 
 def walk(start: tuple[float, float], speed: tuple[float, float], fps: float, seconds: float) -> np.ndarray:
     """Centres moving at ``speed`` (px per second) from ``start``, sampled at ``fps`` for ``seconds``."""
-    return line(start, (speed[0] / fps, speed[1] / fps), int(round(seconds * fps)))
+    return line(start, (speed[0] / fps, speed[1] / fps), round(seconds * fps))
 
 
 def hide(path: np.ndarray, fps: float, start_s: float, seconds: float) -> np.ndarray:
     """``path`` with its person undetected from ``start_s`` for ``seconds``."""
     out = path.copy()
-    out[int(round(start_s * fps)) : int(round((start_s + seconds) * fps))] = np.nan
+    out[round(start_s * fps) : round((start_s + seconds) * fps)] = np.nan
     return out
 
 
@@ -164,10 +164,7 @@ def occlusion(fps: float, seconds: float = 0.8, behind: str = "standing", seed: 
     """A walker hidden ``seconds`` behind a person standing still (or walking the same way, slower), then
     out the other side; a third person walks elsewhere."""
     length = seconds + 3.0
-    if behind == "standing":
-        front = walk((640, 420), (0, 0), fps, length)
-    else:
-        front = walk((520, 420), (80, 0), fps, length)
+    front = walk((640, 420), (0, 0), fps, length) if behind == "standing" else walk((520, 420), (80, 0), fps, length)
     walker = walk((640 - 1.5 * 150, 400), (150, 0), fps, length)
     walker = hide(walker, fps, 1.5 - seconds / 2, seconds)
     other = walk((1000, 250), (-60, 20), fps, length)
@@ -185,20 +182,21 @@ def stranger(fps: float, where: str = "edge", seed: int = 0) -> Scene:
     else:  # walks into a doorway at x = 800
         a = walk((500, 400), (150, 0), fps, 4.0)
         gone = 2.0
-        a[int(round(gone * fps)) :] = np.nan
-    enter = int(round((gone + 0.4) * fps))
+        a[round(gone * fps) :] = np.nan
+    enter = round((gone + 0.4) * fps)
     b = walk((1250 if where == "edge" else 800, 430), (-120, 0), fps, 4.0)  # from there when it comes in
     b = np.vstack([np.full((enter, 2), np.nan), b[: len(b) - enter]])
     c = walk((300, 300), (20, 10), fps, 4.0)
     child = POSE * np.array([1.3, 1.0]) + np.array([0, 0.05]) * (POSE[:, 1:] > 0.1)  # wider, longer legs
     answer, truth = video({0: a, 1: b, 2: c}, {0: 230.0, 1: 140.0, 2: 200.0}, seed=seed, fps=fps, poses={1: child})
-    return Scene(f"stranger enters where someone left ({where}), {fps:g} fps", "stranger", answer, truth, strangers=(1,))
+    name = f"stranger enters where someone left ({where}), {fps:g} fps"
+    return Scene(name, "stranger", answer, truth, strangers=(1,))
 
 
 def reenter(fps: float, away_s: float = 10 / 30, seed: int = 0) -> Scene:
     """Someone walks out of the picture and comes back the way they left ``away_s`` seconds later."""
     turn = 1.2 + away_s / 2  # at the edge (x = 20) after 1.2 s, back there away_s later
-    t = np.arange(int(round((turn + 2.0) * fps))) / fps
+    t = np.arange(round((turn + 2.0) * fps)) / fps
     a = np.column_stack([20 - 75 * away_s + 150 * np.abs(t - turn), np.full(len(t), 400.0)])
     a = out_of_picture(a)
     b = walk((900, 380), (-20, 0), fps, len(t) / fps)
@@ -210,7 +208,7 @@ def group(fps: float, people: int = 22, seconds: float = 6.0, seed: int = 0) -> 
     """``people`` players on smooth random paths (up to 360 px/s = 12 px/frame at 30 fps), crossing often,
     each missed by the detector for 1-4 frames now and then."""
     rng = np.random.default_rng(seed)
-    frames = int(round(seconds * fps))
+    frames = round(seconds * fps)
     size = (1920, 1080)
     paths, heights = {}, {}
     for i in range(people):

@@ -12,11 +12,11 @@ import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from scenes import POSE, crowd, line, video
 
 from airflow_provider_kakaopose.tables import keypoints_table
 from airflow_provider_kakaopose.tracking import assign_tracks, assign_tracks_reader
+
 
 def person_frames(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     first = table.filter(pa.compute.equal(table.column("keypoint_id"), 1))
