@@ -705,7 +705,8 @@ def _iou(ahead: _Prediction, fc: np.ndarray) -> np.ndarray:
     np.maximum(ih, 0, out=ih)
     inter = np.multiply(iw, ih, out=iw)
     union = ahead.area + area_c
-    union -= inter
+    with np.errstate(invalid="ignore"):  # an infinite box: inf - inf is NaN, and NaN is no overlap
+        union -= inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
@@ -793,6 +794,7 @@ def _solve(benefit: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     import numpy as np
 
     a, b, g_n = benefit.shape
+    safe = benefit
     if _n_assignments(a, b) <= _MAX_ENUMERATED:
         rows, cols = _assignments(a, b)
         cells = rows * b + cols  # (K, n) flat (row, col) of each link
@@ -808,13 +810,16 @@ def _solve(benefit: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         from scipy.optimize import linear_sum_assignment
 
         gs, rs, cs = [], [], []
+        # A NaN or infinite benefit (a NaN, infinite or null box or keypoint) is no link: scipy refuses them.
+        finite = np.isfinite(benefit)
+        safe = benefit if finite.all() else np.where(finite, benefit, 0)
         for i in range(g_n):
-            r, c = linear_sum_assignment(benefit[:, :, i], maximize=True)
+            r, c = linear_sum_assignment(safe[:, :, i], maximize=True)
             gs.append(np.full(len(r), i))
             rs.append(r)
             cs.append(c)
         g, r, c = np.concatenate(gs), np.concatenate(rs), np.concatenate(cs)
-    keep = benefit.reshape(-1).take((r * b + c) * g_n + g) > 0
+    keep = safe.reshape(-1).take((r * b + c) * g_n + g) > 0
     return g[keep], r[keep], c[keep]
 
 

@@ -255,6 +255,22 @@ def test_skipping_gaps_that_link_nothing_changes_no_id(monkeypatch):
         assert [assign_tracks(t, max_gap=g).column("track_id") for g in (3, 25, 1000)] == expected
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), None])
+def test_a_bad_box_width_in_a_crowd_is_no_error(bad):
+    """Regression (issue 24): a NaN, infinite or null bbox_w with more than 6 people in a frame (the problems
+    scipy solves) raised "ValueError: matrix contains invalid numeric entries". Such a person is not linked."""
+    paths = {i: line((100 + 150 * i, 300 + 10 * i), (1.0, 0), 6) for i in range(8)}
+    table = keypoints_table(video(paths, {i: 200 for i in range(8)}, seed=1)[0])
+    w = table.column("bbox_w").to_pylist()
+    for r in range(0, len(w), 17 * 3):  # every third person-frame
+        w[r : r + 17] = [bad] * 17
+    table = table.set_column(table.column_names.index("bbox_w"), "bbox_w", pa.array(w, pa.float32()))
+    out = assign_tracks(table)
+    check_invariants(out)
+    assert out.column("track_id").null_count == 0
+    assert streamed(table, 17 * 8 * 2).column("track_id").equals(out.column("track_id"))
+
+
 def test_bad_arguments():
     table = keypoints_table(small_answer(frames=2))
     with pytest.raises(ValueError, match="max_gap"):
