@@ -58,6 +58,8 @@ SHAPE_RATIO = 1.5
 #: After a gap, the distance gate is this share of the frame-to-frame one (before widening; see _gate): the
 #: distance is then the smaller of those to the predicted and to the last seen position.
 GAP_GATE = 0.5
+#: Links a track needs (frame to frame) for its end to be re-linked after more than ``max_gap`` frames.
+CONFIRMED_LINKS = 10
 #: Links looked back along a track to estimate its velocity.
 VELOCITY_STEPS = 3
 #: Largest number of possible assignments of one frame pair solved by enumeration (6 x 6 people = 720).
@@ -410,32 +412,22 @@ def _windows(
     return np.maximum(window, per_video)
 
 
-#: Keypoint pairs (COCO indices) whose lengths measure a body: torso sides, thighs, shins (nearly the same
-#: whichever way the person faces), and each one's usual length in body heights.
+#: Keypoint pairs (COCO indices) whose lengths measure a body: torso sides (the first two), thighs, shins.
+#: Nearly the same whichever way the person faces.
 _SEGMENTS = ((5, 11), (6, 12), (11, 13), (12, 14), (13, 15), (14, 16))
-_SEGMENT_LENGTHS = (0.30, 0.30, 0.24, 0.24, 0.24, 0.24)
 
 
-def _body(p: _Detections, dets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Body size (a height estimate, px) and leg / torso proportion of ``dets`` (any shape) from the
-    keypoints seen at both ends of :data:`_SEGMENTS`; NaN where none (or no torso / leg) is seen."""
+def _segments(p: _Detections, dets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lengths (px) of the :data:`_SEGMENTS` of ``dets`` (any shape), as (..., 6), and whether each is seen
+    (both its keypoints detected; 1/0)."""
     import numpy as np
 
-    flat = dets.reshape(-1)
-    kx, ky, km = (a.take(flat, axis=0) for a in p.kp)  # (m, 17) each
-    # Per part (0: torso, 1: legs): the summed lengths and the summed usual lengths of its seen segments.
-    length = np.zeros((2, len(flat)), dtype=np.float32)
-    usual = np.zeros((2, len(flat)), dtype=np.float32)
-    for (i, j), ref in zip(_SEGMENTS, _SEGMENT_LENGTHS, strict=True):
-        seen = km[:, i] * km[:, j]
-        part = 0 if i in (5, 6) else 1
-        length[part] += np.hypot(kx[:, i] - kx[:, j], ky[:, i] - ky[:, j]) * seen
-        usual[part] += ref * seen
-    with np.errstate(invalid="ignore", divide="ignore"):
-        size = length.sum(axis=0) / usual.sum(axis=0)
-        torso, legs = length / usual  # each in body heights
-        shape = legs / torso
-    return size.reshape(dets.shape), shape.reshape(dets.shape)
+    flat = p.kp.reshape(3, -1)
+    i, j = (np.asarray(ends) for ends in zip(*_SEGMENTS, strict=True))
+    at_i = dets[..., None] * _N_KP + i  # (..., 6) flat indices of each segment's two keypoints
+    at_j = dets[..., None] * _N_KP + j
+    (xi, yi, mi), (xj, yj, mj) = flat.take(at_i, axis=1), flat.take(at_j, axis=1)
+    return np.hypot(xi - xj, yi - yj), mi * mj
 
 
 def _keypoint_centres(kp: np.ndarray, box: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -609,8 +601,8 @@ def _benefit(
 
     cost = (1 - IoU of the predicted box) + distance / mean box scale, the distance being between the
     predicted and the actual centre of the keypoints; allowed when the distance is within the (gap-widened)
-    ``gate`` and, between consecutive frames, the IoU is at least ``min_iou``; after a gap, also only within
-    the end's re-link window and between bodies of the same size and proportions (:func:`_same_body`). With
+    ``gate`` and, between consecutive frames, the IoU is at least ``min_iou``; after a gap, within the end's
+    re-link window, the distance being the smaller of those from the predicted and the last seen centre. With
     ``use_keypoints``, the problems where someone has more than one allowed link are scored again with the mean
     distance of the
     keypoints seen in both detections instead of the centres. ``velocity`` ``(vx, vy)`` per detection, or
@@ -628,7 +620,7 @@ def _benefit(
     norm = _centre_distance(ahead.centre, fc, scale)
     if gap:  # near where they were predicted, or near where they were last seen (they turned back)
         np.minimum(norm, _centre_distance(ahead.last, fc, scale), out=norm)
-    base = iou >= min_iou if gap == 0 else _same_body(p, prev, cur) & (p.window.take(prev.T) >= gap)[:, None, :]
+    base = iou >= min_iou if gap == 0 else np.broadcast_to((p.window.take(prev.T) >= gap)[:, None, :], iou.shape)
     allowed = norm <= gate
     allowed &= base
     if use_keypoints and (prev.shape[1] > 1 or cur.shape[1] > 1):
@@ -678,16 +670,20 @@ def _predicted(
 
 
 def _same_body(p: _Detections, prev: np.ndarray, cur: np.ndarray) -> np.ndarray:
-    """(a, b, G) whether each ``prev`` (G, a) and ``cur`` (G, b) detection may be the same person: body sizes
-    within :data:`SIZE_RATIO` of each other and leg / torso proportions within :data:`SHAPE_RATIO` (True where
-    either is unknown)."""
+    """Whether each ``prev`` and ``cur`` detection (pairs: (m,) each) may be the same person, measured on the
+    :data:`_SEGMENTS` seen in both: body sizes (summed lengths) within :data:`SIZE_RATIO` of each other, and
+    leg / torso proportions within :data:`SHAPE_RATIO` (True where a measure has nothing to compare)."""
     import numpy as np
 
-    size_p, shape_p = _body(p, prev.T[:, None, :])
-    size_c, shape_c = _body(p, cur.T[None, :, :])
+    len_p, seen_p = _segments(p, prev)  # (m, 6)
+    len_c, seen_c = _segments(p, cur)
+    both = seen_p * seen_c
+    len_p, len_c = len_p * both, len_c * both
+    torso_p, torso_c = len_p[:, :2].sum(axis=1), len_c[:, :2].sum(axis=1)
+    legs_p, legs_c = len_p[:, 2:].sum(axis=1), len_c[:, 2:].sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        size = np.abs(np.log(size_p / size_c))
-        shape = np.abs(np.log(shape_p / shape_c))
+        size = np.abs(np.log((torso_p + legs_p) / (torso_c + legs_c)))
+        shape = np.abs(np.log((legs_p * torso_c) / (torso_p * legs_c)))
     return ~(size > np.log(SIZE_RATIO)) & ~(shape > np.log(SHAPE_RATIO))
 
 
@@ -897,10 +893,15 @@ def _link_pass(
 
     # Each detection is in one problem of a pass, and solving only reads features: the blocks can be solved in
     # threads (numpy releases the GIL in its loops) and their links applied afterwards.
-    solved = pool.map(solve, blocks) if pool is not None and len(blocks) > 1 else map(solve, blocks)
-    for linked_prev, linked_cur in solved:
-        pred[linked_cur] = linked_prev
-        succ[linked_prev] = linked_cur
+    solved = list(pool.map(solve, blocks) if pool is not None and len(blocks) > 1 else map(solve, blocks))
+    if not solved:
+        return
+    linked_prev, linked_cur = (np.concatenate(side) for side in zip(*solved, strict=True))
+    if gap:  # after a gap, a link between bodies of another size or shape is dropped (see _same_body)
+        same = _same_body(p, linked_prev, linked_cur)
+        linked_prev, linked_cur = linked_prev[same], linked_cur[same]
+    pred[linked_cur] = linked_prev
+    succ[linked_prev] = linked_cur
 
 
 def _gate(max_distance: float, gap: int, widen_until: int) -> float:
@@ -968,7 +969,8 @@ class _Links:
     ``pred1``/``succ1``: pass 1 (frame to frame, no motion); ``v1x``/``v1y``: the velocities from it;
     ``pred2``/``succ2``: pass 2 (frame to frame with those velocities); ``v2x``/``v2y``: the velocities from
     it; ``pred3``/``succ3``: pass 3 (the same with those); ``vcx``/``vcy``: the velocities of pass 3's track
-    ends (the cascade predicts with them); ``pred``/``succ``: pass 3 plus the gap cascade.
+    ends (the cascade predicts with them); ``age``: the frame-to-frame links (pass 3) behind each detection, at
+    most :data:`CONFIRMED_LINKS`; ``pred``/``succ``: pass 3 plus the gap cascade.
     Links are detection indices, -1 for none, -2 for images; a context's links to detections it no longer
     holds are -1 (predecessors: never followed that far back) or ``_GONE`` (successors: "linked").
     """
@@ -987,9 +989,10 @@ class _Links:
     v2y: np.ndarray
     vcx: np.ndarray
     vcy: np.ndarray
+    age: np.ndarray
     _PREDS = ("pred1", "pred2", "pred3", "pred")
     _SUCCS = ("succ1", "succ2", "succ3", "succ")
-    _PER_DET = ("v1x", "v1y", "v2x", "v2y", "vcx", "vcy")
+    _PER_DET = ("v1x", "v1y", "v2x", "v2y", "vcx", "vcy", "age")
     __slots__ = _PREDS + _SUCCS + _PER_DET
 
     def __init__(self, **arrays: np.ndarray) -> None:
@@ -1001,7 +1004,7 @@ class _Links:
         import numpy as np
 
         i, f = np.zeros(0, np.int64), np.zeros(0, np.float32)
-        return cls(**{name: f if name in cls._PER_DET else i for name in cls.__slots__})
+        return cls(**{name: f if name in cls._PER_DET[:-1] else i for name in cls.__slots__})
 
     def take(self, keep: np.ndarray, n: int) -> _Links:
         """The links of detections ``keep`` (ascending) of ``n``, renumbered (links outside ``keep``: see above)."""
@@ -1074,13 +1077,14 @@ def _link(
     #    with the velocity at the end of their frame-to-frame track. Gaps at which no unlinked track end has
     #    an unlinked start to reach are skipped (their pass would link nothing), and the cascade stops when
     #    no such gap is left: a huge max_gap ("never drop an id") costs no more than the video's frame span.
+    age = _ages(pred3, ctx.age)
     pred = pred3.copy()
     succ = np.concatenate((np.where(succ3[:c] >= 0, succ3[:c], ctx.succ), succ3[c:]))
     vcx, vcy = np.concatenate((ctx.vcx, zeros)), np.concatenate((ctx.vcy, zeros))
     new_ends = new_video[succ3[new_video] == -1]
     vcx[new_ends], vcy[new_ends] = _velocity(p, pred3, new_ends)
     if p.max_gap:  # (each video's re-link window, at most its frame span)
-        _cascade(p, pred, succ, (vcx, vcy), video, new_video, opts, max_gap)
+        _cascade(p, pred, succ, (vcx, vcy), (video, new_video, age), opts, max_gap)
     return _Links(
         pred=pred,
         pred1=pred1,
@@ -1096,6 +1100,7 @@ def _link(
         v2y=v2y,
         vcx=vcx,
         vcy=vcy,
+        age=age,
     )
 
 
@@ -1104,22 +1109,53 @@ def _cascade(
     pred: np.ndarray,
     succ: np.ndarray,
     velocity: tuple[np.ndarray, np.ndarray],
-    video: np.ndarray,
-    new_video: np.ndarray,
+    dets: tuple[np.ndarray, np.ndarray, np.ndarray],
     opts: dict[str, Any],
     max_gap: int,
 ) -> None:
-    """One round of the gap cascade (see :func:`_link`): link unlinked track ends to unlinked starts
-    ``gap + 1`` frames later for gap = 1, 2, ... (each video's re-link window), in place."""
+    """The gap cascade (see :func:`_link`): link unlinked track ends to unlinked starts ``gap + 1`` frames
+    later for gap = 1, 2, ... (each video's re-link window), in place. ``dets``: the video detections, the new
+    ones, and the ``age`` of each detection (see :class:`_Links`): beyond ``max_gap`` frames, only ends of
+    tracks of at least :data:`CONFIRMED_LINKS` links are re-linked (a person seen a moment is not waited for)."""
+    video, new_video, age = dets
     ends = video[succ[video] == -1]  # only track ends are linked across gaps
     starts = new_video[pred[new_video] == -1]
     gap = _next_gap(p, ends, starts, 1)
     while gap is not None and gap <= p.max_gap:
+        if gap > max_gap and not (age[ends] >= CONFIRMED_LINKS).all():  # from here on, confirmed tracks only
+            ends = ends[age[ends] >= CONFIRMED_LINKS]
+            gap = _next_gap(p, ends, starts, gap)
+            continue
         opts["candidates"] = (ends, starts)
         _link_pass(p, pred, succ, gap, velocity=velocity, use_keypoints=False, widen_until=max_gap, **opts)
         # The still unlinked (ends whose re-link window is over are done).
         ends, starts = ends[(succ[ends] == -1) & (p.window[ends] > gap)], starts[pred[starts] == -1]
         gap = _next_gap(p, ends, starts, gap + 1)
+
+
+def _ages(pred: np.ndarray, ctx_age: np.ndarray) -> np.ndarray:
+    """Per detection, the links behind it along ``pred`` (at most :data:`CONFIRMED_LINKS`); the first
+    ``len(ctx_age)`` detections are a context whose ages are known. By pointer jumping: no loop per frame."""
+    import numpy as np
+
+    c, n = len(ctx_age), len(pred)
+    age = np.zeros(n, dtype=np.int64)
+    age[:c] = ctx_age
+    back = pred[c:]
+    linked = back >= 0
+    dist = linked.astype(np.int64)  # links from each new detection to its `hop`
+    hop = np.where(linked, back, -1)
+    for _ in range(CONFIRMED_LINKS.bit_length() + 1):  # each round doubles the links followed
+        inner = np.flatnonzero(hop >= c)  # hop is a new detection: follow it further
+        if not len(inner):
+            break
+        at = hop[inner] - c
+        dist[inner] += dist[at]
+        hop[inner] = hop[at]
+    context = (hop >= 0) & (hop < c)
+    dist[context] += ctx_age[hop[context]]
+    age[c:] = np.minimum(dist, CONFIRMED_LINKS)
+    return age
 
 
 def _track_ids(
