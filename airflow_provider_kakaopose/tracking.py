@@ -417,6 +417,26 @@ def _windows(
 _SEGMENTS = ((5, 11), (6, 12), (11, 13), (12, 14), (13, 15), (14, 16))
 
 
+@cache
+def _bits() -> np.ndarray:
+    """Row b: the bits of b (b < 64) as 0/1 float32, segment k in column k."""
+    import numpy as np
+
+    return ((np.arange(1 << len(_SEGMENTS))[:, None] >> np.arange(len(_SEGMENTS))) & 1).astype(np.float32)
+
+
+def _measure_bodies(p: _Detections, dets: np.ndarray) -> None:
+    """Fill ``p.bodies`` for ``dets``: the lengths of their :data:`_SEGMENTS` ((n, 6) float32, 0 where unseen)
+    and which are seen (bit k for segment k), as :func:`_same_body` compares them."""
+    import numpy as np
+
+    if len(p.bodies[0]) != p.n:
+        p.bodies = (np.zeros((p.n, len(_SEGMENTS)), np.float32), np.zeros(p.n, np.int64))
+    lengths, seen = _segments(p, dets)
+    p.bodies[0][dets] = lengths * seen
+    p.bodies[1][dets] = (seen > 0) @ (1 << np.arange(len(_SEGMENTS)))
+
+
 def _segments(p: _Detections, dets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Lengths (px) of the :data:`_SEGMENTS` of ``dets`` (any shape), as (..., 6), and whether each is seen
     (both its keypoints detected; 1/0)."""
@@ -491,6 +511,8 @@ class _Detections:
         self.x1, self.y1, self.area = self.bx + self.bw, self.by + self.bh, self.bw * self.bh
         self.scale = np.maximum(np.sqrt(np.maximum(self.bw, 0) * np.maximum(self.bh, 0)), 1.0).astype(np.float32)
         self._bounded: bool | None = None
+        #: Body measures of the detections the gap cascade compares (see _measure_bodies).
+        self.bodies: tuple[np.ndarray, np.ndarray] = (np.zeros((0, 6), np.float32), np.zeros(0, np.int64))
         # The box/centre features stacked, for one gather per side in _benefit.
         # bw, bh last: only a moving previous side needs them, so the others gather just the first 8 rows.
         self.feat = np.stack(
@@ -675,10 +697,9 @@ def _same_body(p: _Detections, prev: np.ndarray, cur: np.ndarray) -> np.ndarray:
     leg / torso proportions within :data:`SHAPE_RATIO` (True where a measure has nothing to compare)."""
     import numpy as np
 
-    len_p, seen_p = _segments(p, prev)  # (m, 6)
-    len_c, seen_c = _segments(p, cur)
-    both = seen_p * seen_c
-    len_p, len_c = len_p * both, len_c * both
+    lengths, bits = p.bodies  # (see _measure_bodies)
+    both = _bits().take(bits[prev] & bits[cur], axis=0)  # (m, 6): 1 where the segment is seen in both
+    len_p, len_c = lengths[prev] * both, lengths[cur] * both
     torso_p, torso_c = len_p[:, :2].sum(axis=1), len_c[:, :2].sum(axis=1)
     legs_p, legs_c = len_p[:, 2:].sum(axis=1), len_c[:, 2:].sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -1070,9 +1091,10 @@ def _link(
     _link_pass(p, pred2, succ2, 0, velocity=(v1x, v1y), use_keypoints=True, candidates=cands, **opts)
     v2x, v2y = np.concatenate((ctx.v2x, zeros)), np.concatenate((ctx.v2y, zeros))
     v2x[new_video], v2y[new_video] = _velocity(p, pred2, new_video)
-    pred3, succ3 = np.concatenate((ctx.pred3, init)), np.concatenate((ctx.succ3, init))
-    cands = (np.flatnonzero(succ3 == -1), new_video)
-    _link_pass(p, pred3, succ3, 0, velocity=(v2x, v2y), use_keypoints=True, candidates=cands, **opts)
+    pred3, succ3 = np.concatenate((ctx.pred3, pred2[c:])), np.concatenate((ctx.succ3, succ2[c:]))
+    from_ctx = np.flatnonzero((pred2[c:] >= 0) & (pred2[c:] < c)) + c  # pass 2's links from the context
+    succ3[pred2[from_ctx]] = from_ctx
+    _repass(p, (pred3, succ3), ((v1x, v1y), (v2x, v2y)), (video, new_video), opts)
     # 3. the cascade over gaps: people missing for 1, 2, ... max_gap frames, most recent first, predicted
     #    with the velocity at the end of their frame-to-frame track. Gaps at which no unlinked track end has
     #    an unlinked start to reach are skipped (their pass would link nothing), and the cascade stops when
@@ -1104,6 +1126,35 @@ def _link(
     )
 
 
+def _repass(
+    p: _Detections,
+    links: tuple[np.ndarray, np.ndarray],
+    velocities: tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+    dets: tuple[np.ndarray, np.ndarray],
+    opts: dict[str, Any],
+) -> None:
+    """Pass 3 (see :func:`_link`), in place on ``links`` (a copy of pass 2's): the frame-to-frame pass again
+    with the new velocities, solved only for the frame pairs where some earlier-frame velocity changed (elsewhere
+    the problem, and so its solution, is pass 2's). ``dets``: the video detections and the new ones."""
+    import numpy as np
+
+    pred, succ = links
+    (v1x, v1y), (v2x, v2y) = velocities
+    video, new_video = dets
+    changed = video[(v1x[video] != v2x[video]) | (v1y[video] != v2y[video])]
+    frames = np.unique(p.gframe[changed])
+    frames = frames[np.isin(frames + 1, p.gframe[new_video])]  # problems whose later frame is new
+    if not len(frames):
+        return
+    ends = video[np.isin(p.gframe[video], frames)]  # every detection of those frames, as a fresh pass has
+    starts = new_video[np.isin(p.gframe[new_video], frames + 1)]
+    linked = ends[succ[ends] >= 0]  # (pass 2 links only to the next frame: into starts)
+    pred[succ[linked]] = -1
+    succ[linked] = -1
+    opts = {**opts, "candidates": (ends, starts)}
+    _link_pass(p, pred, succ, 0, velocity=(v2x, v2y), use_keypoints=True, **opts)
+
+
 def _cascade(
     p: _Detections,
     pred: np.ndarray,
@@ -1120,6 +1171,8 @@ def _cascade(
     video, new_video, age = dets
     ends = video[succ[video] == -1]  # only track ends are linked across gaps
     starts = new_video[pred[new_video] == -1]
+    _measure_bodies(p, ends)
+    _measure_bodies(p, starts)
     gap = _next_gap(p, ends, starts, 1)
     while gap is not None and gap <= p.max_gap:
         if gap > max_gap and not (age[ends] >= CONFIRMED_LINKS).all():  # from here on, confirmed tracks only
