@@ -55,6 +55,9 @@ GAP_WIDENING = 0.1
 SIZE_RATIO = 1.3
 #: ... and their leg / torso proportions.
 SHAPE_RATIO = 1.5
+#: The shortest gap (missing frames) after which the body check applies: nobody else can stand where someone
+#: was a frame or two ago, and one odd keypoint should not break a track.
+BODY_CHECK_GAP = 3
 #: After a gap, the distance gate is this share of the frame-to-frame one (before widening; see _gate): the
 #: distance is then the smaller of those to the predicted and to the last seen position.
 GAP_GATE = 0.5
@@ -415,6 +418,7 @@ def _windows(
 #: Keypoint pairs (COCO indices) whose lengths measure a body: torso sides (the first two), thighs, shins.
 #: Nearly the same whichever way the person faces.
 _SEGMENTS = ((5, 11), (6, 12), (11, 13), (12, 14), (13, 15), (14, 16))
+_MEASURED = 1 << len(_SEGMENTS)
 
 
 @cache
@@ -426,15 +430,16 @@ def _bits() -> np.ndarray:
 
 
 def _measure_bodies(p: _Detections, dets: np.ndarray) -> None:
-    """Fill ``p.bodies`` for ``dets``: the lengths of their :data:`_SEGMENTS` ((n, 6) float32, 0 where unseen)
-    and which are seen (bit k for segment k), as :func:`_same_body` compares them."""
+    """Fill ``p.bodies`` for those of ``dets`` not measured yet: the lengths of their :data:`_SEGMENTS`
+    ((n, 6) float32, 0 where unseen) and which are seen (bits 0-5; bit 6: measured)."""
     import numpy as np
 
     if len(p.bodies[0]) != p.n:
         p.bodies = (np.zeros((p.n, len(_SEGMENTS)), np.float32), np.zeros(p.n, np.int64))
-    lengths, seen = _segments(p, dets)
-    p.bodies[0][dets] = lengths * seen
-    p.bodies[1][dets] = (seen > 0) @ (1 << np.arange(len(_SEGMENTS)))
+    todo = np.unique(dets[p.bodies[1][dets] == 0])
+    lengths, seen = _segments(p, todo)
+    p.bodies[0][todo] = lengths * seen
+    p.bodies[1][todo] = (seen > 0) @ (1 << np.arange(len(_SEGMENTS))) | _MEASURED
 
 
 def _segments(p: _Detections, dets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -563,14 +568,25 @@ def _n_assignments(a: int, b: int) -> int:
     return perm(max(a, b), min(a, b))
 
 
-def _velocity(p: _Detections, pred: np.ndarray, dets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Velocity (px per frame) of ``dets`` along their links: mean shift of the keypoints seen at both ends."""
+def _ancestors(pred: np.ndarray, dets: np.ndarray) -> np.ndarray:
+    """The detection :data:`VELOCITY_STEPS` links before each of ``dets`` (or the track's first, if nearer)."""
     import numpy as np
 
     anc = dets.copy()
     for _ in range(VELOCITY_STEPS):
         back = pred[anc]
         anc = np.where(back >= 0, back, anc)
+    return anc
+
+
+def _velocity(
+    p: _Detections, pred: np.ndarray, dets: np.ndarray, anc: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Velocity (px per frame) of ``dets`` along their links: mean shift of the keypoints seen at both ends
+    (``anc``: their :func:`_ancestors`, if known)."""
+    import numpy as np
+
+    anc = _ancestors(pred, dets) if anc is None else anc
     dt = (p.frame[dets] - p.frame[anc]).astype(np.float32)
     moving = dt > 0
     vx = np.zeros(len(dets), dtype=np.float32)
@@ -697,8 +713,9 @@ def _same_body(p: _Detections, prev: np.ndarray, cur: np.ndarray) -> np.ndarray:
     leg / torso proportions within :data:`SHAPE_RATIO` (True where a measure has nothing to compare)."""
     import numpy as np
 
-    lengths, bits = p.bodies  # (see _measure_bodies)
-    both = _bits().take(bits[prev] & bits[cur], axis=0)  # (m, 6): 1 where the segment is seen in both
+    _measure_bodies(p, np.concatenate((prev, cur)))
+    lengths, bits = p.bodies
+    both = _bits().take(bits[prev] & bits[cur] & (_MEASURED - 1), axis=0)  # (m, 6): 1 where the segment is seen in both
     len_p, len_c = lengths[prev] * both, lengths[cur] * both
     torso_p, torso_c = len_p[:, :2].sum(axis=1), len_c[:, :2].sum(axis=1)
     legs_p, legs_c = len_p[:, 2:].sum(axis=1), len_c[:, 2:].sum(axis=1)
@@ -918,7 +935,7 @@ def _link_pass(
     if not solved:
         return
     linked_prev, linked_cur = (np.concatenate(side) for side in zip(*solved, strict=True))
-    if gap:  # after a gap, a link between bodies of another size or shape is dropped (see _same_body)
+    if gap >= BODY_CHECK_GAP:  # after a gap, a link between bodies of another size or shape is dropped
         same = _same_body(p, linked_prev, linked_cur)
         linked_prev, linked_cur = linked_prev[same], linked_cur[same]
     pred[linked_cur] = linked_prev
@@ -1089,8 +1106,11 @@ def _link(
     pred2, succ2 = np.concatenate((ctx.pred2, init)), np.concatenate((ctx.succ2, init))
     cands = (np.flatnonzero(succ2 == -1), new_video)
     _link_pass(p, pred2, succ2, 0, velocity=(v1x, v1y), use_keypoints=True, candidates=cands, **opts)
-    v2x, v2y = np.concatenate((ctx.v2x, zeros)), np.concatenate((ctx.v2y, zeros))
-    v2x[new_video], v2y[new_video] = _velocity(p, pred2, new_video)
+    # A velocity depends only on the detection and its ancestor: recomputed where pass 2 changed the ancestor.
+    v2x, v2y = np.concatenate((ctx.v2x, v1x[c:])), np.concatenate((ctx.v2y, v1y[c:]))
+    anc2 = _ancestors(pred2, new_video)
+    moved = anc2 != _ancestors(pred1, new_video)
+    v2x[new_video[moved]], v2y[new_video[moved]] = _velocity(p, pred2, new_video[moved], anc2[moved])
     pred3, succ3 = np.concatenate((ctx.pred3, pred2[c:])), np.concatenate((ctx.succ3, succ2[c:]))
     from_ctx = np.flatnonzero((pred2[c:] >= 0) & (pred2[c:] < c)) + c  # pass 2's links from the context
     succ3[pred2[from_ctx]] = from_ctx
@@ -1099,7 +1119,9 @@ def _link(
     #    with the velocity at the end of their frame-to-frame track. Gaps at which no unlinked track end has
     #    an unlinked start to reach are skipped (their pass would link nothing), and the cascade stops when
     #    no such gap is left: a huge max_gap ("never drop an id") costs no more than the video's frame span.
-    age = _ages(pred3, ctx.age)
+    # Ages where they are read: track ends (the cascade) and the last frames (a next chunk's context).
+    last = p.frame[new_video].max(initial=0) - (_CONTEXT_FRAMES - 1)
+    age = _ages(pred3, ctx.age, new_video[(succ3[new_video] == -1) | (p.frame[new_video] >= last)])
     pred = pred3.copy()
     succ = np.concatenate((np.where(succ3[:c] >= 0, succ3[:c], ctx.succ), succ3[c:]))
     vcx, vcy = np.concatenate((ctx.vcx, zeros)), np.concatenate((ctx.vcy, zeros))
@@ -1171,8 +1193,6 @@ def _cascade(
     video, new_video, age = dets
     ends = video[succ[video] == -1]  # only track ends are linked across gaps
     starts = new_video[pred[new_video] == -1]
-    _measure_bodies(p, ends)
-    _measure_bodies(p, starts)
     gap = _next_gap(p, ends, starts, 1)
     while gap is not None and gap <= p.max_gap:
         if gap > max_gap and not (age[ends] >= CONFIRMED_LINKS).all():  # from here on, confirmed tracks only
@@ -1186,28 +1206,25 @@ def _cascade(
         gap = _next_gap(p, ends, starts, gap + 1)
 
 
-def _ages(pred: np.ndarray, ctx_age: np.ndarray) -> np.ndarray:
-    """Per detection, the links behind it along ``pred`` (at most :data:`CONFIRMED_LINKS`); the first
-    ``len(ctx_age)`` detections are a context whose ages are known. By pointer jumping: no loop per frame."""
+def _ages(pred: np.ndarray, ctx_age: np.ndarray, dets: np.ndarray) -> np.ndarray:
+    """Per detection, the links behind it along ``pred`` (at most :data:`CONFIRMED_LINKS`), computed for
+    ``dets`` (new detections; 0 for the others). The first ``len(ctx_age)`` detections are a context whose ages
+    are known: a walk that reaches one adds its age."""
     import numpy as np
 
-    c, n = len(ctx_age), len(pred)
-    age = np.zeros(n, dtype=np.int64)
+    c = len(ctx_age)
+    age = np.zeros(len(pred), dtype=np.int64)
     age[:c] = ctx_age
-    back = pred[c:]
-    linked = back >= 0
-    dist = linked.astype(np.int64)  # links from each new detection to its `hop`
-    hop = np.where(linked, back, -1)
-    for _ in range(CONFIRMED_LINKS.bit_length() + 1):  # each round doubles the links followed
-        inner = np.flatnonzero(hop >= c)  # hop is a new detection: follow it further
-        if not len(inner):
-            break
-        at = hop[inner] - c
-        dist[inner] += dist[at]
-        hop[inner] = hop[at]
-    context = (hop >= 0) & (hop < c)
-    dist[context] += ctx_age[hop[context]]
-    age[c:] = np.minimum(dist, CONFIRMED_LINKS)
+    walked = np.zeros(len(dets), dtype=np.int64)
+    at = dets.copy()
+    for _ in range(CONFIRMED_LINKS):
+        back = pred[at]
+        step = (back >= 0) & (at >= c)  # (a context detection's age is known: the walk stops there)
+        walked += step
+        at = np.where(step, back, at)
+    from_ctx = at < c
+    walked[from_ctx] += ctx_age[at[from_ctx]]
+    age[dets] = np.minimum(walked, CONFIRMED_LINKS)
     return age
 
 
