@@ -2,9 +2,11 @@
 
 The API's ``person_idx`` is only the order of the people within one frame. :func:`assign_tracks` links the
 detections of consecutive frames by an optimal assignment (box overlap + keypoint distance normalised by the
-box size, with a constant-velocity prediction), then re-links people who were missing for up to ``max_gap``
-frames, most recently lost first (a matching cascade), and numbers the resulting tracks. How it works, its
-parameters, its limits and its measured accuracy are in ``docs/tracking.md``.
+box size, with a constant-velocity motion model: three passes, each predicting with the velocities of the
+links before), then re-links people who were missing — for up to ``max_gap`` frames anywhere near, for up to
+``max_occlusion_s`` seconds near where they were heading or last seen, and only to a body of the same size and
+proportions — most recently lost first (a matching cascade), and numbers the resulting tracks. How it works,
+its parameters, its limits and its measured accuracy are in ``docs/tracking.md``.
 
 Everything is vectorised with numpy over all the frames at once: the assignment problems of all frame pairs
 with the same numbers of people are solved together by enumerating the possible assignments (up to 6 people
@@ -1088,19 +1090,46 @@ def _link(
     order as the whole-table tracker solves them (see docs/tracking.md, "Streaming")."""
     import numpy as np
 
-    n = p.n
     c = len(ctx.pred)
     video = np.flatnonzero(p.is_video)
     new_video = video[video >= c]
-    init = np.where(p.is_video[c:], -1, -2).astype(np.int64)
     opts: dict[str, Any] = {"min_iou": min_iou, "max_distance": max_distance, "pool": pool}
+    arrays = _frame_to_frame(p, ctx, new_video, opts)
+    pred3, succ3 = arrays["pred3"], arrays["succ3"]
+    # 4. the cascade over gaps: people missing for 1, 2, ... frames, most recent first, predicted with the
+    #    velocity at the end of their frame-to-frame track. Gaps at which no unlinked track end has an
+    #    unlinked start to reach are skipped (their pass would link nothing), and the cascade stops when no
+    #    such gap is left: a huge max_gap ("never drop an id") costs no more than the video's frame span.
+    #    Ages where they are read: track ends (the cascade) and the last frames (a next chunk's context).
+    last = p.frame[new_video].max(initial=0) - (_CONTEXT_FRAMES - 1)
+    age = _ages(pred3, ctx.age, new_video[(succ3[new_video] == -1) | (p.frame[new_video] >= last)])
+    pred = pred3.copy()
+    succ = np.concatenate((np.where(succ3[:c] >= 0, succ3[:c], ctx.succ), succ3[c:]))
+    zeros = np.zeros(p.n - c, dtype=np.float32)
+    vcx, vcy = np.concatenate((ctx.vcx, zeros)), np.concatenate((ctx.vcy, zeros))
+    new_ends = new_video[succ3[new_video] == -1]
+    vcx[new_ends], vcy[new_ends] = _velocity(p, pred3, new_ends)
+    if p.max_gap:  # (each video's re-link window, at most its frame span)
+        _cascade(p, pred, succ, (vcx, vcy), (video, new_video, age), opts, max_gap)
+    return _Links(**arrays, pred=pred, succ=succ, vcx=vcx, vcy=vcy, age=age)
+
+
+def _frame_to_frame(p: _Detections, ctx: _Links, new_video: np.ndarray, opts: dict[str, Any]) -> dict[str, Any]:
+    """Passes 1-3 of :func:`_link` (consecutive frames): their links and the velocities from passes 1 and 2,
+    by :class:`_Links` field name."""
+    import numpy as np
+
+    n, c = p.n, len(ctx.pred)
+    video = np.flatnonzero(p.is_video)
+    init = np.where(p.is_video[c:], -1, -2).astype(np.int64)
     zeros = np.zeros(n - c, dtype=np.float32)
     # 1. consecutive frames, without motion, for the velocities.
     pred1, succ1 = np.concatenate((ctx.pred1, init)), np.concatenate((ctx.succ1, init))
     cands = (np.flatnonzero(succ1 == -1), new_video)
     _link_pass(p, pred1, succ1, 0, velocity=None, use_keypoints=True, candidates=cands, **opts)
     v1x, v1y = np.concatenate((ctx.v1x, zeros)), np.concatenate((ctx.v1y, zeros))
-    v1x[new_video], v1y[new_video] = _velocity(p, pred1, new_video)
+    anc1 = _ancestors(pred1, new_video)
+    v1x[new_video], v1y[new_video] = _velocity(p, pred1, new_video, anc1)
     # 2. again, predicting with them; 3. once more with the velocities of those links (a crossing that pass 1
     #    swapped gave wrong velocities just after it).
     pred2, succ2 = np.concatenate((ctx.pred2, init)), np.concatenate((ctx.succ2, init))
@@ -1109,43 +1138,24 @@ def _link(
     # A velocity depends only on the detection and its ancestor: recomputed where pass 2 changed the ancestor.
     v2x, v2y = np.concatenate((ctx.v2x, v1x[c:])), np.concatenate((ctx.v2y, v1y[c:]))
     anc2 = _ancestors(pred2, new_video)
-    moved = anc2 != _ancestors(pred1, new_video)
+    moved = anc2 != anc1
     v2x[new_video[moved]], v2y[new_video[moved]] = _velocity(p, pred2, new_video[moved], anc2[moved])
     pred3, succ3 = np.concatenate((ctx.pred3, pred2[c:])), np.concatenate((ctx.succ3, succ2[c:]))
     from_ctx = np.flatnonzero((pred2[c:] >= 0) & (pred2[c:] < c)) + c  # pass 2's links from the context
     succ3[pred2[from_ctx]] = from_ctx
     _repass(p, (pred3, succ3), ((v1x, v1y), (v2x, v2y)), (video, new_video), opts)
-    # 3. the cascade over gaps: people missing for 1, 2, ... max_gap frames, most recent first, predicted
-    #    with the velocity at the end of their frame-to-frame track. Gaps at which no unlinked track end has
-    #    an unlinked start to reach are skipped (their pass would link nothing), and the cascade stops when
-    #    no such gap is left: a huge max_gap ("never drop an id") costs no more than the video's frame span.
-    # Ages where they are read: track ends (the cascade) and the last frames (a next chunk's context).
-    last = p.frame[new_video].max(initial=0) - (_CONTEXT_FRAMES - 1)
-    age = _ages(pred3, ctx.age, new_video[(succ3[new_video] == -1) | (p.frame[new_video] >= last)])
-    pred = pred3.copy()
-    succ = np.concatenate((np.where(succ3[:c] >= 0, succ3[:c], ctx.succ), succ3[c:]))
-    vcx, vcy = np.concatenate((ctx.vcx, zeros)), np.concatenate((ctx.vcy, zeros))
-    new_ends = new_video[succ3[new_video] == -1]
-    vcx[new_ends], vcy[new_ends] = _velocity(p, pred3, new_ends)
-    if p.max_gap:  # (each video's re-link window, at most its frame span)
-        _cascade(p, pred, succ, (vcx, vcy), (video, new_video, age), opts, max_gap)
-    return _Links(
-        pred=pred,
-        pred1=pred1,
-        pred2=pred2,
-        pred3=pred3,
-        succ=succ,
-        succ1=succ1,
-        succ2=succ2,
-        succ3=succ3,
-        v1x=v1x,
-        v1y=v1y,
-        v2x=v2x,
-        v2y=v2y,
-        vcx=vcx,
-        vcy=vcy,
-        age=age,
-    )
+    return {
+        "pred1": pred1,
+        "succ1": succ1,
+        "v1x": v1x,
+        "v1y": v1y,
+        "pred2": pred2,
+        "succ2": succ2,
+        "v2x": v2x,
+        "v2y": v2y,
+        "pred3": pred3,
+        "succ3": succ3,
+    }
 
 
 def _repass(
