@@ -96,21 +96,25 @@ def scenes_main(args: argparse.Namespace) -> bool:
     anchor = _norfair_ids(scenes, args.norfair_python)
     if anchor is None:
         print(f"(norfair anchor skipped: no {args.norfair_python})")
-    print(f"{'scene':<58} {'ours IDF1':>9} {'IDSW':>5} {'norfair IDF1':>12} {'IDSW':>5}  goal")
+    baseline = _baseline_tracker(args.baseline) if args.baseline else None
+    head = f"{'scene':<56} {'ours IDF1':>9} {'IDSW':>4} {'norfair IDF1':>12} {'IDSW':>4}"
+    print(head + (f" {'before IDF1':>11} {'IDSW':>4}" if baseline else "") + "  goal")
     ok = True
     for k, scene in enumerate(scenes):
-        ids = _ids_by_detection(assign_tracks(keypoints_table(scene.answer), **scene.params))
+        table = keypoints_table(scene.answer)
+        ids = _ids_by_detection(assign_tracks(table, **scene.params))
         ours = score(scene, ids)
         apart = strangers_kept_apart(scene, ids)
         passed = ours["idf1"] >= IDF1_GOAL and apart
         ok &= passed
-        theirs = f"{'':>12} {'':>5}"
-        if anchor is not None:
-            nf = score(scene, anchor[k])
-            theirs = f"{nf['idf1']:>12.3f} {nf['idsw']:>5}"
+        line = f"{scene.name:<56} {ours['idf1']:>9.3f} {ours['idsw']:>4}"
+        nf = score(scene, anchor[k]) if anchor is not None else None
+        line += f" {nf['idf1']:>12.3f} {nf['idsw']:>4}" if nf else f" {'':>12} {'':>4}"
+        if baseline is not None:
+            old = score(scene, _ids_by_detection(baseline(table, **scene.params)))
+            line += f" {old['idf1']:>11.3f} {old['idsw']:>4}"
         note = "" if apart else " (a stranger got someone's id)"
-        verdict = "pass" if passed else "FAIL"
-        print(f"{scene.name:<58} {ours['idf1']:>9.3f} {ours['idsw']:>5} {theirs}  {verdict}{note}")
+        print(f"{line}  {'pass' if passed else 'FAIL'}{note}")
     print(f"[{'PASS' if ok else 'FAIL'}] every scene IDF1 >= {IDF1_GOAL} and strangers kept apart")
     return ok
 
