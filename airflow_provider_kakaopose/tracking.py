@@ -508,23 +508,27 @@ class _Detections:
         else:
             self.kp = np.stack([np.asarray(a, dtype=np.float32) for a in (kx, ky, km)])
         self.kx, self.ky, self.km = self.kp
-        self.bx, self.by, self.bw, self.bh = box
         self.frame = frame
         self.is_video = is_video
         #: Per detection: how many frames its track may stay unlinked and still be re-linked (see _windows).
         self.window = _windows(group, frame, time_s, max_gap, max_occlusion_s)
         self.max_gap, self.gframe, self.gcode = _frame_axis(group, frame, int(self.window.max(initial=max_gap)))
-        self.cx, self.cy = _keypoint_centres(self.kp, box)
-        self.x1, self.y1, self.area = self.bx + self.bw, self.by + self.bh, self.bw * self.bh
-        self.scale = np.maximum(np.sqrt(np.maximum(self.bw, 0) * np.maximum(self.bh, 0)), 1.0).astype(np.float32)
+        # The box/centre features, written straight into one stacked array (one gather per side in _benefit):
+        # bx, by, x1, y1, area, cx, cy, scale, bw, bh. bw, bh last: only a moving previous side needs them, so
+        # the others gather just the first 8 rows.
+        self.feat = feat = np.empty((10, self.n), dtype=np.float32)
+        bx, by, bw, bh = box
+        feat[0], feat[1], feat[8], feat[9] = bx, by, bw, bh
+        np.add(bx, bw, out=feat[2])
+        np.add(by, bh, out=feat[3])
+        np.multiply(bw, bh, out=feat[4])
+        feat[5], feat[6] = _keypoint_centres(self.kp, box)
+        np.multiply(np.maximum(bw, 0), np.maximum(bh, 0), out=feat[7])
+        np.maximum(np.sqrt(feat[7], out=feat[7]), 1.0, out=feat[7])
+        self.bx, self.by, self.x1, self.y1, self.area, self.cx, self.cy, self.scale, self.bw, self.bh = feat
         self._bounded: bool | None = None
         #: Body measures of the detections the gap cascade compares (see _measure_bodies).
         self.bodies: tuple[np.ndarray, np.ndarray] = (np.zeros((0, 6), np.float32), np.zeros(0, np.int64))
-        # The box/centre features stacked, for one gather per side in _benefit.
-        # bw, bh last: only a moving previous side needs them, so the others gather just the first 8 rows.
-        self.feat = np.stack(
-            [self.bx, self.by, self.x1, self.y1, self.area, self.cx, self.cy, self.scale, self.bw, self.bh]
-        )
 
     def bounded(self) -> bool:
         """Whether every coordinate is finite and within ``_BOUND`` (so that no distance or area overflows)."""
