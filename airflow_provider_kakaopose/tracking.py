@@ -1287,19 +1287,24 @@ def assign_tracks(
     """Add a stable ``track_id`` column (int32, right after ``person_idx``) to a keypoints table.
 
     People are linked from frame to frame by an optimal assignment on box overlap and keypoint distance (with
-    a constant-velocity prediction); a person missing for up to ``max_gap`` frames who comes back near where
-    they were heading keeps their id; everyone else gets a new id. Ids are numbered from 0 per video (per
+    a constant-velocity prediction); a person missing for up to ``max_gap`` frames, or hidden for up to
+    ``max_occlusion_s`` seconds, who comes back near where they were heading or last seen, with the same body
+    size and proportions, keeps their id; everyone else gets a new id. Ids are numbered from 0 per video (per
     ``(source, job_id)``) in order of first appearance. Image rows (``time_s`` null) get a null ``track_id``.
 
     :param table: a keypoints table (:func:`~airflow_provider_kakaopose.tables.keypoints_table`), possibly
         holding several videos and images. Rows keep their order; an existing ``track_id`` column is replaced.
-    :param max_gap: the most frames a person may be missing and still keep their id (0: no re-linking). Any
-        value above the video's frame span acts, and costs, like the frame span (``10**9``: never drop an id).
+    :param max_gap: frames a person may be missing and still be re-linked with a search area that grows with
+        each missing frame (0: none). Any value above the video's frame span acts, and costs, like the frame
+        span (``10**9``: never drop an id).
     :param min_iou: the least overlap between a person's predicted box and a box of the next frame for a
         frame-to-frame link.
     :param max_distance: the largest mean keypoint distance for a link, in box scales
         (``sqrt(bbox_w * bbox_h)``); ``None`` means :data:`DEFAULT_MAX_DISTANCE` (1.0). After a gap of
-        ``g`` frames the limit is ``max_distance * (1 + 0.1 * g)``.
+        ``g`` frames the limit is ``max_distance * 0.5 * (1 + 0.1 * min(g, max_gap))``.
+    :param max_occlusion_s: seconds (at the video's frame rate, ``frame_num / time_s``) a person followed for
+        at least 10 frames may stay hidden and still get their id back, when longer than ``max_gap`` frames
+        (0: only ``max_gap`` counts, the behaviour before this parameter).
     :return: the table with the column added; schema metadata kept, plus ``kakaopose:tracking`` (the
         parameters, JSON).
     """
@@ -1384,7 +1389,7 @@ def _tracked_schema(schema: pa.Schema, params: dict[str, Any]) -> pa.Schema:
 
 class _StreamTracker:
     """The state of :func:`assign_tracks_reader` between chunks: the rows of the detections a later frame can
-    still be linked to (the last frames, and the unlinked track ends of the last ``max_gap`` frames), their
+    still be linked to (the last frames, and the unlinked track ends still within their re-link window), their
     links and ids, and the rows waiting to be linked."""
 
     def __init__(self, schema: pa.Schema, params: tuple[int, float, float, float], chunk_rows: int) -> None:
