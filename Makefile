@@ -9,7 +9,11 @@ ENGINE_BIN   := $(ENGINE_VENV)/bin
 ENGINE_STAMP := $(ENGINE_VENV)/.installed
 ENGINE_PORT  ?= 8766
 
-.PHONY: install test lint demo emulator constraints clean engine-install engine demo-engine engine-constraints test-matrix dist
+NORFAIR_VENV  := .venv-norfair
+NORFAIR_STAMP := $(NORFAIR_VENV)/.installed
+
+.PHONY: install test lint demo emulator constraints clean engine-install engine demo-engine engine-constraints test-matrix dist \
+	norfair-install
 
 # Airflow versions of `make test-matrix` (latest patch of each supported minor; see docs/installation.md).
 MATRIX_VERSIONS ?= 2.11.2 3.0.6 3.1.8 3.2.2 3.3.2
@@ -20,7 +24,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[redis,pictures,pandas]' \
-		--group test --group test-s3 --group cluster --group dist --group lint
+		--group test --group test-s3 --group cluster --group dist --group lint --group tracking-eval
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -36,6 +40,16 @@ $(ENGINE_STAMP): pyproject.toml constraints-engine.txt
 	touch $(ENGINE_STAMP)
 
 engine-install: $(ENGINE_STAMP)
+
+# The tracking benchmark's anchor (benchmarks/tracking.py runs norfair there): the `tracking-anchor` group in its
+# own environment, as norfair 2.3 needs numpy < 2 and rich < 15 (docs/tracking.md).
+$(NORFAIR_STAMP): pyproject.toml constraints-norfair.txt
+	$(PYTHON) -m venv $(NORFAIR_VENV)
+	$(NORFAIR_VENV)/bin/python -m pip install -q --upgrade pip
+	$(NORFAIR_VENV)/bin/python -m pip install -q -c constraints-norfair.txt --group tracking-anchor
+	touch $(NORFAIR_STAMP)
+
+norfair-install: $(NORFAIR_STAMP)
 
 # Serve the API with real poses from the local engine (docs/engine.md).
 engine: engine-install
@@ -74,7 +88,7 @@ engine-constraints: engine-install
 	$(ENGINE_BIN)/python -m pip freeze --exclude-editable | grep -v '^airflow-provider-kakaopose' > constraints-engine.txt
 
 clean:
-	rm -rf $(VENV) $(ENGINE_VENV) .venv-matrix .airflow .pytest_cache .ruff_cache dist build
+	rm -rf $(VENV) $(ENGINE_VENV) $(NORFAIR_VENV) .venv-matrix .airflow .pytest_cache .ruff_cache dist build
 
 demo: install
 	$(BIN)/python scripts/demo.py

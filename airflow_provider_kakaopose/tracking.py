@@ -2,9 +2,11 @@
 
 The API's ``person_idx`` is only the order of the people within one frame. :func:`assign_tracks` links the
 detections of consecutive frames by an optimal assignment (box overlap + keypoint distance normalised by the
-box size, with a constant-velocity prediction), then re-links people who were missing for up to ``max_gap``
-frames, most recently lost first (a matching cascade), and numbers the resulting tracks. How it works, its
-parameters, its limits and its measured accuracy are in ``docs/tracking.md``.
+box size, with a constant-velocity motion model: three passes, each predicting with the velocities of the
+links before), then re-links people who were missing — for up to ``max_gap`` frames anywhere near, for up to
+``max_occlusion_s`` seconds near where they were heading or last seen, and only to a body of the same size and
+proportions — most recently lost first (a matching cascade), and numbers the resulting tracks. How it works,
+its parameters, its limits and its measured accuracy are in ``docs/tracking.md``.
 
 Everything is vectorised with numpy over all the frames at once: the assignment problems of all frame pairs
 with the same numbers of people are solved together by enumerating the possible assignments (up to 6 people
@@ -34,14 +36,35 @@ if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
 
-__all__ = ["DEFAULT_MAX_DISTANCE", "STREAM_CHUNK_ROWS", "TRACK_COLUMN", "assign_tracks", "assign_tracks_reader"]
+__all__ = [
+    "DEFAULT_MAX_DISTANCE",
+    "DEFAULT_MAX_OCCLUSION_S",
+    "STREAM_CHUNK_ROWS",
+    "TRACK_COLUMN",
+    "assign_tracks",
+    "assign_tracks_reader",
+]
 
 #: Name of the column :func:`assign_tracks` adds (right after ``person_idx``).
 TRACK_COLUMN = "track_id"
 #: The distance gate used when ``max_distance`` is ``None``, in box scales (``sqrt(bbox_w * bbox_h)``).
 DEFAULT_MAX_DISTANCE = 1.0
+#: How long (seconds) a hidden person may stay unseen and still be re-linked near their predicted position.
+DEFAULT_MAX_OCCLUSION_S = 2.0
 #: How much the distance gate widens per missing frame when re-linking after a gap (fraction of the gate).
 GAP_WIDENING = 0.1
+#: After a gap, the most two bodies' sizes (height estimates from the torso and legs) may differ by (a ratio)...
+SIZE_RATIO = 1.3
+#: ... and their leg / torso proportions.
+SHAPE_RATIO = 1.5
+#: The shortest gap (missing frames) after which the body check applies: nobody else can stand where someone
+#: was a frame or two ago, and one odd keypoint should not break a track.
+BODY_CHECK_GAP = 3
+#: After a gap, the distance gate is this share of the frame-to-frame one (before widening; see _gate): the
+#: distance is then the smaller of those to the predicted and to the last seen position.
+GAP_GATE = 0.5
+#: Links a track needs (frame to frame) for its end to be re-linked after more than ``max_gap`` frames.
+CONFIRMED_LINKS = 10
 #: Links looked back along a track to estimate its velocity.
 VELOCITY_STEPS = 3
 #: Largest number of possible assignments of one frame pair solved by enumeration (6 x 6 people = 720).
@@ -58,6 +81,8 @@ _THREADED_ROWS = 340_000
 #: keypoint distances are computed for every cell of a contested problem, as the result may then depend on them.
 _BOUND = 1e15
 _BOX = ("bbox_x", "bbox_y", "bbox_w", "bbox_h")
+#: The longest re-link window (frames) a video's frame rate can give (a bound, so that it fits in int64).
+_MAX_WINDOW = float(1 << 60)
 
 
 # --------------------------------------------------------------------------------------------- input
@@ -153,14 +178,15 @@ def _fill_valid(dst: np.ndarray, column: pa.ChunkedArray) -> None:
         off += m
 
 
-def _gather_floats(column: pa.ChunkedArray, rows: np.ndarray, step: int = 0) -> np.ndarray:
-    """float32 values of a float column without nulls at ascending ``rows``, from zero-copy chunk views.
+def _gather_floats(column: pa.ChunkedArray, rows: np.ndarray, step: int = 0, dtype: Any = None) -> np.ndarray:
+    """Values (float32, or ``dtype``) of a float column without nulls at ascending ``rows``, from zero-copy
+    chunk views.
 
     ``step``: ``rows`` is ``arange(0, step * len(rows), step)`` (then it is not read).
     """
     import numpy as np
 
-    out = np.empty(len(rows), dtype=np.float32)
+    out = np.empty(len(rows), dtype=dtype or np.float32)
     start = 0
     if step:  # rows == arange(0, step * len(rows), step): strided zero-copy slices, no index arrays
         for chunk in column.chunks:
@@ -320,9 +346,9 @@ def _keypoint_arrays(
     return kx, ky, km, flat_kp
 
 
-def _box_and_is_video(table: pa.Table, rows: _RowLayout) -> tuple[list[np.ndarray], np.ndarray]:
-    """The box (bbox_x, bbox_y, bbox_w, bbox_h; float32) of each run, read at its first row, and whether the run
-    is a video frame (``time_s`` not null: images are not tracked)."""
+def _box_and_is_video(table: pa.Table, rows: _RowLayout) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """The box (bbox_x, bbox_y, bbox_w, bbox_h; float32) of each run, read at its first row, whether the run
+    is a video frame (``time_s`` not null: images are not tracked) and its ``time_s`` (float64, NaN if null)."""
     import numpy as np
     import pyarrow as pa
 
@@ -336,10 +362,16 @@ def _box_and_is_video(table: pa.Table, rows: _RowLayout) -> tuple[list[np.ndarra
             box.append(np.asarray(col.take(take).to_numpy(), np.float32))
     time_col = table.column("time_s")
     if time_col.null_count:
-        is_video = np.asarray(time_col.take(take).is_valid().to_numpy(zero_copy_only=False), bool)
+        taken = time_col.take(take)
+        is_video = np.asarray(taken.is_valid().to_numpy(zero_copy_only=False), bool)
+        time_s = np.asarray(taken.to_numpy(zero_copy_only=False), dtype=np.float64)
     else:
         is_video = np.ones(len(rows.starts), dtype=bool)
-    return box, is_video
+        if rows.canonical and pa.types.is_floating(time_col.type):
+            time_s = _gather_floats(time_col, rows.first_rows, _N_KP, np.float64)
+        else:
+            time_s = np.asarray(time_col.take(take).to_numpy(), dtype=np.float64)
+    return box, is_video, time_s
 
 
 def _frame_axis(group: np.ndarray, frame: np.ndarray, max_gap: int) -> tuple[int, np.ndarray, np.ndarray]:
@@ -362,6 +394,67 @@ def _frame_axis(group: np.ndarray, frame: np.ndarray, max_gap: int) -> tuple[int
     gcode = np.repeat(np.arange(len(gstart)), np.diff(np.append(gstart, n)))
     span = frame_range + useful_gap + 2
     return useful_gap, frame - frame.min() + gcode * span, gcode
+
+
+def _windows(
+    group: np.ndarray, frame: np.ndarray, time_s: np.ndarray, max_gap: int, max_occlusion_s: float
+) -> np.ndarray:
+    """Per detection, the most frames its track may stay unlinked and still be re-linked: ``max_gap``, or
+    ``max_occlusion_s`` seconds at its video's frame rate (``frame_num / time_s`` at the video's last frame,
+    as keypoints_table writes ``time_s``) when that is more frames."""
+    import numpy as np
+
+    n = len(frame)
+    window = np.full(n, max_gap, dtype=np.int64)
+    if not n or not max_occlusion_s:
+        return window
+    last = np.flatnonzero(np.append(group[1:] != group[:-1], True))  # each video's last detection
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fps = frame[last] / time_s[last]
+    fps = np.where(np.isfinite(fps) & (fps > 0), fps, 0.0)
+    frames = np.minimum(np.ceil(max_occlusion_s * fps), _MAX_WINDOW).astype(np.int64)
+    per_video = np.repeat(frames, np.diff(last, prepend=-1))
+    return np.maximum(window, per_video)
+
+
+#: Keypoint pairs (COCO indices) whose lengths measure a body: torso sides (the first two), thighs, shins.
+#: Nearly the same whichever way the person faces.
+_SEGMENTS = ((5, 11), (6, 12), (11, 13), (12, 14), (13, 15), (14, 16))
+_MEASURED = 1 << len(_SEGMENTS)
+
+
+@cache
+def _bits() -> np.ndarray:
+    """Row b: the bits of b (b < 64) as 0/1 float32, segment k in column k."""
+    import numpy as np
+
+    return ((np.arange(1 << len(_SEGMENTS))[:, None] >> np.arange(len(_SEGMENTS))) & 1).astype(np.float32)
+
+
+def _measure_bodies(p: _Detections, dets: np.ndarray) -> None:
+    """Fill ``p.bodies`` for those of ``dets`` not measured yet: the lengths of their :data:`_SEGMENTS`
+    ((n, 6) float32, 0 where unseen) and which are seen (bits 0-5; bit 6: measured)."""
+    import numpy as np
+
+    if len(p.bodies[0]) != p.n:
+        p.bodies = (np.zeros((p.n, len(_SEGMENTS)), np.float32), np.zeros(p.n, np.int64))
+    todo = np.unique(dets[p.bodies[1][dets] == 0])
+    lengths, seen = _segments(p, todo)
+    p.bodies[0][todo] = lengths * seen
+    p.bodies[1][todo] = (seen > 0) @ (1 << np.arange(len(_SEGMENTS))) | _MEASURED
+
+
+def _segments(p: _Detections, dets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lengths (px) of the :data:`_SEGMENTS` of ``dets`` (any shape), as (..., 6), and whether each is seen
+    (both its keypoints detected; 1/0)."""
+    import numpy as np
+
+    flat = p.kp.reshape(3, -1)
+    i, j = (np.asarray(ends) for ends in zip(*_SEGMENTS, strict=True))
+    at_i = dets[..., None] * _N_KP + i  # (..., 6) flat indices of each segment's two keypoints
+    at_j = dets[..., None] * _N_KP + j
+    (xi, yi, mi), (xj, yj, mj) = flat.take(at_i, axis=1), flat.take(at_j, axis=1)
+    return np.hypot(xi - xj, yi - yj), mi * mj
 
 
 def _keypoint_centres(kp: np.ndarray, box: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -390,18 +483,20 @@ class _Detections:
     back to the table's rows (in any layout of the table).
     """
 
-    def __init__(self, table: pa.Table, max_gap: int, pool: Executor | None = None) -> None:
+    def __init__(
+        self, table: pa.Table, max_gap: int, pool: Executor | None = None, max_occlusion_s: float = 0.0
+    ) -> None:
         import numpy as np
 
         rows = _row_layout(table)
         kx, ky, km, flat_kp = _keypoint_arrays(table, rows, pool)
-        box, is_video = _box_and_is_video(table, rows)
+        box, is_video, time_s = _box_and_is_video(table, rows)
         group, frame = rows.group, rows.frame
         order = _detection_order(group, frame, rows.person)
         if order is not None:
             kx, ky, km = kx[order], ky[order], km[order]
             box = [b[order] for b in box]
-            group, frame, is_video = group[order], frame[order], is_video[order]
+            group, frame, is_video, time_s = group[order], frame[order], is_video[order], time_s[order]
         # Where the rows are (see row_values): run_to_det is the detection of each run (None: the same).
         self.canonical = rows.canonical
         self.row_order, self.row_run = rows.row_order, rows.row_run
@@ -413,19 +508,27 @@ class _Detections:
         else:
             self.kp = np.stack([np.asarray(a, dtype=np.float32) for a in (kx, ky, km)])
         self.kx, self.ky, self.km = self.kp
-        self.bx, self.by, self.bw, self.bh = box
         self.frame = frame
         self.is_video = is_video
-        self.max_gap, self.gframe, self.gcode = _frame_axis(group, frame, max_gap)
-        self.cx, self.cy = _keypoint_centres(self.kp, box)
-        self.x1, self.y1, self.area = self.bx + self.bw, self.by + self.bh, self.bw * self.bh
-        self.scale = np.maximum(np.sqrt(np.maximum(self.bw, 0) * np.maximum(self.bh, 0)), 1.0).astype(np.float32)
+        #: Per detection: how many frames its track may stay unlinked and still be re-linked (see _windows).
+        self.window = _windows(group, frame, time_s, max_gap, max_occlusion_s)
+        self.max_gap, self.gframe, self.gcode = _frame_axis(group, frame, int(self.window.max(initial=max_gap)))
+        # The box/centre features, written straight into one stacked array (one gather per side in _benefit):
+        # bx, by, x1, y1, area, cx, cy, scale, bw, bh. bw, bh last: only a moving previous side needs them, so
+        # the others gather just the first 8 rows.
+        self.feat = feat = np.empty((10, self.n), dtype=np.float32)
+        bx, by, bw, bh = box
+        feat[0], feat[1], feat[8], feat[9] = bx, by, bw, bh
+        np.add(bx, bw, out=feat[2])
+        np.add(by, bh, out=feat[3])
+        np.multiply(bw, bh, out=feat[4])
+        feat[5], feat[6] = _keypoint_centres(self.kp, box)
+        np.multiply(np.maximum(bw, 0), np.maximum(bh, 0), out=feat[7])
+        np.maximum(np.sqrt(feat[7], out=feat[7]), 1.0, out=feat[7])
+        self.bx, self.by, self.x1, self.y1, self.area, self.cx, self.cy, self.scale, self.bw, self.bh = feat
         self._bounded: bool | None = None
-        # The box/centre features stacked, for one gather per side in _benefit.
-        # bw, bh last: only a moving previous side needs them, so the others gather just the first 8 rows.
-        self.feat = np.stack(
-            [self.bx, self.by, self.x1, self.y1, self.area, self.cx, self.cy, self.scale, self.bw, self.bh]
-        )
+        #: Body measures of the detections the gap cascade compares (see _measure_bodies).
+        self.bodies: tuple[np.ndarray, np.ndarray] = (np.zeros((0, 6), np.float32), np.zeros(0, np.int64))
 
     def bounded(self) -> bool:
         """Whether every coordinate is finite and within ``_BOUND`` (so that no distance or area overflows)."""
@@ -471,14 +574,25 @@ def _n_assignments(a: int, b: int) -> int:
     return perm(max(a, b), min(a, b))
 
 
-def _velocity(p: _Detections, pred: np.ndarray, dets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Velocity (px per frame) of ``dets`` along their links: mean shift of the keypoints seen at both ends."""
+def _ancestors(pred: np.ndarray, dets: np.ndarray) -> np.ndarray:
+    """The detection :data:`VELOCITY_STEPS` links before each of ``dets`` (or the track's first, if nearer)."""
     import numpy as np
 
     anc = dets.copy()
     for _ in range(VELOCITY_STEPS):
         back = pred[anc]
         anc = np.where(back >= 0, back, anc)
+    return anc
+
+
+def _velocity(
+    p: _Detections, pred: np.ndarray, dets: np.ndarray, anc: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Velocity (px per frame) of ``dets`` along their links: mean shift of the keypoints seen at both ends
+    (``anc``: their :func:`_ancestors`, if known)."""
+    import numpy as np
+
+    anc = _ancestors(pred, dets) if anc is None else anc
     dt = (p.frame[dets] - p.frame[anc]).astype(np.float32)
     moving = dt > 0
     vx = np.zeros(len(dets), dtype=np.float32)
@@ -523,7 +637,7 @@ def _benefit(
     gap: int,
     velocity: tuple[np.ndarray, np.ndarray] | None,
     min_iou: float,
-    max_distance: float,
+    gate: float,
     use_keypoints: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Benefit of linking ``prev`` (G, a) to ``cur`` (G, b): ``limit - cost`` where allowed, else 0, as (a, b, G);
@@ -531,8 +645,10 @@ def _benefit(
 
     cost = (1 - IoU of the predicted box) + distance / mean box scale, the distance being between the
     predicted and the actual centre of the keypoints; allowed when the distance is within the (gap-widened)
-    gate and, between consecutive frames, the IoU is at least ``min_iou``. With ``use_keypoints``, the
-    problems where someone has more than one allowed link are scored again with the mean distance of the
+    ``gate`` and, between consecutive frames, the IoU is at least ``min_iou``; after a gap, within the end's
+    re-link window, the distance being the smaller of those from the predicted and the last seen centre. With
+    ``use_keypoints``, the problems where someone has more than one allowed link are scored again with the mean
+    distance of the
     keypoints seen in both detections instead of the centres. ``velocity`` ``(vx, vy)`` per detection, or
     ``None``: no motion (all velocities 0).
 
@@ -546,8 +662,9 @@ def _benefit(
     scale = ahead.scale + fc[7]  # the mean box scale of the two sides
     scale *= 0.5
     norm = _centre_distance(ahead.centre, fc, scale)
-    gate = max_distance * (1 + GAP_WIDENING * gap)
-    base = iou >= min_iou if gap == 0 else np.ones(iou.shape, dtype=bool)
+    if gap:  # near where they were predicted, or near where they were last seen (they turned back)
+        np.minimum(norm, _centre_distance(ahead.last, fc, scale), out=norm)
+    base = iou >= min_iou if gap == 0 else np.broadcast_to((p.window.take(prev.T) >= gap)[:, None, :], iou.shape)
     allowed = norm <= gate
     allowed &= base
     if use_keypoints and (prev.shape[1] > 1 or cur.shape[1] > 1):
@@ -573,6 +690,8 @@ class _Prediction(NamedTuple):
     scale: np.ndarray
     #: (sx, sy): the shift (velocity x frames), or None without velocities.
     shift: tuple[np.ndarray, np.ndarray] | None
+    #: (cx, cy): the centre of the keypoints where last seen.
+    last: tuple[np.ndarray, np.ndarray]
 
 
 def _predicted(
@@ -584,14 +703,32 @@ def _predicted(
     bx, by, x1, y1, area, cx, cy, scale = fp[:8]
     if velocity is None:
         # Zero velocity: adding 0 changes nothing, so the prediction is the box itself (bx + bw == x1).
-        return _Prediction((bx, by, x1, y1), (cx, cy), area, scale, None)
+        return _Prediction((bx, by, x1, y1), (cx, cy), area, scale, None, (cx, cy))
     dt = gap + 1
     vx, vy = velocity
     sx = (vx[prev.T] * dt)[:, None, :]
     sy = (vy[prev.T] * dt)[:, None, :]
     bw, bh = fp[8:]
     x0, y0 = bx + sx, by + sy
-    return _Prediction((x0, y0, x0 + bw, y0 + bh), (cx + sx, cy + sy), area, scale, (sx, sy))
+    return _Prediction((x0, y0, x0 + bw, y0 + bh), (cx + sx, cy + sy), area, scale, (sx, sy), (cx, cy))
+
+
+def _same_body(p: _Detections, prev: np.ndarray, cur: np.ndarray) -> np.ndarray:
+    """Whether each ``prev`` and ``cur`` detection (pairs: (m,) each) may be the same person, measured on the
+    :data:`_SEGMENTS` seen in both: body sizes (summed lengths) within :data:`SIZE_RATIO` of each other, and
+    leg / torso proportions within :data:`SHAPE_RATIO` (True where a measure has nothing to compare)."""
+    import numpy as np
+
+    _measure_bodies(p, np.concatenate((prev, cur)))
+    lengths, bits = p.bodies
+    both = _bits().take(bits[prev] & bits[cur] & (_MEASURED - 1), axis=0)  # (m, 6): 1 where the segment is seen in both
+    len_p, len_c = lengths[prev] * both, lengths[cur] * both
+    torso_p, torso_c = len_p[:, :2].sum(axis=1), len_c[:, :2].sum(axis=1)
+    legs_p, legs_c = len_p[:, 2:].sum(axis=1), len_c[:, 2:].sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        size = np.abs(np.log((torso_p + legs_p) / (torso_c + legs_c)))
+        shape = np.abs(np.log((legs_p * torso_c) / (torso_p * legs_c)))
+    return ~(size > np.log(SIZE_RATIO)) & ~(shape > np.log(SHAPE_RATIO))
 
 
 def _iou(ahead: _Prediction, fc: np.ndarray) -> np.ndarray:
@@ -608,7 +745,8 @@ def _iou(ahead: _Prediction, fc: np.ndarray) -> np.ndarray:
     np.maximum(ih, 0, out=ih)
     inter = np.multiply(iw, ih, out=iw)
     union = ahead.area + area_c
-    union -= inter
+    with np.errstate(invalid="ignore"):  # an infinite box: inf - inf is NaN, and NaN is no overlap
+        union -= inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
@@ -696,6 +834,7 @@ def _solve(benefit: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     import numpy as np
 
     a, b, g_n = benefit.shape
+    safe = benefit
     if _n_assignments(a, b) <= _MAX_ENUMERATED:
         rows, cols = _assignments(a, b)
         cells = rows * b + cols  # (K, n) flat (row, col) of each link
@@ -711,13 +850,16 @@ def _solve(benefit: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         from scipy.optimize import linear_sum_assignment
 
         gs, rs, cs = [], [], []
+        # A NaN or infinite benefit (a NaN, infinite or null box or keypoint) is no link: scipy refuses them.
+        finite = np.isfinite(benefit)
+        safe = benefit if finite.all() else np.where(finite, benefit, 0)
         for i in range(g_n):
-            r, c = linear_sum_assignment(benefit[:, :, i], maximize=True)
+            r, c = linear_sum_assignment(safe[:, :, i], maximize=True)
             gs.append(np.full(len(r), i))
             rs.append(r)
             cs.append(c)
         g, r, c = np.concatenate(gs), np.concatenate(rs), np.concatenate(cs)
-    keep = benefit.reshape(-1).take((r * b + c) * g_n + g) > 0
+    keep = safe.reshape(-1).take((r * b + c) * g_n + g) > 0
     return g[keep], r[keep], c[keep]
 
 
@@ -767,6 +909,7 @@ def _link_pass(
     min_iou: float,
     max_distance: float,
     use_keypoints: bool,
+    widen_until: int = 0,
     candidates: tuple[np.ndarray, np.ndarray] | None = None,
     pool: Executor | None = None,
 ) -> None:
@@ -774,7 +917,8 @@ def _link_pass(
 
     ``pred``/``succ``: the linked detection before/after each detection, -1 for none, -2 for images (updated
     in place). ``velocity``: per-detection velocities ``(vx, vy)`` (px per frame) used to predict where people
-    went (``None``: nobody moves). ``candidates``: the unlinked ``(ends, starts)`` if the caller knows them.
+    went (``None``: nobody moves). The distance gate widens with the gap up to ``widen_until`` frames (see
+    :func:`_gate`). ``candidates``: the unlinked ``(ends, starts)`` if the caller knows them.
     """
     import numpy as np
 
@@ -783,20 +927,32 @@ def _link_pass(
     else:
         ends, starts = np.flatnonzero(succ == -1), np.flatnonzero(pred == -1)
     blocks = _problem_blocks(p, ends, starts, gap)
-    gate = max_distance * (1 + GAP_WIDENING * gap)
+    gate = _gate(max_distance, gap, widen_until)
 
     def solve(block: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         prev_b, cur_b = block
-        benefit, allowed = _benefit(p, prev_b, cur_b, gap, velocity, min_iou, max_distance, use_keypoints)
+        benefit, allowed = _benefit(p, prev_b, cur_b, gap, velocity, min_iou, gate, use_keypoints)
         g, r, c = _links(benefit, allowed, gate)
         return prev_b[g, r], cur_b[g, c]
 
     # Each detection is in one problem of a pass, and solving only reads features: the blocks can be solved in
     # threads (numpy releases the GIL in its loops) and their links applied afterwards.
-    solved = pool.map(solve, blocks) if pool is not None and len(blocks) > 1 else map(solve, blocks)
-    for linked_prev, linked_cur in solved:
-        pred[linked_cur] = linked_prev
-        succ[linked_prev] = linked_cur
+    solved = list(pool.map(solve, blocks) if pool is not None and len(blocks) > 1 else map(solve, blocks))
+    if not solved:
+        return
+    linked_prev, linked_cur = (np.concatenate(side) for side in zip(*solved, strict=True))
+    if gap >= BODY_CHECK_GAP:  # after a gap, a link between bodies of another size or shape is dropped
+        same = _same_body(p, linked_prev, linked_cur)
+        linked_prev, linked_cur = linked_prev[same], linked_cur[same]
+    pred[linked_cur] = linked_prev
+    succ[linked_prev] = linked_cur
+
+
+def _gate(max_distance: float, gap: int, widen_until: int) -> float:
+    """The distance gate after ``gap`` missing frames: ``max_distance`` (times :data:`GAP_GATE` after a gap),
+    widened by :data:`GAP_WIDENING` of it per missing frame up to ``widen_until`` frames (``max_gap``); beyond,
+    as wide as at ``widen_until``."""
+    return max_distance * (GAP_GATE if gap else 1.0) * (1 + GAP_WIDENING * min(gap, widen_until))
 
 
 def _problem_blocks(
@@ -855,40 +1011,44 @@ class _Links:
     """The links of detections, pass by pass, and what a later chunk needs of them (see :class:`_StreamTracker`).
 
     ``pred1``/``succ1``: pass 1 (frame to frame, no motion); ``v1x``/``v1y``: the velocities from it;
-    ``pred2``/``succ2``: pass 2 (frame to frame with those velocities); ``vcx``/``vcy``: the velocities of
-    pass 2's track ends (the cascade predicts with them); ``pred``/``succ``: pass 2 plus the gap cascade.
+    ``pred2``/``succ2``: pass 2 (frame to frame with those velocities); ``v2x``/``v2y``: the velocities from
+    it; ``pred3``/``succ3``: pass 3 (the same with those); ``vcx``/``vcy``: the velocities of pass 3's track
+    ends (the cascade predicts with them); ``age``: the frame-to-frame links (pass 3) behind each detection, at
+    most :data:`CONFIRMED_LINKS`; ``pred``/``succ``: pass 3 plus the gap cascade.
     Links are detection indices, -1 for none, -2 for images; a context's links to detections it no longer
     holds are -1 (predecessors: never followed that far back) or ``_GONE`` (successors: "linked").
     """
 
-    __slots__ = ("pred", "pred1", "pred2", "succ", "succ1", "succ2", "v1x", "v1y", "vcx", "vcy")
+    pred1: np.ndarray
+    pred2: np.ndarray
+    pred3: np.ndarray
+    pred: np.ndarray
+    succ1: np.ndarray
+    succ2: np.ndarray
+    succ3: np.ndarray
+    succ: np.ndarray
+    v1x: np.ndarray
+    v1y: np.ndarray
+    v2x: np.ndarray
+    v2y: np.ndarray
+    vcx: np.ndarray
+    vcy: np.ndarray
+    age: np.ndarray
+    _PREDS = ("pred1", "pred2", "pred3", "pred")
+    _SUCCS = ("succ1", "succ2", "succ3", "succ")
+    _PER_DET = ("v1x", "v1y", "v2x", "v2y", "vcx", "vcy", "age")
+    __slots__ = _PREDS + _SUCCS + _PER_DET
 
-    def __init__(
-        self,
-        *,
-        pred1: np.ndarray,
-        succ1: np.ndarray,
-        v1x: np.ndarray,
-        v1y: np.ndarray,
-        pred2: np.ndarray,
-        succ2: np.ndarray,
-        vcx: np.ndarray,
-        vcy: np.ndarray,
-        pred: np.ndarray,
-        succ: np.ndarray,
-    ) -> None:
-        self.pred1, self.succ1 = pred1, succ1
-        self.v1x, self.v1y = v1x, v1y
-        self.pred2, self.succ2 = pred2, succ2
-        self.vcx, self.vcy = vcx, vcy
-        self.pred, self.succ = pred, succ
+    def __init__(self, **arrays: np.ndarray) -> None:
+        for name in self.__slots__:
+            setattr(self, name, arrays[name])
 
     @classmethod
     def empty(cls) -> _Links:
         import numpy as np
 
         i, f = np.zeros(0, np.int64), np.zeros(0, np.float32)
-        return cls(pred1=i, succ1=i, v1x=f, v1y=f, pred2=i, succ2=i, vcx=f, vcy=f, pred=i, succ=i)
+        return cls(**{name: f if name in cls._PER_DET[:-1] else i for name in cls.__slots__})
 
     def take(self, keep: np.ndarray, n: int) -> _Links:
         """The links of detections ``keep`` (ascending) of ``n``, renumbered (links outside ``keep``: see above)."""
@@ -909,18 +1069,10 @@ class _Links:
             a, at = kept(links)
             return np.where(a >= 0, np.where(at >= 0, at, _GONE), a)
 
-        return _Links(
-            pred1=predecessors(self.pred1),
-            succ1=successors(self.succ1),
-            v1x=self.v1x[keep],
-            v1y=self.v1y[keep],
-            pred2=predecessors(self.pred2),
-            succ2=successors(self.succ2),
-            vcx=self.vcx[keep],
-            vcy=self.vcy[keep],
-            pred=predecessors(self.pred),
-            succ=successors(self.succ),
-        )
+        arrays = {name: predecessors(getattr(self, name)) for name in self._PREDS}
+        arrays.update({name: successors(getattr(self, name)) for name in self._SUCCS})
+        arrays.update({name: getattr(self, name)[keep] for name in self._PER_DET})
+        return _Links(**arrays)
 
 
 #: A successor link to a detection a context no longer holds ("linked": such an end is not a candidate).
@@ -942,45 +1094,152 @@ def _link(
     order as the whole-table tracker solves them (see docs/tracking.md, "Streaming")."""
     import numpy as np
 
-    n = p.n
     c = len(ctx.pred)
     video = np.flatnonzero(p.is_video)
     new_video = video[video >= c]
-    init = np.where(p.is_video[c:], -1, -2).astype(np.int64)
     opts: dict[str, Any] = {"min_iou": min_iou, "max_distance": max_distance, "pool": pool}
+    arrays = _frame_to_frame(p, ctx, new_video, opts)
+    pred3, succ3 = arrays["pred3"], arrays["succ3"]
+    # 4. the cascade over gaps: people missing for 1, 2, ... frames, most recent first, predicted with the
+    #    velocity at the end of their frame-to-frame track. Gaps at which no unlinked track end has an
+    #    unlinked start to reach are skipped (their pass would link nothing), and the cascade stops when no
+    #    such gap is left: a huge max_gap ("never drop an id") costs no more than the video's frame span.
+    #    Ages where they are read: track ends (the cascade) and the last frames (a next chunk's context).
+    last = p.frame[new_video].max(initial=0) - (_CONTEXT_FRAMES - 1)
+    age = _ages(pred3, ctx.age, new_video[(succ3[new_video] == -1) | (p.frame[new_video] >= last)])
+    pred = pred3.copy()
+    succ = np.concatenate((np.where(succ3[:c] >= 0, succ3[:c], ctx.succ), succ3[c:]))
+    zeros = np.zeros(p.n - c, dtype=np.float32)
+    vcx, vcy = np.concatenate((ctx.vcx, zeros)), np.concatenate((ctx.vcy, zeros))
+    new_ends = new_video[succ3[new_video] == -1]
+    vcx[new_ends], vcy[new_ends] = _velocity(p, pred3, new_ends)
+    if p.max_gap:  # (each video's re-link window, at most its frame span)
+        _cascade(p, pred, succ, (vcx, vcy), (video, new_video, age), opts, max_gap)
+    return _Links(**arrays, pred=pred, succ=succ, vcx=vcx, vcy=vcy, age=age)
+
+
+def _frame_to_frame(p: _Detections, ctx: _Links, new_video: np.ndarray, opts: dict[str, Any]) -> dict[str, Any]:
+    """Passes 1-3 of :func:`_link` (consecutive frames): their links and the velocities from passes 1 and 2,
+    by :class:`_Links` field name."""
+    import numpy as np
+
+    n, c = p.n, len(ctx.pred)
+    video = np.flatnonzero(p.is_video)
+    init = np.where(p.is_video[c:], -1, -2).astype(np.int64)
     zeros = np.zeros(n - c, dtype=np.float32)
     # 1. consecutive frames, without motion, for the velocities.
     pred1, succ1 = np.concatenate((ctx.pred1, init)), np.concatenate((ctx.succ1, init))
     cands = (np.flatnonzero(succ1 == -1), new_video)
     _link_pass(p, pred1, succ1, 0, velocity=None, use_keypoints=True, candidates=cands, **opts)
     v1x, v1y = np.concatenate((ctx.v1x, zeros)), np.concatenate((ctx.v1y, zeros))
-    v1x[new_video], v1y[new_video] = _velocity(p, pred1, new_video)
-    # 2. again, predicting with them.
+    anc1 = _ancestors(pred1, new_video)
+    v1x[new_video], v1y[new_video] = _velocity(p, pred1, new_video, anc1)
+    # 2. again, predicting with them; 3. once more with the velocities of those links (a crossing that pass 1
+    #    swapped gave wrong velocities just after it).
     pred2, succ2 = np.concatenate((ctx.pred2, init)), np.concatenate((ctx.succ2, init))
     cands = (np.flatnonzero(succ2 == -1), new_video)
     _link_pass(p, pred2, succ2, 0, velocity=(v1x, v1y), use_keypoints=True, candidates=cands, **opts)
-    # 3. the cascade over gaps: people missing for 1, 2, ... max_gap frames, most recent first, predicted
-    #    with the velocity at the end of their frame-to-frame track. Gaps at which no unlinked track end has
-    #    an unlinked start to reach are skipped (their pass would link nothing), and the cascade stops when
-    #    no such gap is left: a huge max_gap ("never drop an id") costs no more than the video's frame span.
-    pred = pred2.copy()
-    succ = np.concatenate((np.where(succ2[:c] >= 0, succ2[:c], ctx.succ), succ2[c:]))
-    vcx, vcy = np.concatenate((ctx.vcx, zeros)), np.concatenate((ctx.vcy, zeros))
-    new_ends = new_video[succ2[new_video] == -1]
-    vcx[new_ends], vcy[new_ends] = _velocity(p, pred2, new_ends)
-    max_gap = min(max_gap, p.max_gap)
-    if max_gap:
-        ends = video[succ[video] == -1]  # only track ends are linked across gaps
-        starts = new_video[pred[new_video] == -1]
-        gap = _next_gap(p, ends, starts, 1)
-        while gap is not None and gap <= max_gap:
-            cands = (ends, starts)
-            _link_pass(p, pred, succ, gap, velocity=(vcx, vcy), use_keypoints=False, candidates=cands, **opts)
-            ends, starts = ends[succ[ends] == -1], starts[pred[starts] == -1]  # the still unlinked
-            gap = _next_gap(p, ends, starts, gap + 1)
-    return _Links(
-        pred=pred, pred1=pred1, pred2=pred2, succ=succ, succ1=succ1, succ2=succ2, v1x=v1x, v1y=v1y, vcx=vcx, vcy=vcy
-    )
+    # A velocity depends only on the detection and its ancestor: recomputed where pass 2 changed the ancestor.
+    v2x, v2y = np.concatenate((ctx.v2x, v1x[c:])), np.concatenate((ctx.v2y, v1y[c:]))
+    anc2 = _ancestors(pred2, new_video)
+    moved = anc2 != anc1
+    v2x[new_video[moved]], v2y[new_video[moved]] = _velocity(p, pred2, new_video[moved], anc2[moved])
+    pred3, succ3 = np.concatenate((ctx.pred3, pred2[c:])), np.concatenate((ctx.succ3, succ2[c:]))
+    from_ctx = np.flatnonzero((pred2[c:] >= 0) & (pred2[c:] < c)) + c  # pass 2's links from the context
+    succ3[pred2[from_ctx]] = from_ctx
+    _repass(p, (pred3, succ3), ((v1x, v1y), (v2x, v2y)), (video, new_video), opts)
+    return {
+        "pred1": pred1,
+        "succ1": succ1,
+        "v1x": v1x,
+        "v1y": v1y,
+        "pred2": pred2,
+        "succ2": succ2,
+        "v2x": v2x,
+        "v2y": v2y,
+        "pred3": pred3,
+        "succ3": succ3,
+    }
+
+
+def _repass(
+    p: _Detections,
+    links: tuple[np.ndarray, np.ndarray],
+    velocities: tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+    dets: tuple[np.ndarray, np.ndarray],
+    opts: dict[str, Any],
+) -> None:
+    """Pass 3 (see :func:`_link`), in place on ``links`` (a copy of pass 2's): the frame-to-frame pass again
+    with the new velocities, solved only for the frame pairs where some earlier-frame velocity changed (elsewhere
+    the problem, and so its solution, is pass 2's). ``dets``: the video detections and the new ones."""
+    import numpy as np
+
+    pred, succ = links
+    (v1x, v1y), (v2x, v2y) = velocities
+    video, new_video = dets
+    changed = video[(v1x[video] != v2x[video]) | (v1y[video] != v2y[video])]
+    frames = np.unique(p.gframe[changed])
+    frames = frames[np.isin(frames + 1, p.gframe[new_video])]  # problems whose later frame is new
+    if not len(frames):
+        return
+    ends = video[np.isin(p.gframe[video], frames)]  # every detection of those frames, as a fresh pass has
+    starts = new_video[np.isin(p.gframe[new_video], frames + 1)]
+    linked = ends[succ[ends] >= 0]  # (pass 2 links only to the next frame: into starts)
+    pred[succ[linked]] = -1
+    succ[linked] = -1
+    opts = {**opts, "candidates": (ends, starts)}
+    _link_pass(p, pred, succ, 0, velocity=(v2x, v2y), use_keypoints=True, **opts)
+
+
+def _cascade(
+    p: _Detections,
+    pred: np.ndarray,
+    succ: np.ndarray,
+    velocity: tuple[np.ndarray, np.ndarray],
+    dets: tuple[np.ndarray, np.ndarray, np.ndarray],
+    opts: dict[str, Any],
+    max_gap: int,
+) -> None:
+    """The gap cascade (see :func:`_link`): link unlinked track ends to unlinked starts ``gap + 1`` frames
+    later for gap = 1, 2, ... (each video's re-link window), in place. ``dets``: the video detections, the new
+    ones, and the ``age`` of each detection (see :class:`_Links`): beyond ``max_gap`` frames, only ends of
+    tracks of at least :data:`CONFIRMED_LINKS` links are re-linked (a person seen a moment is not waited for)."""
+    video, new_video, age = dets
+    ends = video[succ[video] == -1]  # only track ends are linked across gaps
+    starts = new_video[pred[new_video] == -1]
+    gap = _next_gap(p, ends, starts, 1)
+    while gap is not None and gap <= p.max_gap:
+        if gap > max_gap and not (age[ends] >= CONFIRMED_LINKS).all():  # from here on, confirmed tracks only
+            ends = ends[age[ends] >= CONFIRMED_LINKS]
+            gap = _next_gap(p, ends, starts, gap)
+            continue
+        opts["candidates"] = (ends, starts)
+        _link_pass(p, pred, succ, gap, velocity=velocity, use_keypoints=False, widen_until=max_gap, **opts)
+        # The still unlinked (ends whose re-link window is over are done).
+        ends, starts = ends[(succ[ends] == -1) & (p.window[ends] > gap)], starts[pred[starts] == -1]
+        gap = _next_gap(p, ends, starts, gap + 1)
+
+
+def _ages(pred: np.ndarray, ctx_age: np.ndarray, dets: np.ndarray) -> np.ndarray:
+    """Per detection, the links behind it along ``pred`` (at most :data:`CONFIRMED_LINKS`), computed for
+    ``dets`` (new detections; 0 for the others). The first ``len(ctx_age)`` detections are a context whose ages
+    are known: a walk that reaches one adds its age."""
+    import numpy as np
+
+    c = len(ctx_age)
+    age = np.zeros(len(pred), dtype=np.int64)
+    age[:c] = ctx_age
+    walked = np.zeros(len(dets), dtype=np.int64)
+    at = dets.copy()
+    for _ in range(CONFIRMED_LINKS):
+        back = pred[at]
+        step = (back >= 0) & (at >= c)  # (a context detection's age is known: the walk stops there)
+        walked += step
+        at = np.where(step, back, at)
+    from_ctx = at < c
+    walked[from_ctx] += ctx_age[at[from_ctx]]
+    age[dets] = np.minimum(walked, CONFIRMED_LINKS)
+    return age
 
 
 def _track_ids(
@@ -1023,30 +1282,36 @@ def assign_tracks(
     max_gap: int = 10,
     min_iou: float = 0.1,
     max_distance: float | None = None,
+    max_occlusion_s: float = DEFAULT_MAX_OCCLUSION_S,
 ) -> pa.Table:
     """Add a stable ``track_id`` column (int32, right after ``person_idx``) to a keypoints table.
 
     People are linked from frame to frame by an optimal assignment on box overlap and keypoint distance (with
-    a constant-velocity prediction); a person missing for up to ``max_gap`` frames who comes back near where
-    they were heading keeps their id; everyone else gets a new id. Ids are numbered from 0 per video (per
+    a constant-velocity prediction); a person missing for up to ``max_gap`` frames, or hidden for up to
+    ``max_occlusion_s`` seconds, who comes back near where they were heading or last seen, with the same body
+    size and proportions, keeps their id; everyone else gets a new id. Ids are numbered from 0 per video (per
     ``(source, job_id)``) in order of first appearance. Image rows (``time_s`` null) get a null ``track_id``.
 
     :param table: a keypoints table (:func:`~airflow_provider_kakaopose.tables.keypoints_table`), possibly
         holding several videos and images. Rows keep their order; an existing ``track_id`` column is replaced.
-    :param max_gap: the most frames a person may be missing and still keep their id (0: no re-linking). Any
-        value above the video's frame span acts, and costs, like the frame span (``10**9``: never drop an id).
+    :param max_gap: frames a person may be missing and still be re-linked with a search area that grows with
+        each missing frame (0: none). Any value above the video's frame span acts, and costs, like the frame
+        span (``10**9``: never drop an id).
     :param min_iou: the least overlap between a person's predicted box and a box of the next frame for a
         frame-to-frame link.
     :param max_distance: the largest mean keypoint distance for a link, in box scales
         (``sqrt(bbox_w * bbox_h)``); ``None`` means :data:`DEFAULT_MAX_DISTANCE` (1.0). After a gap of
-        ``g`` frames the limit is ``max_distance * (1 + 0.1 * g)``.
+        ``g`` frames the limit is ``max_distance * 0.5 * (1 + 0.1 * min(g, max_gap))``.
+    :param max_occlusion_s: seconds (at the video's frame rate, ``frame_num / time_s``) a person followed for
+        at least 10 frames may stay hidden and still get their id back, when longer than ``max_gap`` frames
+        (0: only ``max_gap`` counts, the behaviour before this parameter).
     :return: the table with the column added; schema metadata kept, plus ``kakaopose:tracking`` (the
         parameters, JSON).
     """
     import numpy as np
     import pyarrow as pa
 
-    max_gap, min_iou, distance = _params(max_gap, min_iou, max_distance)
+    max_gap, min_iou, distance, occlusion = _params(max_gap, min_iou, max_distance, max_occlusion_s)
     _check_columns(table.column_names)
     metadata = dict(table.schema.metadata or {})
     if TRACK_COLUMN in table.column_names:
@@ -1055,7 +1320,7 @@ def assign_tracks(
     # small tables stay in this thread.
     threads = min(2, os.cpu_count() or 1) if table.num_rows >= _THREADED_ROWS else 1
     with ThreadPoolExecutor(threads) if threads > 1 else nullcontext() as pool:
-        dets = _Detections(table, int(max_gap), pool)
+        dets = _Detections(table, max_gap, pool, occlusion)
         per_det = _track_ids(dets, int(max_gap), float(min_iou), distance, pool) if dets.n else np.zeros(0, np.int64)
     # int32 and the null mask per detection first, then spread to the rows (fewer large temporaries).
     null = per_det < 0
@@ -1064,8 +1329,7 @@ def assign_tracks(
     column = pa.array(values, type=pa.int32(), mask=mask)
     at = table.column_names.index("person_idx") + 1
     table = table.add_column(at, pa.field(TRACK_COLUMN, pa.int32()), column)
-    params = {"max_gap": int(max_gap), "min_iou": float(min_iou), "max_distance": distance, "method": "cascade"}
-    metadata[_TRACKING_KEY] = json.dumps(params).encode()
+    metadata[_TRACKING_KEY] = json.dumps(_params_json(max_gap, min_iou, distance, occlusion)).encode()
     return table.replace_schema_metadata(metadata)
 
 
@@ -1079,7 +1343,9 @@ STREAM_CHUNK_ROWS = 1 << 18
 _CONTEXT_FRAMES = VELOCITY_STEPS + 1
 
 
-def _params(max_gap: int, min_iou: float, max_distance: float | None) -> tuple[int, float, float]:
+def _params(
+    max_gap: int, min_iou: float, max_distance: float | None, max_occlusion_s: float
+) -> tuple[int, float, float, float]:
     if int(max_gap) != max_gap or max_gap < 0:
         raise ValueError(f"max_gap must be a non-negative integer, got {max_gap!r}")
     if not 0 <= min_iou <= 1:
@@ -1087,7 +1353,20 @@ def _params(max_gap: int, min_iou: float, max_distance: float | None) -> tuple[i
     distance = DEFAULT_MAX_DISTANCE if max_distance is None else float(max_distance)
     if not distance > 0:
         raise ValueError(f"max_distance must be positive, got {max_distance!r}")
-    return int(max_gap), float(min_iou), distance
+    if not max_occlusion_s >= 0:
+        raise ValueError(f"max_occlusion_s must be a non-negative number of seconds, got {max_occlusion_s!r}")
+    return int(max_gap), float(min_iou), distance, float(max_occlusion_s)
+
+
+def _params_json(max_gap: int, min_iou: float, distance: float, occlusion: float) -> dict[str, Any]:
+    """The parameters as recorded in the ``kakaopose:tracking`` metadata."""
+    return {
+        "max_gap": max_gap,
+        "min_iou": min_iou,
+        "max_distance": distance,
+        "max_occlusion_s": occlusion,
+        "method": "cascade",
+    }
 
 
 def _check_columns(names: list[str]) -> None:
@@ -1110,15 +1389,14 @@ def _tracked_schema(schema: pa.Schema, params: dict[str, Any]) -> pa.Schema:
 
 class _StreamTracker:
     """The state of :func:`assign_tracks_reader` between chunks: the rows of the detections a later frame can
-    still be linked to (the last frames, and the unlinked track ends of the last ``max_gap`` frames), their
+    still be linked to (the last frames, and the unlinked track ends still within their re-link window), their
     links and ids, and the rows waiting to be linked."""
 
-    def __init__(self, schema: pa.Schema, max_gap: int, min_iou: float, distance: float, chunk_rows: int) -> None:
-        self.max_gap, self.min_iou, self.distance = max_gap, min_iou, distance
+    def __init__(self, schema: pa.Schema, params: tuple[int, float, float, float], chunk_rows: int) -> None:
+        self.max_gap, self.min_iou, self.distance, self.occlusion = params
         self.chunk_rows = max(int(chunk_rows), 1)
         self.in_schema = schema.remove(schema.get_field_index(TRACK_COLUMN)) if TRACK_COLUMN in schema.names else schema
-        params = {"max_gap": max_gap, "min_iou": min_iou, "max_distance": distance, "method": "cascade"}
-        self.out_schema = _tracked_schema(schema, params)
+        self.out_schema = _tracked_schema(schema, _params_json(*params))
         self.pending: list[pa.RecordBatch] = []
         self.pending_rows = 0
         self.group: Any = None
@@ -1210,7 +1488,7 @@ class _StreamTracker:
 
         c = len(self.ctx.pred)
         combined = chunk if self.ctx_table is None else pa.concat_tables([self.ctx_table, chunk])
-        p = _Detections(combined, self.max_gap, self.pool)
+        p = _Detections(combined, self.max_gap, self.pool, self.occlusion)
         if not p.canonical or p.run_to_det is not None:
             raise ValueError(
                 "assign_tracks_reader needs keypoints_reader's layout (17 rows per person, in person_idx order "
@@ -1237,7 +1515,7 @@ class _StreamTracker:
         last = int(p.frame.max()) if n else 0
         keep = np.flatnonzero(
             p.is_video
-            & ((p.frame >= last - (_CONTEXT_FRAMES - 1)) | ((links.succ == -1) & (p.frame >= last - self.max_gap)))
+            & ((p.frame >= last - (_CONTEXT_FRAMES - 1)) | ((links.succ == -1) & (p.frame >= last - p.window)))
         )
         rows = (keep[:, None] * _N_KP + np.arange(_N_KP)).ravel()
         self.ctx_table = combined.take(pa.array(rows, type=pa.int64()))
@@ -1259,6 +1537,7 @@ def assign_tracks_reader(
     max_gap: int = 10,
     min_iou: float = 0.1,
     max_distance: float | None = None,
+    max_occlusion_s: float = DEFAULT_MAX_OCCLUSION_S,
     chunk_rows: int = STREAM_CHUNK_ROWS,
 ) -> pa.RecordBatchReader:
     """:func:`assign_tracks` on a stream: the same ``track_id``s, batch by batch, without the whole table.
@@ -1266,7 +1545,7 @@ def assign_tracks_reader(
     :param data: a :func:`~airflow_provider_kakaopose.tables.keypoints_reader` (or any record batches in its
         layout: each video's rows together and in frame order, 17 rows per person in ``person_idx`` order),
         a table, or an iterable of record batches (its first batch gives the schema).
-    :param max_gap, min_iou, max_distance: as for :func:`assign_tracks`.
+    :param max_gap, min_iou, max_distance, max_occlusion_s: as for :func:`assign_tracks`.
     :param chunk_rows: rows gathered before they are linked (memory: a few hundred bytes per person-frame of
         a chunk, plus the rows themselves).
     :return: a reader of the input's rows with ``track_id`` (same schema and metadata as
@@ -1277,7 +1556,7 @@ def assign_tracks_reader(
     """
     import pyarrow as pa
 
-    gap, iou, distance = _params(max_gap, min_iou, max_distance)
+    params = _params(max_gap, min_iou, max_distance, max_occlusion_s)
     if isinstance(data, pa.Table):
         schema, batches = data.schema, iter(data.to_batches())
     elif isinstance(data, pa.RecordBatchReader):
@@ -1290,7 +1569,7 @@ def assign_tracks_reader(
         schema = first.schema
         batches = itertools.chain([first], batches)
     _check_columns(schema.names)
-    tracker = _StreamTracker(schema, gap, iou, distance, chunk_rows)
+    tracker = _StreamTracker(schema, params, chunk_rows)
 
     def run() -> Iterator[pa.RecordBatch]:
         try:

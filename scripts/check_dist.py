@@ -62,6 +62,8 @@ TOOLS = {
     "scikit-image",
     "build",
     "twine",
+    "motmetrics",
+    "norfair",
 }
 #: Optional: only behind their extra's marker.
 OPTIONAL = {"pillow": "pictures", "pandas": "pandas", "redis": "redis"}

@@ -260,12 +260,13 @@ def test_published_requirements_hold_no_test_or_tool(pyproject):
     for extra in project["optional-dependencies"].values():
         published |= _names(extra)
     tools = {"pytest", "hypothesis", "ruff", "duckdb", "moto", "s3fs", "mediapipe", "build", "twine", "asyncpg"}
+    tools |= {"motmetrics", "norfair"}  # the tracker's scoring and its benchmark's anchor
     assert not published & tools
     required = _names(project["dependencies"])
     assert "scipy" in required  # tracking, on by default in the video operators
     assert not required & {"pillow", "pandas", "redis"}
     groups = pyproject["dependency-groups"]
-    assert {"test", "test-s3", "cluster", "engine", "dist"} <= set(groups)
+    assert {"test", "test-s3", "cluster", "engine", "dist", "tracking-eval", "tracking-anchor"} <= set(groups)
     assert "mediapipe" in _names(groups["engine"])
 
 

@@ -12,87 +12,23 @@ import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from scenes import (
+    FPS,
+    POSE,
+    crowd,
+    group,
+    line,
+    lookalike_crossing,
+    occlusion,
+    reenter,
+    score,
+    stranger,
+    strangers_kept_apart,
+    video,
+)
 
 from airflow_provider_kakaopose.tables import keypoints_table
 from airflow_provider_kakaopose.tracking import assign_tracks, assign_tracks_reader
-
-# A standing person, keypoint offsets from the centre in units of the person's height (x right, y down).
-POSE = np.array(
-    [
-        [0.0, -0.42],  # nose
-        [-0.03, -0.45],
-        [0.03, -0.45],
-        [-0.06, -0.43],
-        [0.06, -0.43],
-        [-0.12, -0.3],  # shoulders
-        [0.12, -0.3],
-        [-0.16, -0.12],  # elbows
-        [0.16, -0.12],
-        [-0.17, 0.04],  # wrists
-        [0.17, 0.04],
-        [-0.08, 0.02],  # hips
-        [0.08, 0.02],
-        [-0.09, 0.25],  # knees
-        [0.09, 0.25],
-        [-0.09, 0.48],  # ankles
-        [0.09, 0.48],
-    ]
-)
-
-
-def video(
-    paths: dict[int, np.ndarray],
-    heights: dict[int, float],
-    *,
-    seed: int = 0,
-    noise: float = 1.5,
-    undetected: float = 0.05,
-    job_id: str = "job-1",
-) -> tuple[dict, dict[tuple[int, int], int]]:
-    """A video job answer from true paths, and the true identity of each (frame_num, person_idx).
-
-    ``paths[identity]`` is an (F, 2) array of centres, NaN where the person is not in the frame. Keypoints get
-    Gaussian noise (px) and a small per-person pose variation; a share of them is undetected (sent as 0, 0, 0);
-    the box is the extent of the detected keypoints with a margin; the persons of a frame come in random order.
-    """
-    rng = np.random.default_rng(seed)
-    frames = len(next(iter(paths.values())))
-    poses = {i: POSE + rng.normal(0, 0.015, POSE.shape) for i in paths}
-    annotations, truth = [], {}
-    for f in range(frames):
-        present = [i for i in paths if not np.isnan(paths[i][f]).any()]
-        rng.shuffle(present)
-        objects = []
-        for p_idx, i in enumerate(present):
-            h = heights[i]
-            kp = paths[i][f] + poses[i] * h + rng.normal(0, noise, (17, 2))
-            seen = rng.random(17) >= undetected
-            seen[5] = True  # at least one keypoint
-            lo, hi = kp[seen].min(axis=0) - 0.05 * h, kp[seen].max(axis=0) + 0.05 * h
-            flat = []
-            for k in range(17):
-                flat += [round(float(kp[k, 0]), 2), round(float(kp[k, 1]), 2), 0.9] if seen[k] else [0.0, 0.0, 0.0]
-            w, bh = hi - lo
-            objects.append(
-                {
-                    "area": round(float(w * bh), 4),
-                    "bbox": [round(float(v), 2) for v in (lo[0], lo[1], w, bh)],
-                    "category_id": 1,
-                    "keypoints": flat,
-                    "score": 0.9,
-                }
-            )
-            truth[(f, p_idx)] = i
-        annotations.append({"frame_num": f, "objects": objects})
-    answer = {
-        "annotations": annotations,
-        "categories": [{"id": 1, "name": "person"}],
-        "info": {"description": "synthetic"},
-        "job_id": job_id,
-        "status": "success",
-        "video": {"fps": 30.0, "frames": frames, "height": 720, "width": 1280},
-    }
-    return answer, truth
 
 
 def person_frames(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -115,11 +51,6 @@ def accuracy(table: pa.Table, truth: dict[tuple[int, int], int]) -> float:
     if len(set(majority.values())) < len(majority):
         return 0.0
     return float(np.mean([track[k] == majority[ident[k]] for k in range(len(ident))]))
-
-
-def line(start: tuple[float, float], velocity: tuple[float, float], frames: int) -> np.ndarray:
-    t = np.arange(frames)[:, None]
-    return np.asarray(start, float) + t * np.asarray(velocity, float)
 
 
 def check_invariants(table: pa.Table) -> None:
@@ -174,12 +105,16 @@ def test_person_who_leaves_and_comes_back_nearby_keeps_id():
 
 
 def test_person_away_longer_than_max_gap_gets_new_id():
+    """Issue 24 changed this: a person hidden 20 frames (0.67 s > max_gap = 10 frames) who comes back where
+    they were heading now keeps their id (max_occlusion_s, 2 s by default); without it, a new id as before."""
     frames = 100
     a = line((200, 360), (3, 0), frames)
     a[40:60] = np.nan  # 20 frames > max_gap=10
     paths = {0: a, 1: line((1000, 300), (-1, 0), frames)}
     answer, truth = video(paths, {0: 200, 1: 200}, seed=5)
-    table = assign_tracks(keypoints_table(answer), max_gap=10)
+    assert accuracy(assign_tracks(keypoints_table(answer), max_gap=10), truth) == 1.0
+    assert accuracy(assign_tracks(keypoints_table(answer), max_gap=10, max_occlusion_s=0.6), truth) < 1.0
+    table = assign_tracks(keypoints_table(answer), max_gap=10, max_occlusion_s=0)
     frame, _, track = person_frames(table)
     ident = np.array([truth[(int(f), int(p))] for f, p in zip(*person_frames(table)[:2], strict=True)])
     before = set(track[(ident == 0) & (frame < 40)])
@@ -190,26 +125,6 @@ def test_person_away_longer_than_max_gap_gets_new_id():
     # with a long enough max_gap the same person keeps the id
     table = assign_tracks(keypoints_table(answer), max_gap=25)
     assert accuracy(table, truth) == 1.0
-
-
-def crowd(n: int = 10, frames: int = 200, seed: int = 6) -> tuple[dict, dict]:
-    rng = np.random.default_rng(seed)
-    paths, heights = {}, {}
-    for i in range(n):
-        pos = np.array([rng.uniform(100, 1180), rng.uniform(150, 600)])
-        vel = rng.normal(0, 3, 2)
-        path = []
-        for _ in range(frames):
-            vel = 0.95 * vel + rng.normal(0, 0.4, 2)
-            pos = pos + vel
-            if not 60 < pos[0] < 1220:
-                vel[0] = -vel[0]
-            if not 120 < pos[1] < 620:
-                vel[1] = -vel[1]
-            path.append(pos.copy())
-        paths[i] = np.array(path)
-        heights[i] = rng.uniform(150, 260)
-    return video(paths, heights, seed=seed)
 
 
 def test_crowd_of_ten():
@@ -255,6 +170,7 @@ def test_column_position_type_row_order_and_metadata():
         "max_gap": 5,
         "min_iou": 0.2,
         "max_distance": 0.8,
+        "max_occlusion_s": 2.0,
         "method": "cascade",
     }
     assert out.column("track_id").null_count == 0
@@ -350,6 +266,22 @@ def test_skipping_gaps_that_link_nothing_changes_no_id(monkeypatch):
     monkeypatch.setattr(tracking, "_next_gap", every_gap)
     for t, expected in zip(tables, skipping, strict=True):
         assert [assign_tracks(t, max_gap=g).column("track_id") for g in (3, 25, 1000)] == expected
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), None])
+def test_a_bad_box_width_in_a_crowd_is_no_error(bad):
+    """Regression (issue 24): a NaN, infinite or null bbox_w with more than 6 people in a frame (the problems
+    scipy solves) raised "ValueError: matrix contains invalid numeric entries". Such a person is not linked."""
+    paths = {i: line((100 + 150 * i, 300 + 10 * i), (1.0, 0), 6) for i in range(8)}
+    table = keypoints_table(video(paths, {i: 200 for i in range(8)}, seed=1)[0])
+    w = table.column("bbox_w").to_pylist()
+    for r in range(0, len(w), 17 * 3):  # every third person-frame
+        w[r : r + 17] = [bad] * 17
+    table = table.set_column(table.column_names.index("bbox_w"), "bbox_w", pa.array(w, pa.float32()))
+    out = assign_tracks(table)
+    check_invariants(out)
+    assert out.column("track_id").null_count == 0
+    assert streamed(table, 17 * 8 * 2).column("track_id").equals(out.column("track_id"))
 
 
 def test_bad_arguments():
@@ -608,3 +540,123 @@ def test_streaming_tracker_memory_does_not_grow_with_the_video():
         finally:
             tracking._StreamTracker._link_chunk = real
         assert max(kept) <= 17 * 3 * (tracking._CONTEXT_FRAMES + 11)
+
+
+# --------------------------------------------------------------------------------------------- scored scenes (issue 24)
+
+
+def tracked_ids(scene) -> dict:
+    """assign_tracks' id of each (frame_num, person_idx) of a tests/scenes.py scene."""
+    frame, person, track = person_frames(assign_tracks(keypoints_table(scene.answer), **scene.params))
+    return {(int(f), int(p)): int(t) for f, p, t in zip(frame, person, track, strict=True)}
+
+
+SCENE_KINDS = {
+    "look-alikes head-on": lambda fps: lookalike_crossing(fps, 180, 150),
+    "look-alikes at 120 deg": lambda fps: lookalike_crossing(fps, 120, 100),
+    "hidden 0.8 s behind a standing person": lambda fps: occlusion(fps, 0.8, "standing"),
+    "hidden 1.5 s behind a moving person": lambda fps: occlusion(fps, 1.5, "moving"),
+    "leaves, back 10 frames later": lambda fps: reenter(fps, 10 / fps),
+    "leaves, back 1 s later": lambda fps: reenter(fps, 1.0),
+}
+
+
+@pytest.mark.parametrize("fps", FPS)
+@pytest.mark.parametrize("kind", sorted(SCENE_KINDS))
+def test_idf1_on_every_scene_kind(kind, fps):
+    """IDF1 (py-motmetrics) >= 0.98 per scene kind at 25, 30 and 60 fps (all 1.000 when measured; the old
+    tracker: 0.76-0.94 on all but the 10-frame absence, see docs/tracking.md)."""
+    pytest.importorskip("motmetrics")
+    scene = SCENE_KINDS[kind](fps)
+    assert score(scene, tracked_ids(scene))["idf1"] >= 0.98, scene.name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fps", FPS)
+def test_idf1_on_22_players_with_misses(fps):
+    """22 players at up to 12 px/frame (30 fps), crossing, each missed 1-4 frames now and then (the old
+    tracker: 0.95-0.98)."""
+    pytest.importorskip("motmetrics")
+    scene = group(fps)
+    assert score(scene, tracked_ids(scene))["idf1"] >= 0.98
+
+
+@pytest.mark.parametrize("fps", FPS)
+@pytest.mark.parametrize("where", ["edge", "doorway"])
+def test_a_stranger_gets_a_new_id(where, fps, monkeypatch):
+    """A much smaller person with other proportions entering 0.4 s after someone left, where they left, gets
+    an id of their own; without the body check (sizes and proportions allowed to differ) they would not."""
+    from airflow_provider_kakaopose import tracking
+
+    scene = stranger(fps, where)
+    ids = tracked_ids(scene)
+    assert strangers_kept_apart(scene, ids)
+    assert len(set(ids.values())) == 3
+    monkeypatch.setattr(tracking, "SIZE_RATIO", 1e9)
+    monkeypatch.setattr(tracking, "SHAPE_RATIO", 1e9)
+    assert not strangers_kept_apart(scene, tracked_ids(scene))
+
+
+def new_scenes() -> list:
+    """One scene of each new kind (tests/scenes.py), for the streaming and determinism checks."""
+    return [
+        lookalike_crossing(30, 150, 250),
+        occlusion(60, 1.5, "standing"),
+        stranger(25, "doorway"),
+        reenter(60, 1.0),
+        group(30, people=12, seconds=2.0),
+    ]
+
+
+@pytest.mark.parametrize("chunk_rows", [17 * 7, 1000, 10**7])
+def test_streaming_tracker_gives_the_whole_table_ids_on_the_new_scenes(chunk_rows):
+    for scene in new_scenes():
+        table = keypoints_table(scene.answer)
+        whole = assign_tracks(table)
+        for batch_rows in (None, 17 * 3 + 5):
+            out = streamed(table, chunk_rows, batch_rows)
+            assert out.column("track_id").equals(whole.column("track_id")), (scene.name, chunk_rows, batch_rows)
+
+
+def test_deterministic_on_the_new_scenes():
+    """The same ids on every run and whatever the row order (the motion model and the body check included)."""
+    for scene in new_scenes():
+        table = keypoints_table(scene.answer)
+        out = assign_tracks(table).column("track_id")
+        assert assign_tracks(table).column("track_id").equals(out)
+        perm = np.random.default_rng(1).permutation(table.num_rows)
+        shuffled = assign_tracks(table.take(perm)).column("track_id").to_numpy()
+        assert shuffled.tolist() == out.to_numpy()[perm].tolist(), scene.name
+
+
+def test_occlusion_window_follows_the_frame_rate():
+    """max_occlusion_s is in seconds: a 0.8 s occlusion is re-linked at 25 and 60 fps alike, and not with a
+    window shorter than it (then the walker gets a new id after the gap)."""
+    for fps in (25, 60):
+        scene = occlusion(fps, 0.8, "standing")
+        table = keypoints_table(scene.answer)
+        assert accuracy(assign_tracks(table), scene.truth) == 1.0
+        assert accuracy(assign_tracks(table, max_occlusion_s=0.5), scene.truth) < 1.0
+
+
+def test_pass_3_solves_only_what_changed_and_gives_the_full_pass(monkeypatch):
+    """Pass 3 re-solves only the frame pairs whose earlier frame's velocities changed since pass 2: the same
+    ids as a fresh pass 3 over every frame pair."""
+    from airflow_provider_kakaopose import tracking
+
+    tables = [*contested_tables(), *(keypoints_table(s.answer) for s in new_scenes())]
+    fast = [assign_tracks(t).column("track_id") for t in tables]
+
+    def full(p, links, velocities, dets, opts):
+        pred, succ = links
+        video, new_video = dets
+        ends = video[np.isin(p.gframe[video], p.gframe[new_video] - 1)]
+        linked = ends[succ[ends] >= 0]
+        pred[succ[linked]] = -1
+        succ[linked] = -1
+        opts = {**opts, "candidates": (ends, new_video)}
+        tracking._link_pass(p, pred, succ, 0, velocity=velocities[1], use_keypoints=True, **opts)
+
+    monkeypatch.setattr(tracking, "_repass", full)
+    for t, expected in zip(tables, fast, strict=True):
+        assert assign_tracks(t).column("track_id").equals(expected)
