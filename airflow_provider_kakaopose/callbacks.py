@@ -261,9 +261,15 @@ def configured_callbacks() -> CallbackSettings | None:
 
 
 def configured_poll_interval() -> float:
-    """``[kakao_pose] callback_poll_interval`` (default 300), also when callbacks are not configured."""
-    settings = configured_callbacks()
-    return settings.poll_interval if settings is not None else DEFAULT_CALLBACK_POLL_INTERVAL
+    """``[kakao_pose] callback_poll_interval`` (default 300; also when unusable). Reads no secret (so no
+    ``_CMD`` runs): cheap enough for a trigger's event loop."""
+    try:
+        from airflow_provider_kakaopose._compat import conf
+
+        value = float(_conf_get(conf, OPT_POLL_INTERVAL) or DEFAULT_CALLBACK_POLL_INTERVAL)
+    except Exception:
+        return DEFAULT_CALLBACK_POLL_INTERVAL
+    return value if value > 0 else DEFAULT_CALLBACK_POLL_INTERVAL
 
 
 def _mask(secret_text: str, keys: tuple[tuple[str, bytes], ...]) -> None:

@@ -96,6 +96,12 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_provider_kakaopose.triggers.pose"],
             }
         ],
+        "plugins": [
+            {
+                "name": "kakao_pose_callbacks",
+                "plugin-class": "airflow_provider_kakaopose.plugins.plugin.KakaoPoseCallbackPlugin",
+            }
+        ],
         "config": {
             "kakao_pose": {
                 "description": "Settings of the Kakao Brain Pose provider for the whole deployment.\n",

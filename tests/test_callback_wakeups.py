@@ -1,0 +1,255 @@
+"""Callbacks end to end on loopback: the receiver (FastAPI under a real uvicorn), a real redis-server, the
+emulator calling back, and triggers waking on one shared subscription."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import threading
+import time
+
+import pytest
+import requests
+from helpers import free_port, redis_server_binary
+
+from airflow_provider_kakaopose import callbacks
+from airflow_provider_kakaopose.callbacks import make_token, parse_keys
+from airflow_provider_kakaopose.hooks.pose import KakaoPoseHook
+from airflow_provider_kakaopose.triggers import _wakeups
+from airflow_provider_kakaopose.triggers.pose import KakaoPoseJobTrigger
+
+SECRET = "k1:" + "s" * 24
+KEYS = parse_keys(SECRET)
+VIDEO_URL = "https://example.com/walk.mp4?frames=3"
+
+
+class RedisServer:
+    """A private redis-server on a fixed loopback port that a test can stop and start again."""
+
+    def __init__(self, folder) -> None:
+        self.port, self.folder, self.proc = free_port(), folder, None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/1"
+
+    def start(self) -> None:
+        import redis
+
+        argv = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        self.proc = subprocess.Popen(argv, cwd=self.folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        for _ in range(200):
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.02)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def client(self):
+        import redis
+
+        return redis.Redis.from_url(self.url)
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    server = RedisServer(tmp_path)
+    server.start()
+    monkeypatch.setenv("AIRFLOW__KAKAO_POSE__RATE_LIMIT_STORE", server.url)
+    monkeypatch.setenv("AIRFLOW__KAKAO_POSE__CALLBACK_SECRET", SECRET)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def receiver(store, monkeypatch):
+    """The receiver's FastAPI app under a real uvicorn on loopback; yields its base URL."""
+    import uvicorn
+
+    from airflow_provider_kakaopose.plugins.receiver import create_app
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("AIRFLOW__KAKAO_POSE__CALLBACK_BASE_URL", base)
+    from fastapi import FastAPI
+
+    root = FastAPI()  # mounted as the api-server mounts a plugin's app
+    root.mount(callbacks.MOUNT_PATH, create_app())
+    server = uvicorn.Server(uvicorn.Config(root, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.02)
+    yield base
+    server.should_exit = True
+    thread.join(10)
+
+
+def bound_token(store: RedisServer, job_id: str, expires: float | None = None) -> str:
+    token, nonce = make_token(KEYS, expires or time.time() + 600)
+    callbacks.bind_nonce(store.url, nonce, job_id, time.time() + 600)
+    return token
+
+
+def call(base: str, token: str | None, job_id: str | None) -> int:
+    params = {k: v for k, v in (("token", token), ("job_id", job_id)) if v is not None}
+    return requests.get(f"{base}{callbacks.MOUNT_PATH}{callbacks.ROUTE}", params=params, timeout=5).status_code
+
+
+def test_receiver_records_a_genuine_callback_once_and_refuses_the_rest(receiver, store):
+    client = store.client()
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(callbacks.CHANNEL)
+    token = bound_token(store, "job-a")
+    assert call(receiver, token, "job-a") == 200
+    assert call(receiver, token, "job-a") == 200  # a replay / duplicate: deduplicated
+    assert call(receiver, token, "job-b") == 409  # a genuine token naming another job
+    tampered = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
+    assert call(receiver, tampered, "job-a") == 403
+    assert call(receiver, bound_token(store, "job-c", expires=time.time() - 5), "job-c") == 403  # expired
+    unbound, _ = make_token(KEYS, time.time() + 600)
+    assert call(receiver, unbound, "job-d") == 404
+    assert call(receiver, None, "job-a") == 400 and call(receiver, token, None) == 400
+    assert call(receiver, token, "bad id!") == 400
+    other, _ = make_token(parse_keys("k9:" + "x" * 24), time.time() + 600)
+    assert call(receiver, other, "job-a") == 403  # signed by a key this deployment does not have
+    messages = []
+    deadline = time.monotonic() + 1
+    while time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=0.1)
+        if message:
+            messages.append(message["data"])
+    assert messages == [b"job-a"]  # one wake-up, for the genuine callback only
+    assert client.exists(callbacks.ENDED_KEY.format("job-a"))
+    for job in ("job-b", "job-c", "job-d"):
+        assert not client.exists(callbacks.ENDED_KEY.format(job))
+
+
+def test_receiver_answers_503_when_redis_is_down(receiver, store):
+    token = bound_token(store, "job-a")
+    store.stop()
+    assert call(receiver, token, "job-a") == 503
+
+
+def test_a_callback_before_the_binding_counts_once_the_nonce_is_bound(receiver, store):
+    token, nonce = make_token(KEYS, time.time() + 600)
+    assert call(receiver, token, "job-early") == 404
+    assert not store.client().exists(callbacks.ENDED_KEY.format("job-early"))
+    assert callbacks.bind_nonce(store.url, nonce, "job-early", time.time() + 600) is True
+    assert store.client().exists(callbacks.ENDED_KEY.format("job-early"))
+    # an early claim for another job than the one bound causes nothing
+    token2, nonce2 = make_token(KEYS, time.time() + 600)
+    assert call(receiver, token2, "job-forged") == 404
+    assert callbacks.bind_nonce(store.url, nonce2, "job-real", time.time() + 600) is False
+    assert not store.client().exists(callbacks.ENDED_KEY.format("job-real"))
+
+
+# ------------------------------------------------------------------------------------------------ triggers
+
+
+def submit(conn_id: str, store: RedisServer, base: str, video: str = VIDEO_URL) -> str:
+    token, nonce = make_token(KEYS, time.time() + 600)
+    settings = callbacks.CallbackSettings(base, KEYS)
+    job_id = KakaoPoseHook(conn_id).submit_video_job(video_url=video, callback_url=settings.url(token))
+    callbacks.bind_nonce(store.url, nonce, job_id, time.time() + 600)
+    return job_id
+
+
+async def wait_all(triggers: list[KakaoPoseJobTrigger]) -> list[dict]:
+    async def one(trigger):
+        [event] = [e.payload async for e in trigger.run()]
+        return event
+
+    return await asyncio.gather(*(one(t) for t in triggers))
+
+
+def job_gets(emulator, job_id: str) -> int:
+    return emulator.count(method="GET", path=f"/pose/job/{job_id}")
+
+
+async def test_many_triggers_share_one_subscription_and_get_once_each(emulator, make_conn, receiver, store):
+    conn_id = make_conn()
+    emulator.configure(job_waiting_s=0.2, job_processing_s=1.0)
+    jobs = [submit(conn_id, store, receiver) for _ in range(40)]
+    triggers = [
+        KakaoPoseJobTrigger(j, conn_id, end_time=time.time() + 60, callback=True, callback_poll_interval=600)
+        for j in jobs
+    ]
+    started = time.monotonic()
+    task = asyncio.ensure_future(wait_all(triggers))
+    await asyncio.sleep(0.5)
+    assert store.client().pubsub_numsub(callbacks.CHANNEL) == [(callbacks.CHANNEL.encode(), 1)]
+    events = await task
+    assert time.monotonic() - started < 10  # woken by callbacks, not by the 600 s fallback poll
+    assert [e["status"] for e in events] == ["success"] * len(jobs)
+    assert [job_gets(emulator, j) for j in jobs] == [1] * len(jobs)  # one confirming GET each
+    listener = _wakeups._LISTENERS[asyncio.get_running_loop()][store.url]
+    assert listener.subscriptions == 1 and not listener.waiters
+    await asyncio.sleep(0.1)
+    assert store.client().pubsub_numsub(callbacks.CHANNEL) == [(callbacks.CHANNEL.encode(), 0)]  # stopped
+
+
+async def test_a_callback_that_came_before_the_trigger_started_is_not_lost(emulator, make_conn, receiver, store):
+    conn_id = make_conn()
+    job_id = submit(conn_id, store, receiver)
+    for _ in range(100):
+        if emulator.callbacks_sent:
+            break
+        await asyncio.sleep(0.05)
+    assert store.client().exists(callbacks.ENDED_KEY.format(job_id))
+    trigger = KakaoPoseJobTrigger(job_id, conn_id, end_time=time.time() + 60, callback=True, callback_poll_interval=600)
+    started = time.monotonic()
+    [event] = await wait_all([trigger])
+    assert event["status"] == "success" and time.monotonic() - started < 3
+    assert job_gets(emulator, job_id) == 1
+
+
+async def test_a_lost_callback_costs_one_fallback_poll(emulator, make_conn, store):
+    conn_id = make_conn()
+    job_id = KakaoPoseHook(conn_id).submit_video_job(video_url=VIDEO_URL)  # no callback will ever come
+    trigger = KakaoPoseJobTrigger(job_id, conn_id, end_time=time.time() + 60, callback=True, callback_poll_interval=2)
+    started = time.monotonic()
+    [event] = await wait_all([trigger])
+    took = time.monotonic() - started
+    assert event["status"] == "success" and 1.4 <= took <= 2.6  # one fallback poll, 75-100 % of 2 s
+    assert job_gets(emulator, job_id) == 1
+
+
+async def test_waits_survive_a_redis_restart_and_see_callbacks_recorded_before_resubscribing(
+    emulator, make_conn, store, monkeypatch
+):
+    monkeypatch.setattr(_wakeups, "RECONNECT_S", (1.5,))
+    conn_id = make_conn()
+    emulator.configure(job_waiting_s=0.2, job_processing_s=0.5)
+    jobs = [KakaoPoseHook(conn_id).submit_video_job(video_url=VIDEO_URL) for _ in range(5)]
+    triggers = [
+        KakaoPoseJobTrigger(j, conn_id, end_time=time.time() + 60, callback=True, callback_poll_interval=600)
+        for j in jobs
+    ]
+    started = time.monotonic()
+    task = asyncio.ensure_future(wait_all(triggers))
+    await asyncio.sleep(0.5)
+    listener = _wakeups._LISTENERS[asyncio.get_running_loop()][store.url]
+    assert listener.subscriptions == 1
+    store.stop()
+    await asyncio.sleep(0.2)
+    store.start()
+    client = store.client()
+    for job_id in jobs:  # what the receiver does for each callback, while the listener is not subscribed yet
+        client.set(callbacks.NONCE_KEY.format("n-" + job_id), job_id)
+        client.eval(callbacks.RECORD_SCRIPT, 3, *callbacks.record_keys("n-" + job_id, job_id), job_id, 60, 60)
+    assert listener.subscriptions == 1 and not listener.subscribed.is_set()
+    events = await asyncio.wait_for(task, 20)
+    assert [e["status"] for e in events] == ["success"] * len(jobs)
+    assert listener.subscriptions == 2 and time.monotonic() - started < 10  # not the 600 s fallback poll
+    assert [job_gets(emulator, j) for j in jobs] == [1] * len(jobs)
