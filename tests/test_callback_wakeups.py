@@ -253,3 +253,101 @@ async def test_waits_survive_a_redis_restart_and_see_callbacks_recorded_before_r
     assert [e["status"] for e in events] == ["success"] * len(jobs)
     assert listener.subscriptions == 2 and time.monotonic() - started < 10  # not the 600 s fallback poll
     assert [job_gets(emulator, j) for j in jobs] == [1] * len(jobs)
+
+
+# ------------------------------------------------------------------------------------------------ the operator
+
+
+class _Store(dict):
+    """Airflow 3.3's task state store, enough for the video operator."""
+
+    def set(self, key, value, *, retention=None):
+        self[key] = value
+
+
+class _TI:
+    dag_id, run_id, task_id, map_index, max_tries, try_number = "d", "r", "t", -1, 0, 1
+
+    def __init__(self):
+        self.xcom = {}
+
+    def xcom_push(self, key, value):
+        self.xcom[key] = value
+
+
+def deferred_trigger(conn_id: str, state: _Store, **kwargs) -> KakaoPoseJobTrigger:
+    from airflow_provider_kakaopose._compat import TaskDeferred
+    from airflow_provider_kakaopose.operators.pose import KakaoPoseVideoOperator
+
+    op = KakaoPoseVideoOperator(
+        task_id="v", video=VIDEO_URL, deferrable=True, timeout=120, kakao_pose_conn_id=conn_id, **kwargs
+    )
+    with pytest.raises(TaskDeferred) as info:
+        op.execute({"ti": _TI(), "task_state_store": state})
+    return info.value.trigger
+
+
+async def test_the_video_operator_asks_for_our_callback_and_its_wait_listens(emulator, make_conn, receiver, store):
+    conn_id = make_conn()
+    emulator.configure(job_waiting_s=0.5, job_processing_s=1.0)
+    state = _Store()
+    trigger = await asyncio.to_thread(deferred_trigger, conn_id, state, callback_poll_interval=600)
+    assert trigger.callback is True and trigger.callback_poll_interval == 600
+    assert "token" not in repr(trigger.serialize()) and SECRET[3:] not in repr(trigger.serialize())
+    [post] = [r for r in emulator.requests if r.method == "POST"]
+    assert post.fields["callback_url"].startswith(f"{receiver}/kakao-pose-callbacks/job-ended?token=v1.k1.")
+    job = next(iter(state.values()))["job"]
+    assert job["callback_requested"] is True and job["callback_url"] is None
+    assert "token" not in repr(state)
+    gets_before = job_gets(emulator, trigger.job_id)
+    [event] = await wait_all([trigger])
+    assert event["status"] == "success" and job_gets(emulator, trigger.job_id) == gets_before + 1
+
+
+def test_a_retry_reattaches_and_still_listens(emulator, make_conn, receiver, store):
+    conn_id = make_conn()
+    emulator.configure(job_waiting_s=5, job_processing_s=5)
+    state = _Store()
+    first = deferred_trigger(conn_id, state)
+    second = deferred_trigger(conn_id, state)
+    assert first.job_id == second.job_id and second.callback is True
+    assert emulator.count(method="POST", path="/pose/job") == 1
+
+
+def logged(capsys, caplog) -> str:
+    """What the operator logged (the task logger prints through structlog on Airflow 3; the stdlib elsewhere)."""
+    out, err = capsys.readouterr()
+    return out + err + caplog.text
+
+
+def test_a_users_callback_url_is_sent_as_given_and_the_wait_polls(emulator, make_conn, receiver, store, capsys, caplog):
+    conn_id = make_conn()
+    emulator.configure(job_waiting_s=5, job_processing_s=5)
+    with caplog.at_level("INFO"):
+        trigger = deferred_trigger(conn_id, _Store(), callback_url="https://hooks.example.com/pose")
+    assert trigger.callback is False
+    [post] = [r for r in emulator.requests if r.method == "POST"]
+    assert post.fields["callback_url"] == "https://hooks.example.com/pose"
+    assert "callback_url was given" in logged(capsys, caplog)
+
+
+def test_a_base_url_that_is_not_https_443_is_warned_about_not_refused(
+    emulator, make_conn, receiver, store, capsys, caplog
+):
+    conn_id = make_conn()
+    emulator.configure(job_waiting_s=5, job_processing_s=5)
+    with caplog.at_level("WARNING"):
+        trigger = deferred_trigger(conn_id, _Store())
+    text = logged(capsys, caplog)
+    assert trigger.callback is True and "is not HTTPS on port 443" in text
+    assert SECRET[3:] not in text and "token=" not in text
+
+
+def test_without_callback_settings_the_wait_polls_as_before(emulator, make_conn, store, monkeypatch):
+    monkeypatch.delenv("AIRFLOW__KAKAO_POSE__CALLBACK_BASE_URL", raising=False)
+    conn_id = make_conn()
+    emulator.configure(job_waiting_s=5, job_processing_s=5)
+    trigger = deferred_trigger(conn_id, _Store())
+    assert trigger.callback is False
+    [post] = [r for r in emulator.requests if r.method == "POST"]
+    assert "callback_url" not in post.fields
