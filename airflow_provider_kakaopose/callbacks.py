@@ -205,15 +205,25 @@ def record_keys(nonce: str, job_id: str) -> list[str]:
 def bind_nonce(store_url: str, nonce: str, job_id: str, expires: float) -> bool:
     """Bind ``nonce`` to ``job_id`` in the store until ``expires`` (sync: the submitting worker calls it).
     Returns whether a callback that came before the binding was recorded by it. Raises on a Redis error."""
-    import redis
+    client = _sync_client(store_url)
+    ttl = max(int(expires - time.time()), 60)
+    keys = [NONCE_KEY.format(nonce), EARLY_KEY.format(nonce), ENDED_KEY.format(job_id)]
+    return bool(client.eval(BIND_SCRIPT, 3, *keys, job_id, str(ttl), str(min(ttl, MARKER_TTL_S))))
 
-    client = redis.Redis.from_url(store_url, socket_connect_timeout=2, socket_timeout=2)
-    try:
-        ttl = max(int(expires - time.time()), 60)
-        keys = [NONCE_KEY.format(nonce), EARLY_KEY.format(nonce), ENDED_KEY.format(job_id)]
-        return bool(client.eval(BIND_SCRIPT, 3, *keys, job_id, str(ttl), str(min(ttl, MARKER_TTL_S))))
-    finally:
-        client.close()
+
+_SYNC_CLIENTS: dict[str, Any] = {}
+
+
+def _sync_client(store_url: str) -> Any:
+    """One thread-safe client (with its connection pool) per store URL and process."""
+    client = _SYNC_CLIENTS.get(store_url)
+    if client is None:
+        import redis
+
+        client = _SYNC_CLIENTS.setdefault(
+            store_url, redis.Redis.from_url(store_url, socket_connect_timeout=2, socket_timeout=2)
+        )
+    return client
 
 
 # ------------------------------------------------------------------------------------------------- configuration

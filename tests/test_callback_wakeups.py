@@ -317,7 +317,7 @@ def test_a_retry_reattaches_and_still_listens(emulator, make_conn, receiver, sto
 def logged(capsys, caplog) -> str:
     """What the operator logged (the task logger prints through structlog on Airflow 3; the stdlib elsewhere)."""
     out, err = capsys.readouterr()
-    return out + err + caplog.text
+    return out + err + (caplog.text if caplog is not None else "")
 
 
 def test_a_users_callback_url_is_sent_as_given_and_the_wait_polls(emulator, make_conn, receiver, store, capsys, caplog):
@@ -351,3 +351,16 @@ def test_without_callback_settings_the_wait_polls_as_before(emulator, make_conn,
     assert trigger.callback is False
     [post] = [r for r in emulator.requests if r.method == "POST"]
     assert "callback_url" not in post.fields
+
+
+def test_on_airflow_2_the_operator_never_asks_for_a_callback(emulator, make_conn, receiver, store, monkeypatch, capsys):
+    from airflow_provider_kakaopose import _compat
+
+    monkeypatch.setattr(_compat, "AIRFLOW_V_3_0_PLUS", False)  # as on 2.11: no fastapi_apps, no receiver
+    conn_id = make_conn()
+    emulator.configure(job_waiting_s=5, job_processing_s=5)
+    trigger = deferred_trigger(conn_id, _Store())
+    assert trigger.callback is False
+    [post] = [r for r in emulator.requests if r.method == "POST"]
+    assert "callback_url" not in post.fields
+    assert "on Airflow 2 waits poll" in logged(capsys, None)

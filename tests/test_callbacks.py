@@ -107,3 +107,26 @@ def test_provider_info_declares_the_callback_options():
     assert options["callback_secret"]["sensitive"] is True
     assert options["callback_poll_interval"]["default"] == "300"
     assert options["callback_base_url"]["default"] == ""
+
+
+def test_the_plugin_is_registered_as_official_providers_do():
+    import tomllib
+
+    from helpers import ROOT
+
+    from airflow_provider_kakaopose.get_provider_info import get_provider_info
+
+    [plugin] = get_provider_info()["plugins"]
+    entry = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["airflow.plugins"]
+    assert entry == {plugin["name"]: plugin["plugin-class"].rsplit(".", 1)[0] + ":KakaoPoseCallbackPlugin"}
+    from airflow_provider_kakaopose.plugins.plugin import KakaoPoseCallbackPlugin
+
+    [app] = KakaoPoseCallbackPlugin.fastapi_apps
+    assert app["url_prefix"] == callbacks.MOUNT_PATH and app["app"].openapi_url is None
+
+
+def test_on_airflow_2_the_plugin_mounts_nothing(monkeypatch):
+    from airflow_provider_kakaopose.plugins import plugin
+
+    monkeypatch.setattr(plugin, "AIRFLOW_V_3_0_PLUS", False)
+    assert plugin._fastapi_apps() == []
