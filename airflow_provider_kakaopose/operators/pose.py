@@ -496,7 +496,8 @@ class KakaoPoseVideoOperator(_JobLoader, BaseOperator):
             prepare_outputs({"output_uri": output_uri}, run_identity(context), self.log, claim=output_uri)
         store = self._records(context)
         record = store.load()
-        job = self._reattach(hook, record) or self._submit(store, hook, record)
+        reattached = self._reattach(hook, record)
+        job = reattached or self._submit(store, hook, record)
         job_id = job["job_id"]
         self.lineage_inputs = [self._source()]
         unknown = self._push_job_id(context, job_id, record)
@@ -504,6 +505,10 @@ class KakaoPoseVideoOperator(_JobLoader, BaseOperator):
             store.done()
             return job_id
         deadline = float(job.get("deadline") or time.time() + self.timeout)
+        if self.deferrable and reattached is None and job.get("callback_requested"):
+            # Just submitted, and its end will be called back: no status GET before deferring (the trigger
+            # reads the job's marker when it starts, so a job that ended meanwhile is not missed).
+            self._defer_to_the_trigger(job_id, deadline, callback=True)
         body = hook.get_job_status(job_id)
         if self.deferrable and body["status"] in RUNNING:
             self._defer_to_the_trigger(job_id, deadline, callback=bool(job.get("callback_requested")))
