@@ -158,11 +158,16 @@ def test_a_callback_before_the_binding_counts_once_the_nonce_is_bound(receiver, 
 
 
 def submit(conn_id: str, store: RedisServer, base: str, video: str = VIDEO_URL) -> str:
+    return submit_with_nonce(conn_id, store, base, video)[0]
+
+
+def submit_with_nonce(conn_id: str, store: RedisServer, base: str, video: str = VIDEO_URL) -> tuple[str, str]:
+    """Submit as the operator does: with a signed callback URL, the nonce bound to the job; ``(job id, nonce)``."""
     token, nonce = make_token(KEYS, time.time() + 600)
     settings = callbacks.CallbackSettings(base, KEYS)
     job_id = KakaoPoseHook(conn_id).submit_video_job(video_url=video, callback_url=settings.url(token))
     callbacks.bind_nonce(store.url, nonce, job_id, time.time() + 600)
-    return job_id
+    return job_id, nonce
 
 
 async def wait_all(triggers: list[KakaoPoseJobTrigger]) -> list[dict]:
@@ -298,6 +303,7 @@ async def test_the_video_operator_asks_for_our_callback_and_its_wait_listens(emu
     assert post.fields["callback_url"].startswith(f"{receiver}/kakao-pose-callbacks/job-ended?token=v1.k1.")
     job = next(iter(state.values()))["job"]
     assert job["callback_requested"] is True and job["callback_url"] is None
+    assert trigger.callback_nonce == job["callback_nonce"] and trigger.callback_nonce in post.fields["callback_url"]
     assert "token" not in repr(state)
     assert job_gets(emulator, trigger.job_id) == 0  # deferred without a status GET: its end will be called back
     [event] = await wait_all([trigger])
@@ -364,3 +370,29 @@ def test_on_airflow_2_the_operator_never_asks_for_a_callback(emulator, make_conn
     [post] = [r for r in emulator.requests if r.method == "POST"]
     assert "callback_url" not in post.fields
     assert "on Airflow 2 waits poll" in logged(capsys, None)
+
+
+async def test_after_a_redis_restart_without_persistence_the_triggers_bind_again_and_callbacks_count(
+    emulator, make_conn, receiver, store, monkeypatch
+):
+    monkeypatch.setattr(_wakeups, "RECONNECT_S", (0.1,))
+    conn_id = make_conn()
+    emulator.configure(job_waiting_s=0.5, job_processing_s=2.5)
+    submitted = [submit_with_nonce(conn_id, store, receiver) for _ in range(5)]
+    triggers = [
+        KakaoPoseJobTrigger(
+            j, conn_id, end_time=time.time() + 60, callback=True, callback_poll_interval=600, callback_nonce=n
+        )
+        for j, n in submitted
+    ]
+    started = time.monotonic()
+    task = asyncio.ensure_future(wait_all(triggers))
+    await asyncio.sleep(0.5)
+    store.stop()  # no persistence: the bindings are gone with it
+    await asyncio.sleep(0.2)
+    store.start()
+    events = await asyncio.wait_for(task, 30)
+    assert [e["status"] for e in events] == ["success"] * len(submitted)
+    assert time.monotonic() - started < 10  # by their callbacks, not the 600 s fallback poll
+    assert all(outcome == 200 for _, outcome in emulator.callbacks_sent)
+    assert [job_gets(emulator, j) for j, _ in submitted] == [1] * len(submitted)

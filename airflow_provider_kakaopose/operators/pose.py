@@ -443,8 +443,8 @@ class KakaoPoseVideoOperator(_JobLoader, BaseOperator):
             store.save(record)
             raise
         self.log.info("Submitted %s as job %s", source, job_id)  # first: the id is in the log whatever follows
-        requested = ours is not None and ours.bind(job_id, self.log)
-        return self._record_the_job(store, record, source, job_id, callback_requested=requested)
+        nonce = ours.nonce if ours is not None and ours.bind(job_id, self.log) else None
+        return self._record_the_job(store, record, source, job_id, callback_nonce=nonce)
 
     def _our_callback(self) -> _OurCallback | None:
         """The provider's signed callback for this submission, or ``None`` (the wait polls; says why once)."""
@@ -461,15 +461,17 @@ class KakaoPoseVideoOperator(_JobLoader, BaseOperator):
         record: dict[str, Any],
         source: str,
         job_id: str,
-        callback_requested: bool = False,
+        callback_nonce: str | None = None,
     ) -> dict[str, Any]:
         """Save the submitted job in the record (tried again a few times): a retry re-attaches to it. The record
-        says whether the provider's callback was requested, never its URL (which holds a token)."""
+        says whether the provider's callback was requested (and its nonce, an id), never its URL (which holds
+        the token's signature)."""
         job = {
             "job_id": job_id,
             **self._settings(),
             "deadline": time.time() + self.timeout,
-            "callback_requested": callback_requested,
+            "callback_requested": callback_nonce is not None,
+            "callback_nonce": callback_nonce,
         }
         record.update(job=job, pending=None)
         try:
@@ -508,10 +510,10 @@ class KakaoPoseVideoOperator(_JobLoader, BaseOperator):
         if self.deferrable and reattached is None and job.get("callback_requested"):
             # Just submitted, and its end will be called back: no status GET before deferring (the trigger
             # reads the job's marker when it starts, so a job that ended meanwhile is not missed).
-            self._defer_to_the_trigger(job_id, deadline, callback=True)
+            self._defer_to_the_trigger(job_id, deadline, job)
         body = hook.get_job_status(job_id)
         if self.deferrable and body["status"] in RUNNING:
-            self._defer_to_the_trigger(job_id, deadline, callback=bool(job.get("callback_requested")))
+            self._defer_to_the_trigger(job_id, deadline, job)
         self._wait_in_the_worker(hook, job_id, body, deadline)
         self._load(job_id, store, unknown, context)
         return job_id
@@ -525,7 +527,7 @@ class KakaoPoseVideoOperator(_JobLoader, BaseOperator):
             ti.xcom_push(key="unknown_submissions", value=unknown)
         return unknown
 
-    def _defer_to_the_trigger(self, job_id: str, deadline: float, callback: bool = False) -> NoReturn:
+    def _defer_to_the_trigger(self, job_id: str, deadline: float, job: dict[str, Any] | None = None) -> NoReturn:
         """Wait in the triggerer until ``deadline`` (absolute), listening for the job's callback when one was
         requested; :meth:`execute_complete` resumes."""
         from airflow_provider_kakaopose.triggers.pose import KakaoPoseJobTrigger
@@ -536,8 +538,9 @@ class KakaoPoseVideoOperator(_JobLoader, BaseOperator):
                 kakao_pose_conn_id=self.kakao_pose_conn_id,
                 poll_interval=self.poll_interval,
                 end_time=deadline,
-                callback=callback,
+                callback=bool((job or {}).get("callback_requested")),
                 callback_poll_interval=self.callback_poll_interval,
+                callback_nonce=(job or {}).get("callback_nonce"),
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=max(deadline - time.time(), 0) + 300),

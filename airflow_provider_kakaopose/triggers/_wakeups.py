@@ -8,11 +8,15 @@ waiting; a message sets the events of its job. What is not lost:
 - a callback that came while no triggerer ran: :meth:`CallbackListener.watch` reads the job's marker *after*
   registering and subscribing, so a marker written before (or while) the trigger started is seen;
 - a callback that came while the subscription was down (Redis restarted, a network cut): after each
-  re-subscription the markers of every waiting job are read again (one ``MGET``).
+  re-subscription the markers of every waiting job are read again (one ``MGET``);
+- the binding ``nonce → job id`` that makes a callback count: a trigger that knows its job's nonce binds it
+  again when it starts and after each re-subscription, so a Redis restarted without persistence (which lost
+  the bindings) still accepts the callbacks that come after it is back (a callback that came before the
+  binding is back was kept as an early claim, and counts then).
 
-A marker lost with Redis itself (a restart without persistence) is not seen: the wait's fallback poll finds
-the job's end. Each listener keeps a task and one connection while at least one trigger waits, and stops
-when the last one leaves.
+A callback that came while Redis was down (the receiver answered 503), or a marker lost with Redis itself,
+is not seen: the wait's fallback poll finds the job's end. Each listener keeps a task and one connection while
+at least one trigger waits, and stops when the last one leaves.
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import weakref
 from typing import Any
 
-from airflow_provider_kakaopose.callbacks import CHANNEL, ENDED_KEY
+from airflow_provider_kakaopose.callbacks import BIND_SCRIPT, CHANNEL, EARLY_KEY, ENDED_KEY, MARKER_TTL_S, NONCE_KEY
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +46,8 @@ class CallbackListener:
     def __init__(self, url: str) -> None:
         self.url = url
         self.waiters: dict[str, set[asyncio.Event]] = {}
+        #: ``job id → (nonce, expires)`` of the waiting jobs that carry the provider's callback.
+        self.bindings: dict[str, tuple[str, float]] = {}
         self.subscribed = asyncio.Event()
         #: How many times this listener subscribed (1 + re-subscriptions after an outage): for tests.
         self.subscriptions = 0
@@ -59,18 +66,32 @@ class CallbackListener:
             self._client = redis.asyncio.Redis(connection_pool=pool)
         return self._client
 
-    async def watch(self, job_id: str) -> asyncio.Event:
+    async def watch(self, job_id: str, nonce: str | None = None, expires: float | None = None) -> asyncio.Event:
         """Register a waiter for ``job_id``; the event is set at once when the job's marker already exists,
-        else when its callback comes. :meth:`unwatch` when done."""
+        else when its callback comes. With the job's callback ``nonce``, its binding is (re)written until
+        ``expires`` (epoch s). :meth:`unwatch` when done."""
         event = asyncio.Event()
         self.waiters.setdefault(job_id, set()).add(event)
+        if nonce:
+            self.bindings[job_id] = (nonce, expires if expires is not None else time.time() + MARKER_TTL_S)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="kakao-pose-callback-listener")
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.subscribed.wait(), SUBSCRIBE_WAIT_S)
+        if job_id in self.bindings:
+            with contextlib.suppress(Exception):  # Redis down: bound again once the subscription is back
+                await self._bind(job_id)
         if await self._marker(job_id):
             event.set()
         return event
+
+    async def _bind(self, job_id: str) -> None:
+        """Write the job's binding (and turn an early claim for it into its marker: see BIND_SCRIPT)."""
+        nonce, expires = self.bindings[job_id]
+        ttl = int(expires - time.time())
+        if ttl > 0:
+            keys = [NONCE_KEY.format(nonce), EARLY_KEY.format(nonce), ENDED_KEY.format(job_id)]
+            await self._commands().eval(BIND_SCRIPT, 3, *keys, job_id, ttl, min(ttl, MARKER_TTL_S))
 
     def unwatch(self, job_id: str, event: asyncio.Event) -> None:
         """Drop a waiter; the last one stops the subscription."""
@@ -79,6 +100,7 @@ class CallbackListener:
             events.discard(event)
             if not events:
                 del self.waiters[job_id]
+                self.bindings.pop(job_id, None)
         if not self.waiters and self._task is not None:
             self._task.cancel()
             self._task = None
@@ -120,6 +142,8 @@ class CallbackListener:
                     log.info("Kakao Pose callback subscription restored")
                     self._lost_logged = False
                 attempt = 0
+                for job_id in list(self.bindings):
+                    await self._bind(job_id)
                 await self._recheck()
                 while True:
                     message = await pubsub.get_message(timeout=READ_TIMEOUT_S)

@@ -34,6 +34,8 @@ class KakaoPoseJobTrigger(BaseTrigger):
     :param callback: the job was submitted with the provider's signed callback URL: wait for its wake-up
         (:mod:`~airflow_provider_kakaopose.triggers._wakeups`, one Redis subscription per triggerer loop) and
         confirm with one status GET, instead of polling every ``poll_interval``.
+    :param callback_nonce: with ``callback``: the nonce of the job's callback token (not a secret: the token's
+        signature is not kept), bound to the job again when the trigger starts and after Redis comes back.
     :param callback_poll_interval: with ``callback``: seconds between fallback polls (for a callback the
         service lost), each spread by jitter (75-100 %); default ``[kakao_pose] callback_poll_interval`` (300).
 
@@ -58,6 +60,7 @@ class KakaoPoseJobTrigger(BaseTrigger):
         end_time: float | None = None,
         callback: bool = False,
         callback_poll_interval: float | None = None,
+        callback_nonce: str | None = None,
     ) -> None:
         super().__init__()
         if poll_interval <= 0:
@@ -70,6 +73,7 @@ class KakaoPoseJobTrigger(BaseTrigger):
         self.end_time = float(end_time) if end_time is not None else None
         self.callback = bool(callback)
         self.callback_poll_interval = float(callback_poll_interval) if callback_poll_interval is not None else None
+        self.callback_nonce = callback_nonce
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -81,6 +85,7 @@ class KakaoPoseJobTrigger(BaseTrigger):
                 "end_time": self.end_time,
                 "callback": self.callback,
                 "callback_poll_interval": self.callback_poll_interval,
+                "callback_nonce": self.callback_nonce,
             },
         )
 
@@ -141,7 +146,10 @@ class KakaoPoseJobTrigger(BaseTrigger):
 
         interval = self.callback_poll_interval or configured_poll_interval()
         wait = WaitLog(self.log, self.job_id, self.end_time, interval)
-        woken = await listener.watch(self.job_id)
+        from airflow_provider_kakaopose.callbacks import EXPIRY_MARGIN_S
+
+        expires = self.end_time + EXPIRY_MARGIN_S if self.end_time is not None else None
+        woken = await listener.watch(self.job_id, self.callback_nonce, expires)
         self.log.info("Waiting for the callback of Pose job %s (fallback poll about every %g s)", self.job_id, interval)
         try:
             while True:
