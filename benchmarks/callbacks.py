@@ -312,8 +312,8 @@ def cluster_part(args: argparse.Namespace) -> None:
     print(
         f"\nmake cluster (1 worker, 2 triggerers, CeleryExecutor, PostgreSQL, Redis): {m['jobs']} deferrable video "
         f"tasks, jobs ending {args.cluster_ends[0]:g}-{args.cluster_ends[1]:g} s after submission, quota "
-        f"{args.rate:g}/s, {args.drop_rate:.0%} of callbacks dropped, callback_poll_interval shortened to "
-        f"{args.cluster_fallback:g} s"
+        f"{args.rate:g}/s, {args.drop_rate:.0%} of callbacks dropped, callback_poll_interval "
+        f"{args.cluster_fallback:g} s{' (shortened)' if args.cluster_fallback < 300 else ''}"
     )
     for what, when in m["events"].items():
         print(f"  +{when:6.1f} s  {what}")
