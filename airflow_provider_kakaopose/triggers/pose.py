@@ -142,12 +142,10 @@ class KakaoPoseJobTrigger(BaseTrigger):
 
     async def _wait_for_the_callback(self, hook: KakaoPoseAsyncHook, listener: Any) -> dict[str, Any]:
         """Wait for the job's wake-up (or a fallback poll), confirm with one status GET; the event's payload."""
-        from airflow_provider_kakaopose.callbacks import configured_poll_interval
+        from airflow_provider_kakaopose.callbacks import EXPIRY_MARGIN_S, configured_poll_interval
 
         interval = self.callback_poll_interval or configured_poll_interval()
         wait = WaitLog(self.log, self.job_id, self.end_time, interval)
-        from airflow_provider_kakaopose.callbacks import EXPIRY_MARGIN_S
-
         expires = self.end_time + EXPIRY_MARGIN_S if self.end_time is not None else None
         woken = await listener.watch(self.job_id, self.callback_nonce, expires)
         self.log.info("Waiting for the callback of Pose job %s (fallback poll about every %g s)", self.job_id, interval)
