@@ -50,6 +50,8 @@ TOKEN_VERSION = "v1"
 NONCE_KEY = "kakaopose:cb:nonce:{}"
 ENDED_KEY = "kakaopose:cb:ended:{}"
 EARLY_KEY = "kakaopose:cb:early:{}"
+#: ``job id → nonce``: whether a job carries the provider's callback (a sensor on that job may then listen).
+JOB_KEY = "kakaopose:cb:job:{}"
 CHANNEL = "kakaopose:cb:ended"
 #: The "ended" marker lives at most this long (a wait that starts later polls anyway).
 MARKER_TTL_S = 24 * 3600
@@ -155,12 +157,14 @@ def verify_token(token: str, keys: tuple[tuple[str, bytes], ...], now: float | N
 
 # ------------------------------------------------------------------------------------------------ Redis scripts
 
-#: Bind a nonce to its job (KEYS: nonce key, early key, ended key; ARGV: job id, ttl s, marker ttl s). If a
+#: Bind a nonce to its job (KEYS: nonce key, early key, ended key, job key; ARGV: job id, ttl s, marker ttl s,
+#: nonce); the job key records the nonce of the job's callback. If a
 #: callback for this very job came before the binding (the early key names it), the job's marker is written
 #: and the wake-up published now. Returns 1 when that happened, else 0.
 BIND_SCRIPT = (
     """
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[2])
 local early = redis.call('GET', KEYS[2])
 if early == ARGV[1] then
   redis.call('DEL', KEYS[2])
@@ -207,8 +211,21 @@ def bind_nonce(store_url: str, nonce: str, job_id: str, expires: float) -> bool:
     Returns whether a callback that came before the binding was recorded by it. Raises on a Redis error."""
     client = _sync_client(store_url)
     ttl = max(int(expires - time.time()), 60)
-    keys = [NONCE_KEY.format(nonce), EARLY_KEY.format(nonce), ENDED_KEY.format(job_id)]
-    return bool(client.eval(BIND_SCRIPT, 3, *keys, job_id, str(ttl), str(min(ttl, MARKER_TTL_S))))
+    return bool(
+        client.eval(BIND_SCRIPT, 4, *bind_keys(nonce, job_id), job_id, str(ttl), str(min(ttl, MARKER_TTL_S)), nonce)
+    )
+
+
+def bind_keys(nonce: str, job_id: str) -> list[str]:
+    """The KEYS of :data:`BIND_SCRIPT`."""
+    return [NONCE_KEY.format(nonce), EARLY_KEY.format(nonce), ENDED_KEY.format(job_id), JOB_KEY.format(job_id)]
+
+
+def callback_nonce_of(store_url: str, job_id: str) -> str | None:
+    """The nonce of the provider's callback for ``job_id``, or ``None`` when the job carries none (sync: a
+    sensor's worker asks it before deferring). Raises on a Redis error."""
+    value = _sync_client(store_url).get(JOB_KEY.format(job_id))
+    return value.decode() if isinstance(value, bytes) else value
 
 
 _SYNC_CLIENTS: dict[str, Any] = {}

@@ -396,3 +396,50 @@ async def test_after_a_redis_restart_without_persistence_the_triggers_bind_again
     assert time.monotonic() - started < 10  # by their callbacks, not the 600 s fallback poll
     assert all(outcome == 200 for _, outcome in emulator.callbacks_sent)
     assert [job_gets(emulator, j) for j, _ in submitted] == [1] * len(submitted)
+
+
+# ------------------------------------------------------------------------------------------------ the sensor
+
+
+def submitted_without_waiting(conn_id: str, state: _Store, **kwargs) -> tuple[str, str]:
+    """Submit with ``wait_for_completion=False`` (submit → sensor → load); ``(job id, the URL sent)``."""
+    from airflow_provider_kakaopose.operators.pose import KakaoPoseVideoOperator
+
+    op = KakaoPoseVideoOperator(
+        task_id="submit", video=VIDEO_URL, wait_for_completion=False, kakao_pose_conn_id=conn_id, **kwargs
+    )
+    job_id = op.execute({"ti": _TI(), "task_state_store": state})
+    return job_id, next(iter(state.values()))["job"].get("callback_nonce")
+
+
+def sensor_trigger(conn_id: str, job_id: str) -> KakaoPoseJobTrigger:
+    from airflow_provider_kakaopose._compat import TaskDeferred
+    from airflow_provider_kakaopose.sensors.pose import KakaoPoseJobSensor
+
+    sensor = KakaoPoseJobSensor(task_id="wait", job_id=job_id, deferrable=True, kakao_pose_conn_id=conn_id)
+    with pytest.raises(TaskDeferred) as info:
+        sensor.execute({"ti": _TI()})
+    return info.value.trigger
+
+
+async def test_a_deferrable_sensor_listens_for_a_job_that_carries_our_callback(emulator, make_conn, receiver, store):
+    conn_id = make_conn()
+    emulator.configure(job_waiting_s=0.5, job_processing_s=1.0)
+    job_id, nonce = await asyncio.to_thread(submitted_without_waiting, conn_id, _Store())
+    assert nonce is not None
+    trigger = await asyncio.to_thread(sensor_trigger, conn_id, job_id)
+    assert trigger.callback is True and trigger.callback_nonce == nonce
+    assert job_gets(emulator, job_id) == 1  # the sensor's first check
+    trigger.callback_poll_interval = 600
+    started = time.monotonic()
+    [event] = await wait_all([trigger])
+    assert event["status"] == "success" and time.monotonic() - started < 8
+    assert job_gets(emulator, job_id) == 2  # and the trigger's one confirming GET
+
+
+def test_a_deferrable_sensor_polls_a_job_without_our_callback(emulator, make_conn, receiver, store):
+    conn_id = make_conn()
+    emulator.configure(job_waiting_s=5, job_processing_s=5)
+    job_id = KakaoPoseHook(conn_id).submit_video_job(video_url=VIDEO_URL)
+    trigger = sensor_trigger(conn_id, job_id)
+    assert trigger.callback is False and trigger.callback_nonce is None

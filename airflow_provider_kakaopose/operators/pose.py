@@ -451,8 +451,8 @@ class KakaoPoseVideoOperator(_JobLoader, BaseOperator):
         if self.callback_url:
             self.log.info("callback_url was given: it is sent as given, and the wait polls for the job's end")
             return None
-        if not (self.wait_for_completion and self.deferrable):
-            return None  # only a deferred wait listens
+        if self.wait_for_completion and not self.deferrable:
+            return None  # a wait in the worker polls; a deferred one, or a deferrable sensor after us, listens
         return _OurCallback.make(self.timeout, self.log)
 
     def _record_the_job(

@@ -28,7 +28,7 @@ import time
 import weakref
 from typing import Any
 
-from airflow_provider_kakaopose.callbacks import BIND_SCRIPT, CHANNEL, EARLY_KEY, ENDED_KEY, MARKER_TTL_S, NONCE_KEY
+from airflow_provider_kakaopose.callbacks import BIND_SCRIPT, CHANNEL, ENDED_KEY, MARKER_TTL_S, bind_keys
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +90,8 @@ class CallbackListener:
         nonce, expires = self.bindings[job_id]
         ttl = int(expires - time.time())
         if ttl > 0:
-            keys = [NONCE_KEY.format(nonce), EARLY_KEY.format(nonce), ENDED_KEY.format(job_id)]
-            await self._commands().eval(BIND_SCRIPT, 3, *keys, job_id, ttl, min(ttl, MARKER_TTL_S))
+            keys = bind_keys(nonce, job_id)
+            await self._commands().eval(BIND_SCRIPT, 4, *keys, job_id, ttl, min(ttl, MARKER_TTL_S), nonce)
 
     def unwatch(self, job_id: str, event: asyncio.Event) -> None:
         """Drop a waiter; the last one stops the subscription."""
