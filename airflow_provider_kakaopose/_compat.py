@@ -43,6 +43,7 @@ __all__ = [
     "DAG",
     "HAS_TASK_STATE_STORE",
     "AirflowException",
+    "AirflowPlugin",
     "AirflowRescheduleException",
     "AirflowSensorTimeout",
     "AirflowSkipException",
@@ -78,6 +79,7 @@ if TYPE_CHECKING:  # the lazily imported names of __all__, for type checkers and
     from airflow.providers.common.compat.sdk import (
         DAG,
         AirflowException,
+        AirflowPlugin,
         AirflowSensorTimeout,
         AirflowSkipException,
         Asset,

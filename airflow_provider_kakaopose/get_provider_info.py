@@ -96,6 +96,12 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_provider_kakaopose.triggers.pose"],
             }
         ],
+        "plugins": [
+            {
+                "name": "kakao_pose_callbacks",
+                "plugin-class": "airflow_provider_kakaopose.plugins.plugin.KakaoPoseCallbackPlugin",
+            }
+        ],
         "config": {
             "kakao_pose": {
                 "description": "Settings of the Kakao Brain Pose provider for the whole deployment.\n",
@@ -116,7 +122,44 @@ def get_provider_info() -> dict[str, Any]:
                         "sensitive": True,
                         "example": "redis://127.0.0.1:6379/1",
                         "default": "",
-                    }
+                    },
+                    "callback_base_url": {
+                        "description": (
+                            "Public base URL of the api-server (as the Pose API reaches it, e.g. through an "
+                            "ingress that forwards only /kakao-pose-callbacks/): with callback_secret and "
+                            "rate_limit_store set, deferrable video waits ask the service for a callback and "
+                            "listen for it instead of polling (docs/callbacks.md). HTTPS on port 443 is what the "
+                            "service recommends. Empty: waits poll.\n"
+                        ),
+                        "version_added": "0.4.0",
+                        "type": "string",
+                        "example": "https://airflow.example.com",
+                        "default": "",
+                    },
+                    "callback_secret": {
+                        "description": (
+                            "Keys that sign and verify callback URLs: one or more 'kid:secret' entries "
+                            "(comma-separated, secrets of at least 16 bytes); the first signs, all verify (to "
+                            "rotate, put a new entry first, drop the old one after the longest job deadline plus "
+                            "an hour). The same value on every component. Sensitive: it may also come from "
+                            "AIRFLOW__KAKAO_POSE__CALLBACK_SECRET_CMD or _SECRET.\n"
+                        ),
+                        "version_added": "0.4.0",
+                        "type": "string",
+                        "sensitive": True,
+                        "example": "k2:3f9c...,k1:a81d...",
+                        "default": "",
+                    },
+                    "callback_poll_interval": {
+                        "description": (
+                            "Seconds between the fallback status checks of a wait that listens for a callback "
+                            "(a callback the service lost costs at most this much delay).\n"
+                        ),
+                        "version_added": "0.4.0",
+                        "type": "float",
+                        "example": "300",
+                        "default": "300",
+                    },
                 },
             }
         },

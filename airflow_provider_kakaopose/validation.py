@@ -163,8 +163,9 @@ def check_video_size(size: int, name: str, limits: Limits = DEFAULT_LIMITS) -> l
     return []
 
 
-def check_url(url: str, what: str = "URL") -> list[str]:
-    """Problems with a URL the service is asked to fetch: http on port 80 or https on port 443 only."""
+def check_url(url: str, what: str = "URL", *, any_port: bool = False) -> list[str]:
+    """Problems with a URL the service is asked to fetch: http on port 80 or https on port 443 only (any port
+    with ``any_port``: the service only *recommends* HTTPS on 443 for a ``callback_url``)."""
     if not isinstance(url, str) or not url.strip():
         return [f"{what} {url!r} is empty"]
     try:
@@ -177,6 +178,6 @@ def check_url(url: str, what: str = "URL") -> list[str]:
     if not parts.hostname:
         return [f"{what} {url!r} has no host"]
     expected = 80 if parts.scheme == "http" else 443
-    if port not in (None, expected):
+    if port not in (None, expected) and not any_port:
         return [f"{what} {url!r} uses port {port}; the service only fetches {parts.scheme} on port {expected}"]
     return []

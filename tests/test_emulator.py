@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import io
 import json
 import os
@@ -519,3 +520,46 @@ def test_big_job_built_by_worker_processes():
         assert len(body) > server.STREAM_BODY_BYTES and resp.headers["Content-Length"] == str(len(body))
         parsed = json.loads(body)
         assert len(parsed["annotations"]) == 10001 and parsed["annotations"][-1]["frame_num"] == 10000
+
+
+async def test_callbacks_can_be_dropped_duplicated_and_delayed():
+    hits: list[tuple[str, float]] = []
+
+    async def cb(request: web.Request) -> web.Response:
+        hits.append((request.query["job_id"], time.monotonic()))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/cb", cb)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    knobs = {"job_waiting_s": 0.0, "job_processing_s": 0.1, "seed": 3}
+    try:
+        with PoseEmulator(callback_drop_rate=0.5, callback_duplicate_rate=0.5, **knobs) as emu:
+            async with aiohttp.ClientSession(headers={"Authorization": "KakaoAK k"}) as s:
+                for _ in range(40):
+                    form = {"video_url": "https://e.com/v.mp4", "callback_url": f"http://127.0.0.1:{port}/cb"}
+                    async with s.post(emu.base_url + "/pose/job", data=form) as r:
+                        assert r.status == 200
+            await asyncio.sleep(1.0)
+            dropped = sum(1 for _, outcome in emu.callbacks_sent if outcome == "dropped")
+            counts = collections.Counter(job for job, _ in hits)
+            assert 8 <= dropped <= 32 and len(counts) == 40 - dropped
+            assert 1 <= sum(1 for n in counts.values() if n == 2) < len(counts)  # some sent twice, not all
+        hits.clear()
+        with PoseEmulator(callback_delay_s=0.6, **knobs) as emu:
+            async with aiohttp.ClientSession(headers={"Authorization": "KakaoAK k"}) as s:
+                form = {"video_url": "https://e.com/v.mp4", "callback_url": f"http://127.0.0.1:{port}/cb"}
+                started = time.monotonic()
+                async with s.post(emu.base_url + "/pose/job", data=form) as r:
+                    assert r.status == 200
+            await asyncio.sleep(1.2)
+            [(_, when)] = hits
+            assert 0.65 <= when - started <= 1.1  # 0.1 s of job, then 0.6 s of delay
+    finally:
+        await runner.cleanup()
+    with pytest.raises(ValueError, match="callback_drop_rate"):
+        PoseEmulator(callback_drop_rate=1.5)

@@ -29,6 +29,9 @@ def test_serialize_round_trip_has_only_ids_and_settings(make_conn):
         "kakao_pose_conn_id": conn_id,
         "poll_interval": 3.0,
         "end_time": 1_900_000_000.5,
+        "callback": False,
+        "callback_poll_interval": None,
+        "callback_nonce": None,
     }
     assert API_KEY not in repr(kwargs)
     again = KakaoPoseJobTrigger(**kwargs)

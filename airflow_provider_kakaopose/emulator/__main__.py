@@ -41,6 +41,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--job-frames", type=int, default=d.job_frames, help="frames of a video result")
     p.add_argument(
+        "--callback-drop-rate", type=float, default=d.callback_drop_rate, help="share of job callbacks never sent"
+    )
+    p.add_argument("--callback-duplicate-rate", type=float, default=d.callback_duplicate_rate, help="share sent twice")
+    p.add_argument(
+        "--callback-delay-s", type=float, default=d.callback_delay_s, help="seconds from a job's end to its callback"
+    )
+    p.add_argument(
         "--unreachable-hosts",
         default=",".join(d.unreachable_hosts),
         help="comma-separated host patterns (fnmatch) whose videos cannot be fetched",
@@ -78,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
             job_waiting_s=args.job_waiting_s,
             job_processing_s=args.job_processing_s,
             job_frames=args.job_frames,
+            callback_drop_rate=args.callback_drop_rate,
+            callback_duplicate_rate=args.callback_duplicate_rate,
+            callback_delay_s=args.callback_delay_s,
             unreachable_hosts=args.unreachable_hosts,
             host=args.host,
             port=args.port,

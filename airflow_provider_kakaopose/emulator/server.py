@@ -97,6 +97,12 @@ class EmulatorConfig:
     unreachable_hosts: tuple[str, ...] = ("*.invalid", "*unreachable*")
     #: Accept a callback_url on any port (the service only *recommends* 443); False = http:80/https:443 only.
     callback_any_port: bool = True
+    #: Share of job-end callbacks never sent (the real service never re-sends a failed one).
+    callback_drop_rate: float = 0.0
+    #: Share of job-end callbacks sent twice (a duplicate, as a retrying proxy could make).
+    callback_duplicate_rate: float = 0.0
+    #: Seconds between a job's end and its callback (a slow or queued callback sender).
+    callback_delay_s: float = 0.0
     limits: Limits = DEFAULT_LIMITS
     host: str = "127.0.0.1"
     port: int = 0
@@ -124,7 +130,10 @@ class EmulatorConfig:
             raise ValueError("fault_rate > 0 needs at least one fault kind")
         if self.quota_per_second is not None and self.quota_per_second < 0:
             raise ValueError("quota_per_second must be >= 0 or None")
-        for name in ("latency", "slow_seconds", "job_waiting_s", "job_processing_s"):
+        for name in ("callback_drop_rate", "callback_duplicate_rate"):
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, not {getattr(self, name)!r}")
+        for name in ("latency", "slow_seconds", "job_waiting_s", "job_processing_s", "callback_delay_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         if self.retry_after is not None and self.retry_after < 0:
@@ -431,6 +440,7 @@ class PoseEmulator:
 
     def _reseed(self, seed: int | None) -> None:
         self._fault_rng = random.Random(seed)
+        self._callback_rng = random.Random(seed)
         self._id_rng = random.Random(seed) if seed is not None else None
 
     def _new_job_id(self) -> str:
@@ -978,10 +988,26 @@ class PoseEmulator:
         await self._send_callback(job)
 
     async def _send_callback(self, job: _Job) -> None:
+        """Call the job's callback_url once (or not at all / twice / late, as ``callback_*`` knobs say)."""
         if not job.callback_url or self._session is None:
             return
+        cfg = self._config
         sep = "&" if urlsplit(job.callback_url).query else ("" if job.callback_url.endswith("?") else "?")
         url = f"{job.callback_url}{sep}job_id={job.job_id}"
+        with self._lock:
+            dropped = cfg.callback_drop_rate > 0 and self._callback_rng.random() < cfg.callback_drop_rate
+            twice = cfg.callback_duplicate_rate > 0 and self._callback_rng.random() < cfg.callback_duplicate_rate
+        if dropped:
+            with self._lock:
+                self._callbacks.append((url, "dropped"))
+            return
+        if cfg.callback_delay_s > 0:
+            await asyncio.sleep(cfg.callback_delay_s)
+        for _ in range(2 if twice else 1):
+            await self._call_back(url)
+
+    async def _call_back(self, url: str) -> None:
+        assert self._session is not None
         try:
             async with self._session.get(url) as resp:
                 outcome: int | str = resp.status

@@ -753,7 +753,7 @@ def check_video_input(
     if upload is not None:
         problems += check_video_size(len(upload.data), upload.name, limits)
     if callback_url is not None:
-        problems += check_url(callback_url, "callback_url")
+        problems += check_url(callback_url, "callback_url", any_port=True)  # 443 is only recommended
     _raise_problems(problems)
 
 

@@ -69,8 +69,10 @@ def _empty_record() -> dict[str, Any]:
 class JobRecordStore:
     """Where a video task keeps, across its tries, the job it submitted and the submissions it is unsure of.
 
-    The record is ``{"job": {"job_id", "video", "smoothing", "callback_url", "deadline"} | None,
-    "pending": {...} | None, "unknown_submissions": int, "last_unknown": str | None}``, kept
+    The record is ``{"job": {"job_id", "video", "smoothing", "callback_url", "deadline", "callback_requested"}
+    | None, "pending": {...} | None, "unknown_submissions": int, "last_unknown": str | None}``
+    (``callback_url`` is the user's; ``callback_requested`` says whether the provider's signed callback was
+    sent, never its URL), kept
 
     - on Airflow 3.3+: in the task state store (``context["task_state_store"]``, key ``kakao_pose_job``, 7 days);
     - on older Airflow, for a task that writes a table: in a JSON file in the folder beside it

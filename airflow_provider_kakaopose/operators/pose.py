@@ -300,10 +300,15 @@ class KakaoPoseVideoOperator(JobLoader, BaseOperator):
     :param video: an http(s) URL (sent as ``video_url``) or a path/URI to upload (templated).
     :param output_uri: where the Parquet goes (templated); ``None`` to only wait. May be an ``Asset``.
     :param smoothing: smooth keypoints between frames (the service's default, true).
-    :param callback_url: the service calls it once when the job ends (templated).
+    :param callback_url: the service calls it once when the job ends (templated). Given, it is sent as it is
+        and the wait polls; not given, a deferrable wait in a deployment with ``[kakao_pose] callback_base_url``,
+        ``callback_secret`` and ``rate_limit_store`` sends the provider's signed callback URL and listens for
+        it (docs/callbacks.md).
     :param wait_for_completion: ``False`` returns right after the submission (submit → sensor → load DAGs).
     :param deferrable: wait in the triggerer; defaults to ``[operators] default_deferrable``.
     :param poll_interval: seconds between status checks.
+    :param callback_poll_interval: seconds between the fallback checks of a wait that listens for the
+        provider's callback; default ``[kakao_pose] callback_poll_interval`` (300).
     :param timeout: how long to wait for the job (seconds or timedelta), an absolute deadline from the
         first attempt's submission.
     :param track_people: add a ``track_id`` column that follows each person across frames (default true;
@@ -335,6 +340,7 @@ class KakaoPoseVideoOperator(JobLoader, BaseOperator):
         wait_for_completion: bool = True,
         deferrable: bool | None = None,
         poll_interval: float = 10.0,
+        callback_poll_interval: float | None = None,
         timeout: float | timedelta = 3600.0,
         track_people: bool = True,
         pictures: bool = False,
@@ -351,6 +357,9 @@ class KakaoPoseVideoOperator(JobLoader, BaseOperator):
         if poll_interval <= 0:
             raise ValueError(f"poll_interval must be positive, not {poll_interval!r}")
         self.poll_interval = float(poll_interval)
+        if callback_poll_interval is not None and callback_poll_interval <= 0:
+            raise ValueError(f"callback_poll_interval must be positive, not {callback_poll_interval!r}")
+        self.callback_poll_interval = callback_poll_interval
         self.timeout = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
 
     def _video(self) -> Any:
@@ -411,12 +420,13 @@ class KakaoPoseVideoOperator(JobLoader, BaseOperator):
             )
         record["pending"] = {**self._settings(), "since": time.time()}
         store.save(record)
+        ours = self._our_callback()
         try:
             job_id = hook.submit_video_job(
                 video_url=kwargs.get("url"),
                 file=kwargs.get("file"),
                 smoothing=self.smoothing,
-                callback_url=self.callback_url,
+                callback_url=ours.url if ours is not None else self.callback_url,
             )
         except (KakaoPoseError, OSError) as err:
             record["pending"] = None
@@ -427,13 +437,36 @@ class KakaoPoseVideoOperator(JobLoader, BaseOperator):
             store.save(record)
             raise
         self.log.info("Submitted %s as job %s", source, job_id)  # first: the id is in the log whatever follows
-        return self._record_the_job(store, record, source, job_id)
+        nonce = ours.nonce if ours is not None and ours.bind(job_id, self.log) else None
+        return self._record_the_job(store, record, source, job_id, callback_nonce=nonce)
+
+    def _our_callback(self) -> _OurCallback | None:
+        """The provider's signed callback for this submission, or ``None`` (the wait polls; says why once)."""
+        if self.callback_url:
+            self.log.info("callback_url was given: it is sent as given, and the wait polls for the job's end")
+            return None
+        if self.wait_for_completion and not self.deferrable:
+            return None  # a wait in the worker polls; a deferred one, or a deferrable sensor after us, listens
+        return _OurCallback.make(self.timeout, self.log)
 
     def _record_the_job(
-        self, store: JobRecordStore, record: dict[str, Any], source: str, job_id: str
+        self,
+        store: JobRecordStore,
+        record: dict[str, Any],
+        source: str,
+        job_id: str,
+        callback_nonce: str | None = None,
     ) -> dict[str, Any]:
-        """Save the submitted job in the record (tried again a few times): a retry re-attaches to it."""
-        job = {"job_id": job_id, **self._settings(), "deadline": time.time() + self.timeout}
+        """Save the submitted job in the record (tried again a few times): a retry re-attaches to it. The record
+        says whether the provider's callback was requested (and its nonce, an id), never its URL (which holds
+        the token's signature)."""
+        job = {
+            "job_id": job_id,
+            **self._settings(),
+            "deadline": time.time() + self.timeout,
+            "callback_requested": callback_nonce is not None,
+            "callback_nonce": callback_nonce,
+        }
         record.update(job=job, pending=None)
         try:
             store.save(record, retry=True)
@@ -459,7 +492,8 @@ class KakaoPoseVideoOperator(JobLoader, BaseOperator):
             prepare_outputs({"output_uri": output_uri}, run_identity(context), self.log, claim=output_uri)
         store = self._records(context)
         record = store.load()
-        job = self._reattach(hook, record) or self._submit(store, hook, record)
+        reattached = self._reattach(hook, record)
+        job = reattached or self._submit(store, hook, record)
         job_id = job["job_id"]
         self.lineage_inputs = [self._source()]
         unknown = self._push_job_id(context, job_id, record)
@@ -467,9 +501,13 @@ class KakaoPoseVideoOperator(JobLoader, BaseOperator):
             store.done()
             return job_id
         deadline = float(job.get("deadline") or time.time() + self.timeout)
+        if self.deferrable and reattached is None and job.get("callback_requested"):
+            # Just submitted, and its end will be called back: no status GET before deferring (the trigger
+            # reads the job's marker when it starts, so a job that ended meanwhile is not missed).
+            self._defer_to_the_trigger(job_id, deadline, job)
         body = hook.get_job_status(job_id)
         if self.deferrable and body["status"] in RUNNING:
-            self._defer_to_the_trigger(job_id, deadline)
+            self._defer_to_the_trigger(job_id, deadline, job)
         self._wait_in_the_worker(hook, job_id, body, deadline)
         self._load(job_id, store, unknown, context)
         return job_id
@@ -483,8 +521,9 @@ class KakaoPoseVideoOperator(JobLoader, BaseOperator):
             ti.xcom_push(key="unknown_submissions", value=unknown)
         return unknown
 
-    def _defer_to_the_trigger(self, job_id: str, deadline: float) -> NoReturn:
-        """Wait in the triggerer until ``deadline`` (absolute); :meth:`execute_complete` resumes."""
+    def _defer_to_the_trigger(self, job_id: str, deadline: float, job: dict[str, Any] | None = None) -> NoReturn:
+        """Wait in the triggerer until ``deadline`` (absolute), listening for the job's callback when one was
+        requested; :meth:`execute_complete` resumes."""
         from airflow_provider_kakaopose.triggers.pose import KakaoPoseJobTrigger
 
         self.defer(
@@ -493,6 +532,9 @@ class KakaoPoseVideoOperator(JobLoader, BaseOperator):
                 kakao_pose_conn_id=self.kakao_pose_conn_id,
                 poll_interval=self.poll_interval,
                 end_time=deadline,
+                callback=bool((job or {}).get("callback_requested")),
+                callback_poll_interval=self.callback_poll_interval,
+                callback_nonce=(job or {}).get("callback_nonce"),
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=max(deadline - time.time(), 0) + 300),
@@ -530,6 +572,51 @@ class KakaoPoseVideoOperator(JobLoader, BaseOperator):
         store = self._records(context)
         self._load(job_id, store, int(store.load().get("unknown_submissions") or 0), context)
         return job_id
+
+
+class _OurCallback:
+    """The provider's signed callback URL for one submission, and its nonce to bind to the job id."""
+
+    def __init__(self, url: str, nonce: str, expires: float, store: str) -> None:
+        self.url, self.nonce, self.expires, self.store = url, nonce, expires, store
+
+    def __repr__(self) -> str:  # the URL holds the token: never shown
+        return "_OurCallback(...)"
+
+    @classmethod
+    def make(cls, timeout: float, log: Any) -> _OurCallback | None:
+        """A new signed URL when the deployment receives callbacks, else ``None``."""
+        from airflow_provider_kakaopose import callbacks
+        from airflow_provider_kakaopose._compat import AIRFLOW_V_3_0_PLUS
+        from airflow_provider_kakaopose.hooks._shared_quota import configured_store
+
+        settings = callbacks.configured_callbacks()
+        if settings is None:
+            return None
+        if not AIRFLOW_V_3_0_PLUS:
+            log.info("Kakao Pose callbacks need Airflow 3 (the receiver is a FastAPI plugin): on Airflow 2 waits poll")
+            return None
+        store = configured_store()
+        if store is None:
+            log.warning("[kakao_pose] callback_base_url is set but rate_limit_store is not: the wait polls")
+            return None
+        if problem := settings.url_problem():
+            log.warning("%s: the service may not call it back", problem)
+        expires = time.time() + timeout + callbacks.EXPIRY_MARGIN_S
+        token, nonce = callbacks.make_token(settings.keys, expires)
+        return cls(settings.url(token), nonce, expires, store)
+
+    def bind(self, job_id: str, log: Any) -> bool:
+        """Bind the nonce to the submitted job; False (the wait polls) when the store cannot be reached."""
+        from airflow_provider_kakaopose import callbacks
+
+        try:
+            callbacks.bind_nonce(self.store, self.nonce, job_id, self.expires)
+        except Exception as err:
+            log.warning("Could not register the callback of job %s (%s): the wait polls", job_id, type(err).__name__)
+            return False
+        log.info("Job %s will call back when it ends; the wait listens for it", job_id)
+        return True
 
 
 class KakaoPoseJobToParquetOperator(JobLoader, BaseOperator):

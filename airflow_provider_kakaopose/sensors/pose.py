@@ -118,16 +118,38 @@ class KakaoPoseJobSensor(BaseSensorOperator):
                 self._pose_hook = None
         from airflow_provider_kakaopose.triggers.pose import KakaoPoseJobTrigger
 
+        nonce = self._callback_nonce()
         self.defer(
             trigger=KakaoPoseJobTrigger(
                 job_id=self.job_id,
                 kakao_pose_conn_id=self.kakao_pose_conn_id,
                 poll_interval=self.poke_interval,
                 end_time=time.time() + self.timeout,
+                callback=nonce is not None,
+                callback_nonce=nonce,
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=self.timeout + 60),  # the trigger reports its own deadline first
         )
+
+    def _callback_nonce(self) -> str | None:
+        """The nonce of the job's callback when it was submitted with the provider's (by a video operator in
+        this deployment): then the deferred wait listens for it (docs/callbacks.md); else ``None`` (it polls)."""
+        from airflow_provider_kakaopose import callbacks
+        from airflow_provider_kakaopose._compat import AIRFLOW_V_3_0_PLUS
+        from airflow_provider_kakaopose.hooks._shared_quota import configured_store
+
+        store = configured_store()
+        if not AIRFLOW_V_3_0_PLUS or store is None or callbacks.configured_callbacks() is None:
+            return None
+        try:
+            nonce = callbacks.callback_nonce_of(store, self.job_id)
+        except Exception as err:
+            self.log.warning("Could not tell whether job %s calls back (%s): polling", self.job_id, type(err).__name__)
+            return None
+        if nonce is not None:
+            self.log.info("Pose job %s will call back when it ends; the wait listens for it", self.job_id)
+        return nonce
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> None:
         """Resume after the trigger fired: return on success, raise the matching error otherwise (also for a

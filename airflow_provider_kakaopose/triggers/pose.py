@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -29,6 +31,13 @@ class KakaoPoseJobTrigger(BaseTrigger):
     :param kakao_pose_conn_id: the ``kakao_pose`` connection (looked up asynchronously in the triggerer).
     :param poll_interval: seconds between status checks.
     :param end_time: absolute deadline, seconds since the epoch (UTC); a re-created trigger keeps it.
+    :param callback: the job was submitted with the provider's signed callback URL: wait for its wake-up
+        (:mod:`~airflow_provider_kakaopose.triggers._wakeups`, one Redis subscription per triggerer loop) and
+        confirm with one status GET, instead of polling every ``poll_interval``.
+    :param callback_nonce: with ``callback``: the nonce of the job's callback token (not a secret: the token's
+        signature is not kept), bound to the job again when the trigger starts and after Redis comes back.
+    :param callback_poll_interval: with ``callback``: seconds between fallback polls (for a callback the
+        service lost), each spread by jitter (75-100 %); default ``[kakao_pose] callback_poll_interval`` (300).
 
     The status is logged at INFO when it changes and otherwise every third poll, never more often than every
     10 s and at least once a minute (:class:`~airflow_provider_kakaopose._waitlog.WaitLog`): ``Pose job … is
@@ -49,14 +58,22 @@ class KakaoPoseJobTrigger(BaseTrigger):
         kakao_pose_conn_id: str = DEFAULT_CONN_ID,
         poll_interval: float = 10.0,
         end_time: float | None = None,
+        callback: bool = False,
+        callback_poll_interval: float | None = None,
+        callback_nonce: str | None = None,
     ) -> None:
         super().__init__()
         if poll_interval <= 0:
             raise ValueError(f"poll_interval must be positive, not {poll_interval!r}")
+        if callback_poll_interval is not None and callback_poll_interval <= 0:
+            raise ValueError(f"callback_poll_interval must be positive, not {callback_poll_interval!r}")
         self.job_id = job_id
         self.kakao_pose_conn_id = kakao_pose_conn_id
         self.poll_interval = float(poll_interval)
         self.end_time = float(end_time) if end_time is not None else None
+        self.callback = bool(callback)
+        self.callback_poll_interval = float(callback_poll_interval) if callback_poll_interval is not None else None
+        self.callback_nonce = callback_nonce
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -66,6 +83,9 @@ class KakaoPoseJobTrigger(BaseTrigger):
                 "kakao_pose_conn_id": self.kakao_pose_conn_id,
                 "poll_interval": self.poll_interval,
                 "end_time": self.end_time,
+                "callback": self.callback,
+                "callback_poll_interval": self.callback_poll_interval,
+                "callback_nonce": self.callback_nonce,
             },
         )
 
@@ -73,7 +93,11 @@ class KakaoPoseJobTrigger(BaseTrigger):
         payload: dict[str, Any] | None = None
         try:
             async with KakaoPoseAsyncHook(self.kakao_pose_conn_id) as hook:
-                payload = await self._poll_until_the_end(hook)
+                listener = self._listener() if self.callback else None
+                if listener is None:
+                    payload = await self._poll_until_the_end(hook)
+                else:
+                    payload = await self._wait_for_the_callback(hook, listener)
         except Exception as err:
             if payload is None:  # error_type: so the worker raises the same class
                 payload = job_event(
@@ -98,3 +122,53 @@ class KakaoPoseJobTrigger(BaseTrigger):
                 return job_event(EVENT_TIMEOUT, self.job_id, f"Job {self.job_id} was still {status} at the deadline")
             delay = self.poll_interval if remaining is None else min(self.poll_interval, remaining)
             await asyncio.sleep(delay)
+
+    def _listener(self) -> Any:
+        """The loop's shared callback listener, or ``None`` (then the wait polls every ``poll_interval``)."""
+        from airflow_provider_kakaopose.hooks._shared_quota import configured_store
+
+        url = configured_store()
+        if url is None or "redis.asyncio" not in sys.modules:
+            self.log.warning(
+                "Job %s asked for a callback, but this triggerer has no usable [kakao_pose] rate_limit_store: "
+                "polling every %g s",
+                self.job_id,
+                self.poll_interval,
+            )
+            return None
+        from airflow_provider_kakaopose.triggers._wakeups import listener_for
+
+        return listener_for(url)
+
+    async def _wait_for_the_callback(self, hook: KakaoPoseAsyncHook, listener: Any) -> dict[str, Any]:
+        """Wait for the job's wake-up (or a fallback poll), confirm with one status GET; the event's payload."""
+        from airflow_provider_kakaopose.callbacks import EXPIRY_MARGIN_S, configured_poll_interval
+
+        interval = self.callback_poll_interval or configured_poll_interval()
+        wait = WaitLog(self.log, self.job_id, self.end_time, interval)
+        expires = self.end_time + EXPIRY_MARGIN_S if self.end_time is not None else None
+        woken = await listener.watch(self.job_id, self.callback_nonce, expires)
+        self.log.info("Waiting for the callback of Pose job %s (fallback poll about every %g s)", self.job_id, interval)
+        try:
+            while True:
+                remaining = self.end_time - time.time() if self.end_time is not None else None
+                delay = interval * random.uniform(0.75, 1.0)
+                if remaining is not None:
+                    delay = max(min(delay, remaining), 0.0)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(woken.wait(), delay)
+                called_back = woken.is_set()
+                body = await hook.get_job_status(self.job_id)  # the callback is a hint: the service decides
+                wait.log(body["status"])
+                ended = ended_job_event(self.job_id, body)
+                if ended is not None:
+                    return ended
+                if called_back:
+                    self.log.info("Pose job %s was called back but is still %s", self.job_id, body["status"])
+                    woken.clear()
+                if self.end_time is not None and self.end_time - time.time() <= 0:
+                    return job_event(
+                        EVENT_TIMEOUT, self.job_id, f"Job {self.job_id} was still {body['status']} at the deadline"
+                    )
+        finally:
+            listener.unwatch(self.job_id, woken)

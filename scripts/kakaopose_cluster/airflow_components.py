@@ -55,6 +55,10 @@ class AirflowComponents:
             "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(concurrency),
             # The provider's shared API quota across every process (Redis DB 1; DB 0 is the broker).
             "AIRFLOW__KAKAO_POSE__RATE_LIMIT_STORE": c.rate_limit_store,
+            # Job callbacks: the emulator calls the api-server's receiver back; every component signs and
+            # verifies with the same secret (docs/callbacks.md).
+            "AIRFLOW__KAKAO_POSE__CALLBACK_BASE_URL": c.api_url,
+            "AIRFLOW__KAKAO_POSE__CALLBACK_SECRET": s["callback_secret"],
             # The execution API's tokens (handed out by the scheduler, checked by the api-server) and the
             # session secret: shared by every component.
             "AIRFLOW__API_AUTH__JWT_SECRET": s["jwt_secret"],
@@ -75,8 +79,31 @@ class AirflowComponents:
         env.update(
             {k: v for k, v in os.environ.items() if k.startswith("KAKAO_POSE_") and k != "KAKAO_POSE_EMULATOR_API_KEY"}
         )
+        # The provider's settings from the caller's environment (AIRFLOW__KAKAO_POSE__CALLBACK_POLL_INTERVAL, ...)
+        # reach every component, over the cluster's own.
+        env.update({k: v for k, v in os.environ.items() if k.startswith("AIRFLOW__KAKAO_POSE__")})
+        env.update(self._plugin_env())
         env["AIRFLOW_CONN_KAKAO_POSE_DEFAULT"] = self._connection(conn_extra)
         return env
+
+    def _plugin_env(self) -> dict[str, str]:
+        """How the api-server finds the provider's plugin (the callback receiver): through its ``airflow.plugins``
+        entry point when the installed metadata has it; an editable install made before the entry point existed
+        (run from a worktree through PYTHONPATH) lacks it, so then a one-line module in the cluster's plugins
+        folder imports it (never both: the plugin would be registered twice)."""
+        from importlib.metadata import entry_points
+
+        plugins = self.cluster.home / "plugins"
+        shim = plugins / "kakao_pose_callbacks.py"
+        if any(ep.name == "kakao_pose_callbacks" for ep in entry_points(group="airflow.plugins")):
+            shim.unlink(missing_ok=True)
+            return {}
+        plugins.mkdir(parents=True, exist_ok=True)
+        shim.write_text(
+            "# Written by scripts/cluster.py: the installed provider's metadata has no airflow.plugins entry point.\n"
+            "from airflow_provider_kakaopose.plugins.plugin import KakaoPoseCallbackPlugin  # noqa: F401\n"
+        )
+        return {"AIRFLOW__CORE__PLUGINS_FOLDER": str(plugins)}
 
     def _login_env(self) -> dict[str, str]:
         """The UI login: SimpleAuthManager with one admin whose password is in a file (:meth:`write_passwords`)."""

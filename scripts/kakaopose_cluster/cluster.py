@@ -307,7 +307,13 @@ class Cluster(ClusterState):
                 lines.append(f"  connection     kakao_pose_default extra {json.dumps(extra)}")
         else:
             lines.append("  connection     AIRFLOW_CONN_KAKAO_POSE_DEFAULT from the environment (no emulator)")
-        lines.append(f"  DAG folder     {self.state['env'].get('AIRFLOW__CORE__DAGS_FOLDER')}")
+        env = self.state["env"]
+        if base := env.get("AIRFLOW__KAKAO_POSE__CALLBACK_BASE_URL"):
+            secret = env.get("AIRFLOW__KAKAO_POSE__CALLBACK_SECRET", "")
+            lines.append(
+                f"  callbacks      {base}/kakao-pose-callbacks/job-ended  secret {mask(secret.partition(':')[2])}"
+            )
+        lines.append(f"  DAG folder     {env.get('AIRFLOW__CORE__DAGS_FOLDER')}")
         lines.append(f"  Fernet key {mask(s['fernet_key'])}, JWT secret {mask(s['jwt_secret'])}; logs in {self.logs}")
         return "\n".join(lines)
 

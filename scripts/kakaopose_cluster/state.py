@@ -58,6 +58,8 @@ class ClusterState:
                 "jwt_secret": kept.get("jwt_secret") or secrets.token_urlsafe(32),
                 "api_secret_key": kept.get("api_secret_key") or secrets.token_urlsafe(32),
                 "ui_password": kept.get("ui_password") or secrets.token_urlsafe(12),
+                # Signs the Pose API's job callbacks ([kakao_pose] callback_secret, 'kid:secret').
+                "callback_secret": kept.get("callback_secret") or f"cluster:{secrets.token_urlsafe(32)}",
                 **({"api_key": kept.get("api_key") or secrets.token_hex(16)} if use_emulator else {}),
             },
             "ports": {"postgres": free_port(), "redis": free_port(), "api": free_port()},
