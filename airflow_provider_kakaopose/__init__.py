@@ -4,6 +4,6 @@ Importing this package is cheap: it pulls in neither Airflow nor pyarrow. The ho
 :mod:`airflow_provider_kakaopose.hooks.pose`, the API emulator in :mod:`airflow_provider_kakaopose.emulator`.
 """
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = ["__version__"]

@@ -58,6 +58,79 @@ UI_FIELD_BEHAVIOUR: dict[str, Any] = {
 }
 
 
+INTEGRATION = "Kakao Brain Pose"
+#: The modules that hold each kind of component.
+MODULES = {
+    "operators": "airflow_provider_kakaopose.operators.pose",
+    "sensors": "airflow_provider_kakaopose.sensors.pose",
+    "hooks": "airflow_provider_kakaopose.hooks.pose",
+    "triggers": "airflow_provider_kakaopose.triggers.pose",
+}
+
+#: The ``[kakao_pose]`` options a deployment can set (Airflow lists them in ``airflow config list``).
+CONFIG: dict[str, Any] = {
+    "kakao_pose": {
+        "description": "Settings of the Kakao Brain Pose provider for the whole deployment.\n",
+        "options": {
+            "rate_limit_store": {
+                "description": (
+                    "Redis URL of the store that makes each connection's rate_limit_per_second hold for "
+                    "the sum of all processes (every worker thread, every triggerer) instead of per "
+                    "process. Set it on every component (e.g. AIRFLOW__KAKAO_POSE__RATE_LIMIT_STORE). "
+                    "Needs airflow-provider-kakaopose[redis]. Empty: each process paces itself alone. "
+                    "If the store is unreachable or the URL unusable, processes pace themselves alone "
+                    "and log one warning. Sensitive (it may hold a password): it may also come from "
+                    "AIRFLOW__KAKAO_POSE__RATE_LIMIT_STORE_CMD or _SECRET.\n"
+                ),
+                "version_added": "0.2.0",
+                "type": "string",
+                # It may hold a password: masked, and _CMD / _SECRET work for it as for Celery's broker URL.
+                "sensitive": True,
+                "example": "redis://127.0.0.1:6379/1",
+                "default": "",
+            },
+            "callback_base_url": {
+                "description": (
+                    "Public base URL of the api-server (as the Pose API reaches it, e.g. through an "
+                    "ingress that forwards only /kakao-pose-callbacks/): with callback_secret and "
+                    "rate_limit_store set, deferrable video waits ask the service for a callback and "
+                    "listen for it instead of polling (docs/callbacks.md). HTTPS on port 443 is what the "
+                    "service recommends. Empty: waits poll.\n"
+                ),
+                "version_added": "0.4.0",
+                "type": "string",
+                "example": "https://airflow.example.com",
+                "default": "",
+            },
+            "callback_secret": {
+                "description": (
+                    "Keys that sign and verify callback URLs: one or more 'kid:secret' entries "
+                    "(comma-separated, secrets of at least 16 bytes); the first signs, all verify (to "
+                    "rotate, put a new entry first, drop the old one after the longest job deadline plus "
+                    "an hour). The same value on every component. Sensitive: it may also come from "
+                    "AIRFLOW__KAKAO_POSE__CALLBACK_SECRET_CMD or _SECRET.\n"
+                ),
+                "version_added": "0.4.0",
+                "type": "string",
+                "sensitive": True,
+                "example": "k2:3f9c...,k1:a81d...",
+                "default": "",
+            },
+            "callback_poll_interval": {
+                "description": (
+                    "Seconds between the fallback status checks of a wait that listens for a callback "
+                    "(a callback the service lost costs at most this much delay).\n"
+                ),
+                "version_added": "0.4.0",
+                "type": "float",
+                "example": "300",
+                "default": "300",
+            },
+        },
+    }
+}
+
+
 def get_provider_info() -> dict[str, Any]:
     """Return the provider description Airflow uses to register connection types, hooks and operators."""
     return {
@@ -67,102 +140,19 @@ def get_provider_info() -> dict[str, Any]:
         "versions": [__version__],
         "integrations": [
             {
-                "integration-name": "Kakao Brain Pose",
+                "integration-name": INTEGRATION,
                 "external-doc-url": "https://developers.kakao.com/docs/latest/en/pose/dev-guide",
                 "tags": ["service"],
             }
         ],
-        "operators": [
-            {
-                "integration-name": "Kakao Brain Pose",
-                "python-modules": ["airflow_provider_kakaopose.operators.pose"],
-            }
-        ],
-        "sensors": [
-            {
-                "integration-name": "Kakao Brain Pose",
-                "python-modules": ["airflow_provider_kakaopose.sensors.pose"],
-            }
-        ],
-        "hooks": [
-            {
-                "integration-name": "Kakao Brain Pose",
-                "python-modules": ["airflow_provider_kakaopose.hooks.pose"],
-            }
-        ],
-        "triggers": [
-            {
-                "integration-name": "Kakao Brain Pose",
-                "python-modules": ["airflow_provider_kakaopose.triggers.pose"],
-            }
-        ],
+        **{kind: [{"integration-name": INTEGRATION, "python-modules": [module]}] for kind, module in MODULES.items()},
         "plugins": [
             {
                 "name": "kakao_pose_callbacks",
                 "plugin-class": "airflow_provider_kakaopose.plugins.plugin.KakaoPoseCallbackPlugin",
             }
         ],
-        "config": {
-            "kakao_pose": {
-                "description": "Settings of the Kakao Brain Pose provider for the whole deployment.\n",
-                "options": {
-                    "rate_limit_store": {
-                        "description": (
-                            "Redis URL of the store that makes each connection's rate_limit_per_second hold for "
-                            "the sum of all processes (every worker thread, every triggerer) instead of per "
-                            "process. Set it on every component (e.g. AIRFLOW__KAKAO_POSE__RATE_LIMIT_STORE). "
-                            "Needs airflow-provider-kakaopose[redis]. Empty: each process paces itself alone. "
-                            "If the store is unreachable or the URL unusable, processes pace themselves alone "
-                            "and log one warning. Sensitive (it may hold a password): it may also come from "
-                            "AIRFLOW__KAKAO_POSE__RATE_LIMIT_STORE_CMD or _SECRET.\n"
-                        ),
-                        "version_added": "0.2.0",
-                        "type": "string",
-                        # It may hold a password: masked, and _CMD / _SECRET work for it as for Celery's broker URL.
-                        "sensitive": True,
-                        "example": "redis://127.0.0.1:6379/1",
-                        "default": "",
-                    },
-                    "callback_base_url": {
-                        "description": (
-                            "Public base URL of the api-server (as the Pose API reaches it, e.g. through an "
-                            "ingress that forwards only /kakao-pose-callbacks/): with callback_secret and "
-                            "rate_limit_store set, deferrable video waits ask the service for a callback and "
-                            "listen for it instead of polling (docs/callbacks.md). HTTPS on port 443 is what the "
-                            "service recommends. Empty: waits poll.\n"
-                        ),
-                        "version_added": "0.4.0",
-                        "type": "string",
-                        "example": "https://airflow.example.com",
-                        "default": "",
-                    },
-                    "callback_secret": {
-                        "description": (
-                            "Keys that sign and verify callback URLs: one or more 'kid:secret' entries "
-                            "(comma-separated, secrets of at least 16 bytes); the first signs, all verify (to "
-                            "rotate, put a new entry first, drop the old one after the longest job deadline plus "
-                            "an hour). The same value on every component. Sensitive: it may also come from "
-                            "AIRFLOW__KAKAO_POSE__CALLBACK_SECRET_CMD or _SECRET.\n"
-                        ),
-                        "version_added": "0.4.0",
-                        "type": "string",
-                        "sensitive": True,
-                        "example": "k2:3f9c...,k1:a81d...",
-                        "default": "",
-                    },
-                    "callback_poll_interval": {
-                        "description": (
-                            "Seconds between the fallback status checks of a wait that listens for a callback "
-                            "(a callback the service lost costs at most this much delay).\n"
-                        ),
-                        "version_added": "0.4.0",
-                        "type": "float",
-                        "example": "300",
-                        "default": "300",
-                    },
-                },
-            }
-        },
+        "config": CONFIG,
         "connection-types": [
             {
                 "connection-type": CONN_TYPE,

@@ -3,12 +3,14 @@ share of callbacks dropped, a triggerer SIGKILLed and Redis restarted while ever
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import shutil
 import statistics
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ def run_cluster(args: Any, root: Path) -> dict:
     config = {"videos": len(durations), "output": str(out), "durations": durations, "poll_interval": 10}
     (dags / "callbacks_bench.json").write_text(json.dumps(config))
     cluster = Cluster(root / "cluster", log=print)
+    cluster.bench_durations = durations
     cluster.up(
         workers=1,
         triggerers=2,
@@ -51,7 +54,8 @@ def run_cluster(args: Any, root: Path) -> dict:
     )
     try:
         events = _run(cluster, host_kill, len(durations))
-        return _measure(recorded(str(cluster.emulator_url)), events, durations, out)
+        sent = json.load(urllib.request.urlopen(f"{cluster.emulator_url}/_emulator/callbacks", timeout=60))
+        return _measure(recorded(str(cluster.emulator_url)), events, durations, out, sent)
     finally:
         cluster.down(wipe=True)
 
@@ -75,6 +79,8 @@ def _run(cluster: Any, host_kill: Any, n: int) -> dict:
     while _deferred(cluster, run_id)[0] < n and time.monotonic() - started < 300:
         time.sleep(1)
     events["all deferred"] = time.monotonic() - started
+    events["forged"] = _forge(cluster, run_id, n)
+    events["forged callbacks sent"] = time.monotonic() - started
     victim = max(cluster.alive("triggerer"), key=lambda c: c.index)
     host_kill(victim.pid)
     cluster._reap()
@@ -94,34 +100,95 @@ def _run(cluster: Any, host_kill: Any, n: int) -> dict:
         time.sleep(3)
         state = _deferred(cluster, run_id)[1]
     events["run " + state] = time.monotonic() - started
+    events["replayed"] = _replay(cluster)
+    time.sleep(10)  # anything a replay would wrongly cause has time to show in the emulator's record
     return events
 
 
-def _measure(requests: list[dict], events: dict, durations: list[float], out: Path) -> dict:
-    """GETs per job (status checks and the result download) and detection latency: from the job's end to the
-    first GET of it after its end (both on the emulator's clock)."""
-    posts = [r for r in requests if r["method"] == "POST" and r["path"] == "/pose/job"]
-    gets: dict[str, list[float]] = {}
+def _job_id(cluster: Any, run_id: str, index: int) -> str | None:
+    path = f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/videos/xcomEntries/job_id?map_index={index}"
+    status, body = cluster.api("GET", path)
+    value = (body or {}).get("value") if status == 200 else None
+    return value.strip('"') if isinstance(value, str) else None
+
+
+def _mark(cluster: Any, name: str) -> None:
+    """A request the emulator records (unauthenticated: refused, costs nothing): the time on its clock."""
+    with contextlib.suppress(OSError):
+        urllib.request.urlopen(f"{cluster.emulator_url}/pose/job/mark-{name}", timeout=10)
+
+
+def _callback_url_of(requests: list[dict], job_index: int) -> str:
     for r in requests:
-        if r["method"] == "GET" and r["path"].startswith("/pose/job/"):
+        if r["method"] == "POST" and r["path"] == "/pose/job" and f"/v{job_index:03d}.mp4" in r["fields"]["video_url"]:
+            return r["fields"]["callback_url"]
+    raise RuntimeError(f"video {job_index} was not submitted with a callback_url")
+
+
+def _send(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def _forge(cluster: Any, run_id: str, n: int) -> dict:
+    """While every task waits: a tampered token, and a genuine token naming another waiting job, at the two
+    videos that end last. Each must be refused (4xx) and cause no API request for either job before it ends."""
+    late = sorted(range(n), key=lambda i: -cluster.bench_durations[i])[:2]
+    ids = [_job_id(cluster, run_id, i) for i in late]
+    urls = [_callback_url_of(recorded(str(cluster.emulator_url)), i) for i in late]
+    sep = "&" if "?" in urls[0] else "?"
+    head, sig = urls[0].rsplit(".", 1)
+    tampered = f"{head}.{sig[:-1]}{'A' if sig[-1] != 'A' else 'B'}{sep}job_id={ids[0]}"
+    other_job = f"{urls[0]}{sep}job_id={ids[1]}"
+    _mark(cluster, "forged")
+    return {"jobs": ids, "tampered": _send(tampered), "other job": _send(other_job)}
+
+
+def _replay(cluster: Any) -> dict:
+    """After the run: the first delivered callback sent again. It must change nothing and cause no request."""
+    sent = json.load(urllib.request.urlopen(f"{cluster.emulator_url}/_emulator/callbacks", timeout=60))
+    url = next(u for u, status in sent if status == 200)
+    _mark(cluster, "replayed")
+    return {"job": url.rsplit("job_id=", 1)[1], "status": _send(url)}
+
+
+def _measure(requests: list[dict], events: dict, durations: list[float], out: Path, sent: list) -> dict:
+    """GETs per job (status checks and the result download), and detection latency — from the job's end to the
+    first GET of it after its end (both on the emulator's clock) — for delivered and dropped callbacks apart;
+    the API requests for the forged and replayed jobs after the forgery (before their end) and the replay."""
+    gets: dict[str, list[float]] = {}
+    marks = {}
+    for r in requests:
+        if r["method"] == "GET" and r["path"].startswith("/pose/job/mark-"):
+            marks[r["path"].rsplit("mark-", 1)[1]] = r["time"]
+        elif r["method"] == "GET" and r["path"].startswith("/pose/job/"):
             gets.setdefault(r["path"].rsplit("/", 1)[1], []).append(r["time"])
+    posts = [r for r in requests if r["method"] == "POST" and r["path"] == "/pose/job"]
     jobs = _jobs(posts, out)
-    latencies, per_job = [], []
+    dropped = {u.rsplit("job_id=", 1)[1] for u, status in sent if status == "dropped"}
+    latency: dict[str, list[float]] = {"delivered": [], "dropped": []}
     for job_id, ends_at in jobs.items():
-        times = sorted(gets.get(job_id, []))
-        per_job.append(len(times))
-        after = [t for t in times if t >= ends_at]
+        after = [t for t in sorted(gets.get(job_id, [])) if t >= ends_at]
         if after:
-            latencies.append(after[0] - ends_at)
-    latencies.sort()
+            latency["dropped" if job_id in dropped else "delivered"].append(after[0] - ends_at)
+    forged = events.pop("forged")
+    replay = events.pop("replayed")
+    after_forgery = sum(
+        1 for j in forged["jobs"] for t in gets.get(j, []) if marks["forged"] <= t < jobs.get(j, float("inf"))
+    )
+    after_replay = sum(1 for t in gets.get(replay["job"], []) if t >= marks["replayed"])
+    per_job = [len(gets.get(j, [])) for j in jobs]
     return {
         "jobs": len(jobs),
         "submissions": len(posts),
         "gets_mean": statistics.mean(per_job),
         "gets_max": max(per_job),
-        "p50": latencies[len(latencies) // 2],
-        "p95": latencies[max(int(len(latencies) * 0.95) - 1, 0)],
-        "max": latencies[-1],
+        "latency": {k: sorted(v) for k, v in latency.items()},
+        "forged": {**forged, "requests after": after_forgery},
+        "replayed": {**replay, "requests after": after_replay},
         "events": events,
         "durations": durations,
     }
