@@ -40,6 +40,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from _emulator import recorded, start_emulator
 
@@ -182,23 +183,15 @@ def child(spec: dict) -> None:
 # ------------------------------------------------------------------------------------------------ driver
 
 
-def start_redis(folder: str) -> tuple[subprocess.Popen, str]:
+def start_redis(folder: str) -> Any:
+    """A private redis-server (no persistence) on a free loopback port: the deployment's store."""
     import shutil
 
-    import redis
+    sys.path.append(str(HERE.parent / "scripts"))
+    from kakaopose_cluster.redis_server import LocalRedis
 
-    port = free_port()
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    proc = subprocess.Popen(argv, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-    for _ in range(200):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    return proc, f"redis://127.0.0.1:{port}/1"
+    return LocalRedis(binary, free_port(), folder).start()
 
 
 def phase(name: str, args: argparse.Namespace, env: dict, emulator_options: list[str], **spec: object) -> dict:
@@ -358,7 +351,8 @@ def _pct(values: list[float], pct: float) -> float:
 
 def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="kakaopose-callbacks-") as tmp:
-        redis_proc, store = start_redis(tmp)
+        redis_server = start_redis(tmp)
+        store = redis_server.url
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         env = {
@@ -388,8 +382,7 @@ def run(args: argparse.Namespace) -> None:
         finally:
             receiver.terminate()
             receiver.wait(10)
-            redis_proc.kill()
-            redis_proc.wait()
+            redis_server.stop()
         report(rows, args)
 
 

@@ -81,6 +81,17 @@ def allow_execute_in_this_thread() -> None:
         sentinel.callers = {}
 
 
+def local_redis(folder: Any) -> Any:
+    """A private redis-server (``scripts/kakaopose_cluster``'s :class:`LocalRedis`) on a free loopback port in
+    ``folder``, not started yet."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from kakaopose_cluster.redis_server import LocalRedis
+
+    return LocalRedis(redis_server_binary(), free_port(), folder)
+
+
 def redis_server_binary() -> str:
     """``redis-server``, installed from Debian's packages when the machine has none (as ``make cluster`` does)."""
     import shutil

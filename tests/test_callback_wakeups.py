@@ -4,13 +4,13 @@ emulator calling back, and triggers waking on one shared subscription."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import threading
 import time
+from typing import Any
 
 import pytest
 import requests
-from helpers import free_port, redis_server_binary
+from helpers import free_port, local_redis
 
 from airflow_provider_kakaopose import callbacks
 from airflow_provider_kakaopose.callbacks import make_token, parse_keys
@@ -23,45 +23,9 @@ KEYS = parse_keys(SECRET)
 VIDEO_URL = "https://example.com/walk.mp4?frames=3"
 
 
-class RedisServer:
-    """A private redis-server on a fixed loopback port that a test can stop and start again."""
-
-    def __init__(self, folder) -> None:
-        self.port, self.folder, self.proc = free_port(), folder, None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/1"
-
-    def start(self) -> None:
-        import redis
-
-        argv = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        self.proc = subprocess.Popen(argv, cwd=self.folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url)
-        for _ in range(200):
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                time.sleep(0.02)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-    def client(self):
-        import redis
-
-        return redis.Redis.from_url(self.url)
-
-
 @pytest.fixture
 def store(tmp_path, monkeypatch):
-    server = RedisServer(tmp_path)
+    server = local_redis(tmp_path)
     server.start()
     monkeypatch.setenv("AIRFLOW__KAKAO_POSE__RATE_LIMIT_STORE", server.url)
     monkeypatch.setenv("AIRFLOW__KAKAO_POSE__CALLBACK_SECRET", SECRET)
@@ -95,7 +59,7 @@ def receiver(store, monkeypatch):
     thread.join(10)
 
 
-def bound_token(store: RedisServer, job_id: str, expires: float | None = None) -> str:
+def bound_token(store: Any, job_id: str, expires: float | None = None) -> str:
     token, nonce = make_token(KEYS, expires or time.time() + 600)
     callbacks.bind_nonce(store.url, nonce, job_id, time.time() + 600)
     return token
@@ -157,11 +121,11 @@ def test_a_callback_before_the_binding_counts_once_the_nonce_is_bound(receiver, 
 # ------------------------------------------------------------------------------------------------ triggers
 
 
-def submit(conn_id: str, store: RedisServer, base: str, video: str = VIDEO_URL) -> str:
+def submit(conn_id: str, store: Any, base: str, video: str = VIDEO_URL) -> str:
     return submit_with_nonce(conn_id, store, base, video)[0]
 
 
-def submit_with_nonce(conn_id: str, store: RedisServer, base: str, video: str = VIDEO_URL) -> tuple[str, str]:
+def submit_with_nonce(conn_id: str, store: Any, base: str, video: str = VIDEO_URL) -> tuple[str, str]:
     """Submit as the operator does: with a signed callback URL, the nonce bound to the job; ``(job id, nonce)``."""
     token, nonce = make_token(KEYS, time.time() + 600)
     settings = callbacks.CallbackSettings(base, KEYS)

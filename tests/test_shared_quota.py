@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from helpers import API_KEY, free_port, loop_gaps, redis_server_binary
+from helpers import API_KEY, free_port, local_redis, loop_gaps
 from test_rate_limiter import bunched, busiest_window
 
 from airflow_provider_kakaopose.hooks import _shared_quota
@@ -24,26 +24,9 @@ RATE = 20.0
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory):
     """A private redis-server on a free loopback port (no persistence), for this module's tests."""
-    port = free_port()
-    folder = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        cwd=folder,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    import redis
-
-    client = redis.Redis(host="127.0.0.1", port=port)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/1"
-    proc.kill()
-    proc.wait()
+    server = local_redis(tmp_path_factory.mktemp("redis")).start()
+    yield server.url
+    server.stop()
 
 
 def fresh_key() -> str:
