@@ -328,9 +328,12 @@ def cluster_part(args: argparse.Namespace) -> None:
         ),
         (
             f"forged: tampered token -> {m['forged']['tampered']}, another job's genuine token -> "
-            f"{m['forged']['other job']}; API requests for those jobs before they ended: "
-            f"{m['forged']['requests after']} (4xx, 0)",
-            m["forged"]["tampered"] >= 400 and m["forged"]["other job"] >= 400 and not m["forged"]["requests after"],
+            f"{m['forged']['other job']} at two jobs still waiting ({m['forged']['still waiting']}); API requests "
+            f"for them before they ended: {m['forged']['requests after']} (4xx, 0)",
+            m["forged"]["tampered"] >= 400
+            and m["forged"]["other job"] >= 400
+            and m["forged"]["still waiting"]
+            and not m["forged"]["requests after"],
         ),
         (
             f"replayed delivered callback -> {m['replayed']['status']}; API requests after it: "

@@ -134,6 +134,12 @@ def submit_with_nonce(conn_id: str, store: Any, base: str, video: str = VIDEO_UR
     return job_id, nonce
 
 
+def listening(jobs: list[str], conn_id: str) -> list[KakaoPoseJobTrigger]:
+    """Triggers that listen for the jobs' callbacks (the fallback poll far beyond any test's length)."""
+    end_time = time.time() + 60
+    return [KakaoPoseJobTrigger(j, conn_id, end_time=end_time, callback=True, callback_poll_interval=600) for j in jobs]
+
+
 async def wait_all(triggers: list[KakaoPoseJobTrigger]) -> list[dict]:
     async def one(trigger):
         [event] = [e.payload async for e in trigger.run()]
@@ -150,12 +156,8 @@ async def test_many_triggers_share_one_subscription_and_get_once_each(emulator, 
     conn_id = make_conn()
     emulator.configure(job_waiting_s=0.2, job_processing_s=1.0)
     jobs = [submit(conn_id, store, receiver) for _ in range(40)]
-    triggers = [
-        KakaoPoseJobTrigger(j, conn_id, end_time=time.time() + 60, callback=True, callback_poll_interval=600)
-        for j in jobs
-    ]
     started = time.monotonic()
-    task = asyncio.ensure_future(wait_all(triggers))
+    task = asyncio.ensure_future(wait_all(listening(jobs, conn_id)))
     await asyncio.sleep(0.5)
     assert store.client().pubsub_numsub(callbacks.CHANNEL) == [(callbacks.CHANNEL.encode(), 1)]
     events = await task
@@ -201,12 +203,8 @@ async def test_waits_survive_a_redis_restart_and_see_callbacks_recorded_before_r
     conn_id = make_conn()
     emulator.configure(job_waiting_s=0.2, job_processing_s=0.5)
     jobs = [KakaoPoseHook(conn_id).submit_video_job(video_url=VIDEO_URL) for _ in range(5)]
-    triggers = [
-        KakaoPoseJobTrigger(j, conn_id, end_time=time.time() + 60, callback=True, callback_poll_interval=600)
-        for j in jobs
-    ]
     started = time.monotonic()
-    task = asyncio.ensure_future(wait_all(triggers))
+    task = asyncio.ensure_future(wait_all(listening(jobs, conn_id)))
     await asyncio.sleep(0.5)
     listener = _wakeups._LISTENERS[asyncio.get_running_loop()][store.url]
     assert listener.subscriptions == 1

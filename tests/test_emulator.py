@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import io
 import json
 import os
@@ -11,6 +12,7 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -100,6 +102,25 @@ def wait_status(emu, job_id, wanted, timeout=5.0):
 
 
 # ---------------------------------------------------------------- auth
+
+
+@contextlib.asynccontextmanager
+async def callback_receiver(hits: list) -> AsyncIterator[int]:
+    """A loopback HTTP server whose ``GET /cb`` appends ``(query, monotonic time)`` to ``hits``; yields its port."""
+
+    async def cb(request: web.Request) -> web.Response:
+        hits.append((dict(request.query), time.monotonic()))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/cb", cb)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
 
 
 def test_auth_good_bad_missing(emu):
@@ -263,20 +284,8 @@ def test_job_failed_not_found_and_invalid_params(emu):
 
 
 async def test_callback_fired_once():
-    hits = []
-
-    async def cb(request):
-        hits.append(dict(request.query))
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_get("/cb", cb)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
+    hits: list[tuple[dict, float]] = []
+    async with callback_receiver(hits) as port:
         with PoseEmulator(job_waiting_s=0.1, job_processing_s=0.1) as emu:
             async with aiohttp.ClientSession(headers={"Authorization": "KakaoAK k"}) as s:
                 ok = {"video_url": "https://e.com/v.mp4", "callback_url": f"http://127.0.0.1:{port}/cb?src=emu"}
@@ -290,15 +299,14 @@ async def test_callback_fired_once():
                 async with s.post(emu.base_url + "/pose/job", data=down) as r:
                     assert r.status == 200
             await asyncio.sleep(0.8)
-            assert sorted(h["job_id"] for h in hits) == sorted([ok_id, bad_id])
-            assert {"src": "emu", "job_id": ok_id} in hits
+            queries = [query for query, _ in hits]
+            assert sorted(q["job_id"] for q in queries) == sorted([ok_id, bad_id])
+            assert {"src": "emu", "job_id": ok_id} in queries
             sent = emu.callbacks_sent
             assert len(sent) == 3
             assert (f"http://127.0.0.1:{port}/cb?src=emu&job_id={ok_id}", 200) in sent
             assert any(url == "http://127.0.0.1:9/cb?job_id=" + url.rsplit("=", 1)[1] and isinstance(o, str)
                        for url, o in sent)  # fmt: skip
-    finally:
-        await runner.cleanup()
 
 
 # ---------------------------------------------------------------- quota, faults
@@ -523,43 +531,28 @@ def test_big_job_built_by_worker_processes():
 
 
 async def test_callbacks_can_be_dropped_duplicated_and_delayed():
-    hits: list[tuple[str, float]] = []
-
-    async def cb(request: web.Request) -> web.Response:
-        hits.append((request.query["job_id"], time.monotonic()))
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_get("/cb", cb)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    hits: list[tuple[dict, float]] = []
     knobs = {"job_waiting_s": 0.0, "job_processing_s": 0.1, "seed": 3}
-    try:
+    async with callback_receiver(hits) as port:
+        form = {"video_url": "https://e.com/v.mp4", "callback_url": f"http://127.0.0.1:{port}/cb"}
         with PoseEmulator(callback_drop_rate=0.5, callback_duplicate_rate=0.5, **knobs) as emu:
             async with aiohttp.ClientSession(headers={"Authorization": "KakaoAK k"}) as s:
                 for _ in range(40):
-                    form = {"video_url": "https://e.com/v.mp4", "callback_url": f"http://127.0.0.1:{port}/cb"}
                     async with s.post(emu.base_url + "/pose/job", data=form) as r:
                         assert r.status == 200
             await asyncio.sleep(1.0)
             dropped = sum(1 for _, outcome in emu.callbacks_sent if outcome == "dropped")
-            counts = collections.Counter(job for job, _ in hits)
+            counts = collections.Counter(query["job_id"] for query, _ in hits)
             assert 8 <= dropped <= 32 and len(counts) == 40 - dropped
             assert 1 <= sum(1 for n in counts.values() if n == 2) < len(counts)  # some sent twice, not all
         hits.clear()
         with PoseEmulator(callback_delay_s=0.6, **knobs) as emu:
             async with aiohttp.ClientSession(headers={"Authorization": "KakaoAK k"}) as s:
-                form = {"video_url": "https://e.com/v.mp4", "callback_url": f"http://127.0.0.1:{port}/cb"}
                 started = time.monotonic()
                 async with s.post(emu.base_url + "/pose/job", data=form) as r:
                     assert r.status == 200
             await asyncio.sleep(1.2)
             [(_, when)] = hits
             assert 0.65 <= when - started <= 1.1  # 0.1 s of job, then 0.6 s of delay
-    finally:
-        await runner.cleanup()
     with pytest.raises(ValueError, match="callback_drop_rate"):
         PoseEmulator(callback_drop_rate=1.5)
