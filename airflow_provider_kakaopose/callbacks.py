@@ -157,48 +157,44 @@ def verify_token(token: str, keys: tuple[tuple[str, bytes], ...], now: float | N
 
 # ------------------------------------------------------------------------------------------------ Redis scripts
 
+
+def _mark_ended(ended_key: str, ttl: str) -> str:
+    """Lua: write the job's "ended" marker unless it exists, and then (only then) publish the wake-up (the job id,
+    ``ARGV[1]``) and return 1. The one rule both scripts follow, so a job is woken once whatever arrives twice."""
+    return f"""if redis.call('SET', {ended_key}, '1', 'NX', 'EX', {ttl}) then
+  redis.call('PUBLISH', '{CHANNEL}', ARGV[1])
+  return 1
+end"""
+
+
 #: Bind a nonce to its job (KEYS: nonce key, early key, ended key, job key; ARGV: job id, ttl s, marker ttl s,
 #: nonce); the job key records the nonce of the job's callback. If a
 #: callback for this very job came before the binding (the early key names it), the job's marker is written
 #: and the wake-up published now. Returns 1 when that happened, else 0.
-BIND_SCRIPT = (
-    """
+BIND_SCRIPT = f"""
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[2])
 local early = redis.call('GET', KEYS[2])
 if early == ARGV[1] then
   redis.call('DEL', KEYS[2])
-  if redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[3]) then
-    redis.call('PUBLISH', '"""
-    + CHANNEL
-    + """', ARGV[1])
-    return 1
-  end
+  {_mark_ended("KEYS[3]", "ARGV[3]")}
 end
 return 0
 """
-)
 
 #: Record a callback (KEYS: nonce key, ended key, early key; ARGV: job id, marker ttl s, early ttl s). Returns
 #: 1 (new: marker written, wake-up published), 2 (a duplicate: nothing more), -1 (nonce bound to another job),
 #: 0 (nonce not bound yet: kept as an early claim for EARLY_TTL_S, nothing woken).
-RECORD_SCRIPT = (
-    """
+RECORD_SCRIPT = f"""
 local bound = redis.call('GET', KEYS[1])
 if not bound then
   redis.call('SET', KEYS[3], ARGV[1], 'NX', 'EX', ARGV[3])
   return 0
 end
 if bound ~= ARGV[1] then return -1 end
-if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then
-  redis.call('PUBLISH', '"""
-    + CHANNEL
-    + """', ARGV[1])
-  return 1
-end
+{_mark_ended("KEYS[2]", "ARGV[2]")}
 return 2
 """
-)
 
 
 def record_keys(nonce: str, job_id: str) -> list[str]:
