@@ -311,26 +311,25 @@ def test_a_base_url_that_is_not_https_443_is_warned_about_not_refused(
     assert SECRET[3:] not in text and "token=" not in text
 
 
-def test_without_callback_settings_the_wait_polls_as_before(emulator, make_conn, store, monkeypatch):
-    monkeypatch.delenv("AIRFLOW__KAKAO_POSE__CALLBACK_BASE_URL", raising=False)
-    conn_id = make_conn()
+def polls_without_a_callback(emulator: Any, conn_id: str) -> None:
+    """A deferrable video operator's job is submitted without a callback_url, and its trigger polls."""
     emulator.configure(job_waiting_s=5, job_processing_s=5)
     trigger = deferred_trigger(conn_id, _Store())
     assert trigger.callback is False
     [post] = [r for r in emulator.requests if r.method == "POST"]
     assert "callback_url" not in post.fields
+
+
+def test_without_callback_settings_the_wait_polls_as_before(emulator, make_conn, store, monkeypatch):
+    monkeypatch.delenv("AIRFLOW__KAKAO_POSE__CALLBACK_BASE_URL", raising=False)
+    polls_without_a_callback(emulator, make_conn())
 
 
 def test_on_airflow_2_the_operator_never_asks_for_a_callback(emulator, make_conn, receiver, store, monkeypatch, capsys):
     from airflow_provider_kakaopose import _compat
 
     monkeypatch.setattr(_compat, "AIRFLOW_V_3_0_PLUS", False)  # as on 2.11: no fastapi_apps, no receiver
-    conn_id = make_conn()
-    emulator.configure(job_waiting_s=5, job_processing_s=5)
-    trigger = deferred_trigger(conn_id, _Store())
-    assert trigger.callback is False
-    [post] = [r for r in emulator.requests if r.method == "POST"]
-    assert "callback_url" not in post.fields
+    polls_without_a_callback(emulator, make_conn())
     assert "on Airflow 2 waits poll" in logged(capsys, None)
 
 
