@@ -10,43 +10,45 @@ CONN_TYPE = "kakao_pose"
 DEFAULT_CONN_ID = "kakao_pose_default"
 DEFAULT_BASE_URL = "https://cv-api.kakaobrain.com"
 
+
+def _field(label: str, description: str, kind: str, default: Any, minimum: float | None = 0) -> dict[str, Any]:
+    """One extra field of the connection form: its label, help text and JSON schema (empty allowed)."""
+    schema: dict[str, Any] = {"type": [kind, "null"], "default": default}
+    if minimum is not None:
+        schema["minimum"] = minimum
+    return {"label": label, "description": description, "schema": schema}
+
+
 #: Extra fields of the ``kakao_pose`` connection, with their defaults. Shared by the UI form and the hook.
 CONN_FIELDS: dict[str, dict[str, Any]] = {
-    "connect_timeout": {
-        "label": "Connect timeout (s)",
-        "description": "Seconds to wait for the TCP/TLS connection (the service asks for 5).",
-        "schema": {"type": ["number", "null"], "default": 5, "minimum": 0},
-    },
-    "read_timeout": {
-        "label": "Read timeout (s)",
-        "description": "Seconds to wait for the answer (the service asks for 15).",
-        "schema": {"type": ["number", "null"], "default": 15, "minimum": 0},
-    },
-    "max_retries": {
-        "label": "Max retries",
-        "description": "Retries after the first attempt for connection errors, timeouts, 429, 5xx, codes -1/-10.",
-        "schema": {"type": ["integer", "null"], "default": 5, "minimum": 0},
-    },
-    "retry_wait_initial": {
-        "label": "First retry wait (s)",
-        "description": "Initial exponential backoff (doubles per retry, with jitter).",
-        "schema": {"type": ["number", "null"], "default": 1.0, "minimum": 0},
-    },
-    "retry_wait_max": {
-        "label": "Longest retry wait (s)",
-        "description": "Cap for one backoff wait, Retry-After included.",
-        "schema": {"type": ["number", "null"], "default": 30.0, "minimum": 0},
-    },
-    "rate_limit_per_second": {
-        "label": "Rate limit (requests/s)",
-        "description": "Client-side limit shared by all calls of one hook; empty for none.",
-        "schema": {"type": ["number", "null"], "default": None, "minimum": 0},
-    },
-    "validate_inputs": {
-        "label": "Validate inputs before sending",
-        "description": "Check format, size, sides and aspect ratio locally before spending quota.",
-        "schema": {"type": ["boolean", "null"], "default": True},
-    },
+    "connect_timeout": _field(
+        "Connect timeout (s)", "Seconds to wait for the TCP/TLS connection (the service asks for 5).", "number", 5
+    ),
+    "read_timeout": _field(
+        "Read timeout (s)", "Seconds to wait for the answer (the service asks for 15).", "number", 15
+    ),
+    "max_retries": _field(
+        "Max retries",
+        "Retries after the first attempt for connection errors, timeouts, 429, 5xx, codes -1/-10.",
+        "integer",
+        5,
+    ),
+    "retry_wait_initial": _field(
+        "First retry wait (s)", "Initial exponential backoff (doubles per retry, with jitter).", "number", 1.0
+    ),
+    "retry_wait_max": _field(
+        "Longest retry wait (s)", "Cap for one backoff wait, Retry-After included.", "number", 30.0
+    ),
+    "rate_limit_per_second": _field(
+        "Rate limit (requests/s)", "Client-side limit shared by all calls of one hook; empty for none.", "number", None
+    ),
+    "validate_inputs": _field(
+        "Validate inputs before sending",
+        "Check format, size, sides and aspect ratio locally before spending quota.",
+        "boolean",
+        True,
+        minimum=None,
+    ),
 }
 
 
