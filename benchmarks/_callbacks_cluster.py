@@ -19,6 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT / "scripts"))
 
 DAG_ID = "kakao_pose_callbacks_bench"
+#: How long after a triggerer's SIGKILL its triggers may wait for another triggerer to take them: make cluster's
+#: triggerer_health_check_threshold (20 s) plus a heartbeat (2 s) and the scheduler's next assignment.
+FAILOVER_S = 25.0
 
 
 def recorded(url: str) -> list[dict]:
@@ -89,6 +92,7 @@ def _run(cluster: Any, host_kill: Any, n: int) -> dict:
     events["forged callbacks sent"] = time.monotonic() - started
     victim = max(cluster.alive("triggerer"), key=lambda c: c.index)
     host_kill(victim.pid)
+    _mark(cluster, "killed")
     cluster._reap()
     events[f"SIGKILL {victim.name}"] = time.monotonic() - started
     time.sleep(3)
@@ -154,9 +158,9 @@ def _forge(cluster: Any, run_id: str, waiting: list[int]) -> dict:
 
 
 def _replay(cluster: Any) -> dict:
-    """After the run: the first delivered callback sent again. It must change nothing and cause no request."""
+    """After the run: the last delivered callback sent again. It must change nothing and cause no request."""
     sent = json.load(urllib.request.urlopen(f"{cluster.emulator_url}/_emulator/callbacks", timeout=60))
-    url = next(u for u, status in sent if status == 200)
+    url = [u for u, status in sent if status == 200][-1]  # the last: its binding outlived the Redis restart
     _mark(cluster, "replayed")
     return {"job": url.rsplit("job_id=", 1)[1], "status": _send(url)}
 
@@ -174,12 +178,18 @@ def _measure(requests: list[dict], events: dict, durations: list[float], out: Pa
             gets.setdefault(r["path"].rsplit("/", 1)[1], []).append(r["time"])
     posts = [r for r in requests if r["method"] == "POST" and r["path"] == "/pose/job"]
     jobs = _jobs(posts, out)
-    dropped = {u.rsplit("job_id=", 1)[1] for u, status in sent if status == "dropped"}
-    latency: dict[str, list[float]] = {"delivered": [], "dropped": []}
+    outcome = {u.rsplit("job_id=", 1)[1]: status for u, status in sent}
+    failover = (marks["killed"], marks["killed"] + FAILOVER_S)
+    latency: dict[str, list[float]] = {"delivered": [], "failover": [], "lost": []}
     for job_id, ends_at in jobs.items():
         after = [t for t in sorted(gets.get(job_id, [])) if t >= ends_at]
-        if after:
-            latency["dropped" if job_id in dropped else "delivered"].append(after[0] - ends_at)
+        if not after:
+            continue
+        if outcome.get(job_id) != 200:  # dropped by the service, or refused while Redis was down (503)
+            kind = "lost"
+        else:
+            kind = "failover" if failover[0] <= ends_at <= failover[1] else "delivered"
+        latency[kind].append(after[0] - ends_at)
     forged = events.pop("forged")
     replay = events.pop("replayed")
     after_forgery = sum(

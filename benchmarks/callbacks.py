@@ -298,7 +298,7 @@ def main() -> None:
 
 def cluster_part(args: argparse.Namespace) -> None:
     """The ``--cluster`` part: prints its measurements against the goals of docs/callbacks.md."""
-    from _callbacks_cluster import run_cluster
+    from _callbacks_cluster import FAILOVER_S, run_cluster
 
     with tempfile.TemporaryDirectory(prefix="kakaopose-callbacks-cluster-") as tmp:
         m = run_cluster(args, Path(tmp))
@@ -311,20 +311,27 @@ def cluster_part(args: argparse.Namespace) -> None:
     for what, when in m["events"].items():
         print(f"  +{when:6.1f} s  {what}")
     print(f"  submissions {m['submissions']} for {m['jobs']} jobs")
-    delivered, dropped = m["latency"]["delivered"], m["latency"]["dropped"]
+    delivered, failover, lost = (m["latency"][k] for k in ("delivered", "failover", "lost"))
+    both = delivered + failover
     bound = args.cluster_fallback + 30
     goals = [
         (f"every task wrote its table ({m['jobs']} of {args.cluster_videos})", m["jobs"] == args.cluster_videos),
         (f"status/result GETs per job: mean {m['gets_mean']:.2f}, max {m['gets_max']} (<= 2.2)", m["gets_mean"] <= 2.2),
         (
-            f"delivered callbacks ({len(delivered)} jobs): seen p50 {_pct(delivered, 50):.2f} s, p95 "
-            f"{_pct(delivered, 95):.2f} s, max {max(delivered, default=0):.2f} s after the job ended (p95 <= 5 s)",
+            f"delivered callbacks, all {len(both)} jobs: seen p50 {_pct(both, 50):.2f} s, p95 {_pct(both, 95):.2f} s, "
+            f"max {max(both, default=0):.2f} s after the job ended (p95 <= 5 s)",
+            _pct(both, 95) <= 5,
+        ),
+        (
+            f"  of which {len(failover)} ended while the killed triggerer's triggers waited for another one "
+            f"(<= {FAILOVER_S:g} s after the kill): max {max(failover, default=0):.1f} s; the other {len(delivered)}: "
+            f"p95 {_pct(delivered, 95):.2f} s, max {max(delivered, default=0):.2f} s",
             _pct(delivered, 95) <= 5,
         ),
         (
-            f"dropped callbacks ({len(dropped)} jobs): seen at most {max(dropped, default=0):.1f} s after the job "
-            f"ended (<= callback_poll_interval + 30 s = {bound:g} s)",
-            max(dropped, default=0) <= bound,
+            f"lost callbacks ({len(lost)} jobs: dropped by the service, or refused while Redis was down): seen at "
+            f"most {max(lost, default=0):.1f} s after the job ended (<= callback_poll_interval + 30 s = {bound:g} s)",
+            max(lost, default=0) <= bound,
         ),
         (
             f"forged: tampered token -> {m['forged']['tampered']}, another job's genuine token -> "
@@ -336,7 +343,7 @@ def cluster_part(args: argparse.Namespace) -> None:
             and not m["forged"]["requests after"],
         ),
         (
-            f"replayed delivered callback -> {m['replayed']['status']}; API requests after it: "
+            f"the last delivered callback replayed after the run -> {m['replayed']['status']}; API requests after it: "
             f"{m['replayed']['requests after']} (0)",
             m["replayed"]["requests after"] == 0,
         ),

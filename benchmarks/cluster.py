@@ -65,6 +65,10 @@ class Scenario:
     #: Kill when this share of the run's expected requests has arrived (work is in flight then).
     kill_at: float = 0.3
     timeout: float = 3600.0
+    #: Share of the jobs' callbacks the emulator drops (make cluster wires callbacks: a video wait listens).
+    callback_drop_rate: float = 0.0
+    #: ``[kakao_pose] callback_poll_interval`` of the deployment (None: the default, 300 s).
+    callback_poll_interval: float | None = None
 
 
 @dataclass
@@ -93,6 +97,8 @@ class Report:
     peak_windows: list[str] = field(default_factory=list)
     trace_file: str = ""
     task_tries: dict[str, int] = field(default_factory=dict)
+    #: The emulator's callbacks by outcome (HTTP status, "dropped", or an error).
+    callbacks: dict[str, int] = field(default_factory=dict)
 
     @property
     def minimum_s(self) -> float:
@@ -296,10 +302,18 @@ def run(s: Scenario, root: Path, log: Any = print, keep: bool = False, trace_dir
         workers=s.workers,
         triggerers=s.triggerers,
         dags=dags,
-        emulator_args=["--latency", str(s.latency), "--quota-per-second", str(s.quota), "--job-waiting-s", "1"],
+        emulator_args=[
+            *("--latency", str(s.latency), "--quota-per-second", str(s.quota), "--job-waiting-s", "1"),
+            *("--callback-drop-rate", str(s.callback_drop_rate), "--seed", "7"),
+        ],
         conn_extra={"rate_limit_per_second": s.quota, "max_retries": 6, "read_timeout": 60},
         worker_concurrency=s.worker_concurrency,
         parallelism=s.workers * s.worker_concurrency,
+        extra_env=(
+            {"AIRFLOW__KAKAO_POSE__CALLBACK_POLL_INTERVAL": str(s.callback_poll_interval)}
+            if s.callback_poll_interval
+            else None
+        ),
     )
     report.startup_s = time.monotonic() - start
     try:
@@ -431,6 +445,8 @@ def _account(cluster: Cluster, s: Scenario, report: Report, out: Path, run_id: s
     import pyarrow.parquet as pq
 
     requests = _recorded(cluster.emulator_url)
+    with urllib.request.urlopen(f"{cluster.emulator_url}/_emulator/callbacks", timeout=60) as resp:
+        report.callbacks = dict(Counter(str(outcome) for _, outcome in json.load(resp)))
     trace = Path(report.trace_file)
     offset = time.time() - time.monotonic()
     trace.write_text(json.dumps({"monotonic_to_epoch": offset, "requests": requests, "admitted": admitted}))
