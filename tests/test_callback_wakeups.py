@@ -196,6 +196,25 @@ async def test_a_lost_callback_costs_one_fallback_poll(emulator, make_conn, stor
     assert job_gets(emulator, job_id) == 1
 
 
+async def test_a_trigger_started_again_after_its_triggerer_died_checks_its_job_at_once(emulator, make_conn, store):
+    """A wait that began 60 s ago (its first triggerer died meanwhile, and the job's callback was lost): the new
+    trigger checks the job right away instead of after a whole fallback interval counted from its start."""
+    conn_id = make_conn()
+    emulator.configure(job_waiting_s=0, job_processing_s=0.1)
+    job_id = KakaoPoseHook(conn_id).submit_video_job(video_url=VIDEO_URL)  # ends at once; no callback comes
+    await asyncio.sleep(0.5)
+    kwargs = {"end_time": time.time() + 60, "callback": True, "callback_poll_interval": 600}
+    fresh = KakaoPoseJobTrigger(job_id, conn_id, waiting_since=time.time(), **kwargs)
+    again = KakaoPoseJobTrigger(job_id, conn_id, waiting_since=time.time() - 60, **kwargs)
+    started = time.monotonic()
+    [event] = await wait_all([again])
+    assert event["status"] == "success" and time.monotonic() - started < 5
+    assert job_gets(emulator, job_id) == 1
+    with pytest.raises(asyncio.TimeoutError):  # a wait that just began does not poll: it listens
+        await asyncio.wait_for(wait_all([fresh]), 1.5)
+    assert job_gets(emulator, job_id) == 1
+
+
 async def test_waits_survive_a_redis_restart_and_see_callbacks_recorded_before_resubscribing(
     emulator, make_conn, store, monkeypatch
 ):

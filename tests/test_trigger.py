@@ -32,6 +32,7 @@ def test_serialize_round_trip_has_only_ids_and_settings(make_conn):
         "callback": False,
         "callback_poll_interval": None,
         "callback_nonce": None,
+        "waiting_since": None,
     }
     assert API_KEY not in repr(kwargs)
     again = KakaoPoseJobTrigger(**kwargs)

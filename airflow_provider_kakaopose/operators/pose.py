@@ -535,6 +535,7 @@ class KakaoPoseVideoOperator(JobLoader, BaseOperator):
                 callback=bool((job or {}).get("callback_requested")),
                 callback_poll_interval=self.callback_poll_interval,
                 callback_nonce=(job or {}).get("callback_nonce"),
+                waiting_since=time.time(),
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=max(deadline - time.time(), 0) + 300),

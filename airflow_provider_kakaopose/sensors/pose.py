@@ -127,6 +127,7 @@ class KakaoPoseJobSensor(BaseSensorOperator):
                 end_time=time.time() + self.timeout,
                 callback=nonce is not None,
                 callback_nonce=nonce,
+                waiting_since=time.time(),
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=self.timeout + 60),  # the trigger reports its own deadline first

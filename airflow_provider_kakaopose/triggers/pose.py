@@ -24,6 +24,10 @@ with contextlib.suppress(ImportError):
     import redis.asyncio  # noqa: F401
 
 
+#: A listening trigger that starts this long after its wait began was started again (a triggerer died).
+RESTART_AFTER_S = 15.0
+
+
 class KakaoPoseJobTrigger(BaseTrigger):
     """Poll ``GET /pose/job/{job_id}`` until the job ends or ``end_time`` passes; fire exactly one event.
 
@@ -38,6 +42,10 @@ class KakaoPoseJobTrigger(BaseTrigger):
         signature is not kept), bound to the job again when the trigger starts and after Redis comes back.
     :param callback_poll_interval: with ``callback``: seconds between fallback polls (for a callback the
         service lost), each spread by jitter (75-100 %); default ``[kakao_pose] callback_poll_interval`` (300).
+    :param waiting_since: with ``callback``: when the wait began (seconds since the epoch). A trigger started
+        again later (its triggerer died) checks the job once right away: a callback lost while nobody listened
+        (dropped by the service, or its marker lost with Redis) then costs no more than the time it was homeless,
+        instead of a fallback interval counted again from the restart.
 
     The status is logged at INFO when it changes and otherwise every third poll, never more often than every
     10 s and at least once a minute (:class:`~airflow_provider_kakaopose._waitlog.WaitLog`): ``Pose job … is
@@ -61,6 +69,7 @@ class KakaoPoseJobTrigger(BaseTrigger):
         callback: bool = False,
         callback_poll_interval: float | None = None,
         callback_nonce: str | None = None,
+        waiting_since: float | None = None,
     ) -> None:
         super().__init__()
         if poll_interval <= 0:
@@ -74,6 +83,7 @@ class KakaoPoseJobTrigger(BaseTrigger):
         self.callback = bool(callback)
         self.callback_poll_interval = float(callback_poll_interval) if callback_poll_interval is not None else None
         self.callback_nonce = callback_nonce
+        self.waiting_since = float(waiting_since) if waiting_since is not None else None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -86,6 +96,7 @@ class KakaoPoseJobTrigger(BaseTrigger):
                 "callback": self.callback,
                 "callback_poll_interval": self.callback_poll_interval,
                 "callback_nonce": self.callback_nonce,
+                "waiting_since": self.waiting_since,
             },
         )
 
@@ -123,6 +134,18 @@ class KakaoPoseJobTrigger(BaseTrigger):
             delay = self.poll_interval if remaining is None else min(self.poll_interval, remaining)
             await asyncio.sleep(delay)
 
+    def _started_again(self) -> bool:
+        """Whether this trigger runs again long after its wait began (its first triggerer died)."""
+        if self.waiting_since is None:
+            return False
+        late = time.time() - self.waiting_since
+        if late < RESTART_AFTER_S:
+            return False
+        self.log.info(
+            "Pose job %s: waiting for its callback again after %.0f s: checking the job once", self.job_id, late
+        )
+        return True
+
     def _listener(self) -> Any:
         """The loop's shared callback listener, or ``None`` (then the wait polls every ``poll_interval``)."""
         from airflow_provider_kakaopose.hooks._shared_quota import configured_store
@@ -149,10 +172,12 @@ class KakaoPoseJobTrigger(BaseTrigger):
         expires = self.end_time + EXPIRY_MARGIN_S if self.end_time is not None else None
         woken = await listener.watch(self.job_id, self.callback_nonce, expires)
         self.log.info("Waiting for the callback of Pose job %s (fallback poll about every %g s)", self.job_id, interval)
+        check_now = self._started_again()
         try:
             while True:
                 remaining = self.end_time - time.time() if self.end_time is not None else None
-                delay = interval * random.uniform(0.75, 1.0)
+                delay = 0.0 if check_now else interval * random.uniform(0.75, 1.0)
+                check_now = False
                 if remaining is not None:
                     delay = max(min(delay, remaining), 0.0)
                 with contextlib.suppress(asyncio.TimeoutError):
