@@ -912,21 +912,24 @@ def _link_pass(
     widen_until: int = 0,
     candidates: tuple[np.ndarray, np.ndarray] | None = None,
     pool: Executor | None = None,
-) -> None:
+    blocks: list[tuple[np.ndarray, np.ndarray]] | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Link unlinked ends of frame ``f`` to unlinked starts of frame ``f + gap + 1``, for every f at once.
 
     ``pred``/``succ``: the linked detection before/after each detection, -1 for none, -2 for images (updated
     in place). ``velocity``: per-detection velocities ``(vx, vy)`` (px per frame) used to predict where people
     went (``None``: nobody moves). The distance gate widens with the gap up to ``widen_until`` frames (see
-    :func:`_gate`). ``candidates``: the unlinked ``(ends, starts)`` if the caller knows them.
+    :func:`_gate`). ``candidates``: the unlinked ``(ends, starts)`` if the caller knows them; ``blocks``: their
+    :func:`_problem_blocks`, if already made (then ``candidates`` is not read). Returns the blocks.
     """
     import numpy as np
 
-    if candidates is not None:  # kept up to date by the caller (cheaper than scanning every detection)
-        ends, starts = candidates
-    else:
-        ends, starts = np.flatnonzero(succ == -1), np.flatnonzero(pred == -1)
-    blocks = _problem_blocks(p, ends, starts, gap)
+    if blocks is None:
+        if candidates is not None:  # kept up to date by the caller (cheaper than scanning every detection)
+            ends, starts = candidates
+        else:
+            ends, starts = np.flatnonzero(succ == -1), np.flatnonzero(pred == -1)
+        blocks = _problem_blocks(p, ends, starts, gap)
     gate = _gate(max_distance, gap, widen_until)
 
     def solve(block: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -939,13 +942,14 @@ def _link_pass(
     # threads (numpy releases the GIL in its loops) and their links applied afterwards.
     solved = list(pool.map(solve, blocks) if pool is not None and len(blocks) > 1 else map(solve, blocks))
     if not solved:
-        return
+        return blocks
     linked_prev, linked_cur = (np.concatenate(side) for side in zip(*solved, strict=True))
     if gap >= BODY_CHECK_GAP:  # after a gap, a link between bodies of another size or shape is dropped
         same = _same_body(p, linked_prev, linked_cur)
         linked_prev, linked_cur = linked_prev[same], linked_cur[same]
     pred[linked_cur] = linked_prev
     succ[linked_prev] = linked_cur
+    return blocks
 
 
 def _gate(max_distance: float, gap: int, widen_until: int) -> float:
@@ -1129,8 +1133,8 @@ def _frame_to_frame(p: _Detections, ctx: _Links, new_video: np.ndarray, opts: di
     zeros = np.zeros(n - c, dtype=np.float32)
     # 1. consecutive frames, without motion, for the velocities.
     pred1, succ1 = np.concatenate((ctx.pred1, init)), np.concatenate((ctx.succ1, init))
-    cands = (np.flatnonzero(succ1 == -1), new_video)
-    _link_pass(p, pred1, succ1, 0, velocity=None, use_keypoints=True, candidates=cands, **opts)
+    cands1 = (np.flatnonzero(succ1 == -1), new_video)
+    blocks = _link_pass(p, pred1, succ1, 0, velocity=None, use_keypoints=True, candidates=cands1, **opts)
     v1x, v1y = np.concatenate((ctx.v1x, zeros)), np.concatenate((ctx.v1y, zeros))
     anc1 = _ancestors(pred1, new_video)
     v1x[new_video], v1y[new_video] = _velocity(p, pred1, new_video, anc1)
@@ -1138,7 +1142,9 @@ def _frame_to_frame(p: _Detections, ctx: _Links, new_video: np.ndarray, opts: di
     #    swapped gave wrong velocities just after it).
     pred2, succ2 = np.concatenate((ctx.pred2, init)), np.concatenate((ctx.succ2, init))
     cands = (np.flatnonzero(succ2 == -1), new_video)
-    _link_pass(p, pred2, succ2, 0, velocity=(v1x, v1y), use_keypoints=True, candidates=cands, **opts)
+    same = np.array_equal(cands[0], cands1[0])  # (always, without a context): pass 1's problems again
+    opts2 = {**opts, "blocks": blocks if same else None}
+    _link_pass(p, pred2, succ2, 0, velocity=(v1x, v1y), use_keypoints=True, candidates=cands, **opts2)
     # A velocity depends only on the detection and its ancestor: recomputed where pass 2 changed the ancestor.
     v2x, v2y = np.concatenate((ctx.v2x, v1x[c:])), np.concatenate((ctx.v2y, v1y[c:]))
     anc2 = _ancestors(pred2, new_video)
