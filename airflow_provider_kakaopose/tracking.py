@@ -152,12 +152,21 @@ def _numpy(table: pa.Table, name: str, dtype: Any = None) -> np.ndarray:
 
 def _fill_floats(dst: np.ndarray, column: pa.ChunkedArray) -> None:
     """Write a float column into ``dst`` (nulls as 0), chunk by chunk: no intermediate array."""
-    import pyarrow.compute as pc
+    import numpy as np
 
     off = 0
     for chunk in column.chunks:
         m = len(chunk)
-        dst[off : off + m] = (pc.fill_null(chunk, 0) if chunk.null_count else chunk).to_numpy()
+        part = dst[off : off + m]
+        if chunk.null_count:  # the values buffer as it is, then its bits times the validity bit (0.0 if null)
+            first, validity, values = chunk.offset, *chunk.buffers()
+            with np.errstate(over="ignore", invalid="ignore"):  # (what a null slot holds is dropped)
+                part[:] = np.frombuffer(values, dtype=chunk.type.to_pandas_dtype(), count=first + m)[first:]
+            raw = np.frombuffer(validity, dtype=np.uint8, count=(first + m + 7) // 8)
+            bits = part.view(np.uint32)  # (dst is float32)
+            np.multiply(bits, np.unpackbits(raw, bitorder="little")[first : first + m], out=bits)
+        else:
+            part[:] = chunk.to_numpy()
         off += m
 
 
