@@ -606,21 +606,27 @@ def _velocity(
     moving = dt > 0
     vx = np.zeros(len(dets), dtype=np.float32)
     vy = np.zeros(len(dets), dtype=np.float32)
-    where = np.flatnonzero(moving)
+    # Consecutive dets (all of a table's): every one, read in place (a view, no gather); the others dropped.
+    consecutive = len(dets) > 0 and int(dets[-1] - dets[0]) == len(dets) - 1
+    where = np.arange(len(dets)) if consecutive else np.flatnonzero(moving)
     step = _BLOCK_CELLS // _N_KP  # in blocks, so that the temporaries stay in the CPU cache
     for lo in range(0, len(where), step):
         w = where[lo : lo + step]
         d, a, t = dets[w], anc[w], dt[w]
-        kd, ka = p.kp.take(d, axis=1), p.kp.take(a, axis=1)
+        kd = p.kp[:, d[0] : d[-1] + 1] if consecutive else p.kp.take(d, axis=1)
+        ka = p.kp.take(a, axis=1)
         both = kd[2] * ka[2]
         cnt = both.sum(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
             mx = np.einsum("pk,pk->p", kd[0] - ka[0], both) / cnt
             my = np.einsum("pk,pk->p", kd[1] - ka[1], both) / cnt
-        none = cnt == 0
-        mx = np.where(none, p.cx[d] - p.cx[a], mx)
-        my = np.where(none, p.cy[d] - p.cy[a], my)
-        vx[w], vy[w] = mx / t, my / t
+            none = cnt == 0
+            mx = np.where(none, p.cx[d] - p.cx[a], mx) / t
+            my = np.where(none, p.cy[d] - p.cy[a], my) / t
+        if consecutive:
+            keep = moving[w]
+            w, mx, my = w[keep], mx[keep], my[keep]
+        vx[w], vy[w] = mx, my
     return vx, vy
 
 
