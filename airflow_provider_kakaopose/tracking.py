@@ -615,11 +615,12 @@ def _velocity(
         d, a, t = dets[w], anc[w], dt[w]
         kd = p.kp[:, d[0] : d[-1] + 1] if consecutive else p.kp.take(d, axis=1)
         ka = p.kp.take(a, axis=1)
-        both = kd[2] * ka[2]
-        cnt = both.sum(axis=1)
+        both = np.multiply(kd[2], ka[2], out=ka[2])
+        cnt = np.einsum("pk->p", both)  # a count: exact in any order (and faster than .sum(axis=1))
+        dx, dy = np.subtract(kd[0], ka[0], out=ka[0]), np.subtract(kd[1], ka[1], out=ka[1])
         with np.errstate(invalid="ignore", divide="ignore"):
-            mx = np.einsum("pk,pk->p", kd[0] - ka[0], both) / cnt
-            my = np.einsum("pk,pk->p", kd[1] - ka[1], both) / cnt
+            mx = np.einsum("pk,pk->p", dx, both) / cnt
+            my = np.einsum("pk,pk->p", dy, both) / cnt
             none = cnt == 0
             mx = np.where(none, p.cx[d] - p.cx[a], mx) / t
             my = np.where(none, p.cy[d] - p.cy[a], my) / t
