@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from airflow_provider_kakaopose._arrowcodes import value_codes
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
     from concurrent.futures import Executor
 
     import numpy as np
@@ -355,9 +355,9 @@ def _keypoint_arrays(
     return kx, ky, km, flat_kp
 
 
-def _box_and_is_video(table: pa.Table, rows: _RowLayout) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    """The box (bbox_x, bbox_y, bbox_w, bbox_h; float32) of each run, read at its first row, whether the run
-    is a video frame (``time_s`` not null: images are not tracked) and its ``time_s`` (float64, NaN if null)."""
+def _box_and_is_video(table: pa.Table, rows: _RowLayout) -> tuple[list[np.ndarray], np.ndarray]:
+    """The box (bbox_x, bbox_y, bbox_w, bbox_h; float32) of each run, read at its first row, and whether the
+    run is a video frame (``time_s`` not null: images are not tracked)."""
     import numpy as np
     import pyarrow as pa
 
@@ -371,16 +371,19 @@ def _box_and_is_video(table: pa.Table, rows: _RowLayout) -> tuple[list[np.ndarra
             box.append(np.asarray(col.take(take).to_numpy(), np.float32))
     time_col = table.column("time_s")
     if time_col.null_count:
-        taken = time_col.take(take)
-        is_video = np.asarray(taken.is_valid().to_numpy(zero_copy_only=False), bool)
-        time_s = np.asarray(taken.to_numpy(zero_copy_only=False), dtype=np.float64)
+        is_video = np.asarray(time_col.take(take).is_valid().to_numpy(zero_copy_only=False), bool)
     else:
         is_video = np.ones(len(rows.starts), dtype=bool)
-        if rows.canonical and pa.types.is_floating(time_col.type):
-            time_s = _gather_floats(time_col, rows.first_rows, _N_KP, np.float64)
-        else:
-            time_s = np.asarray(time_col.take(take).to_numpy(), dtype=np.float64)
-    return box, is_video, time_s
+    return box, is_video
+
+
+def _times(table: pa.Table, rows: np.ndarray) -> np.ndarray:
+    """``time_s`` (float64, NaN if null) at table ``rows``."""
+    import numpy as np
+    import pyarrow as pa
+
+    taken = table.column("time_s").take(pa.array(rows, type=pa.int64()))
+    return np.asarray(taken.to_numpy(zero_copy_only=False), dtype=np.float64)
 
 
 def _frame_axis(group: np.ndarray, frame: np.ndarray, max_gap: int) -> tuple[int, np.ndarray, np.ndarray]:
@@ -406,11 +409,16 @@ def _frame_axis(group: np.ndarray, frame: np.ndarray, max_gap: int) -> tuple[int
 
 
 def _windows(
-    group: np.ndarray, frame: np.ndarray, time_s: np.ndarray, max_gap: int, max_occlusion_s: float
+    group: np.ndarray,
+    frame: np.ndarray,
+    time_s: Callable[[np.ndarray], np.ndarray],
+    max_gap: int,
+    max_occlusion_s: float,
 ) -> np.ndarray:
     """Per detection, the most frames its track may stay unlinked and still be re-linked: ``max_gap``, or
     ``max_occlusion_s`` seconds at its video's frame rate (``frame_num / time_s`` at the video's last frame,
-    as keypoints_table writes ``time_s``) when that is more frames."""
+    as keypoints_table writes ``time_s``) when that is more frames. ``time_s``: the ``time_s`` of detections
+    (only the videos' last ones are read)."""
     import numpy as np
 
     n = len(frame)
@@ -419,7 +427,7 @@ def _windows(
         return window
     last = np.flatnonzero(np.append(group[1:] != group[:-1], True))  # each video's last detection
     with np.errstate(invalid="ignore", divide="ignore"):
-        fps = frame[last] / time_s[last]
+        fps = frame[last] / time_s(last)
     fps = np.where(np.isfinite(fps) & (fps > 0), fps, 0.0)
     frames = np.minimum(np.ceil(max_occlusion_s * fps), _MAX_WINDOW).astype(np.int64)
     per_video = np.repeat(frames, np.diff(last, prepend=-1))
@@ -499,13 +507,13 @@ class _Detections:
 
         rows = _row_layout(table)
         kx, ky, km, flat_kp = _keypoint_arrays(table, rows, pool)
-        box, is_video, time_s = _box_and_is_video(table, rows)
-        group, frame = rows.group, rows.frame
+        box, is_video = _box_and_is_video(table, rows)
+        group, frame, first_rows = rows.group, rows.frame, rows.first_rows
         order = _detection_order(group, frame, rows.person)
         if order is not None:
             kx, ky, km = kx[order], ky[order], km[order]
             box = [b[order] for b in box]
-            group, frame, is_video, time_s = group[order], frame[order], is_video[order], time_s[order]
+            group, frame, is_video, first_rows = group[order], frame[order], is_video[order], first_rows[order]
         # Where the rows are (see row_values): run_to_det is the detection of each run (None: the same).
         self.canonical = rows.canonical
         self.row_order, self.row_run = rows.row_order, rows.row_run
@@ -520,7 +528,7 @@ class _Detections:
         self.frame = frame
         self.is_video = is_video
         #: Per detection: how many frames its track may stay unlinked and still be re-linked (see _windows).
-        self.window = _windows(group, frame, time_s, max_gap, max_occlusion_s)
+        self.window = _windows(group, frame, lambda d: _times(table, first_rows[d]), max_gap, max_occlusion_s)
         self.max_gap, self.gframe, self.gcode = _frame_axis(group, frame, int(self.window.max(initial=max_gap)))
         # The box/centre features, written straight into one stacked array (one gather per side in _benefit):
         # bx, by, x1, y1, area, cx, cy, scale, bw, bh. bw, bh last: only a moving previous side needs them, so
