@@ -382,8 +382,16 @@ def _times(table: pa.Table, rows: np.ndarray) -> np.ndarray:
     import numpy as np
     import pyarrow as pa
 
-    taken = table.column("time_s").take(pa.array(rows, type=pa.int64()))
-    return np.asarray(taken.to_numpy(zero_copy_only=False), dtype=np.float64)
+    column = table.column("time_s")
+    out = np.empty(len(rows), dtype=np.float64)
+    ends = np.cumsum([len(chunk) for chunk in column.chunks])
+    which = np.searchsorted(ends, rows, side="right")
+    for k in np.unique(which).tolist():  # chunk by chunk (a take on the whole column would concatenate it)
+        at = np.flatnonzero(which == k)
+        chunk = column.chunk(k)
+        taken = chunk.take(pa.array(rows[at] - (ends[k] - len(chunk)), type=pa.int64()))
+        out[at] = np.asarray(taken.to_numpy(zero_copy_only=False), dtype=np.float64)
+    return out
 
 
 def _frame_axis(group: np.ndarray, frame: np.ndarray, max_gap: int) -> tuple[int, np.ndarray, np.ndarray]:
