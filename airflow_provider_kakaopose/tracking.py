@@ -635,11 +635,13 @@ def _velocity(
         cnt = np.einsum("pk->p", both)  # a count: exact in any order (and faster than .sum(axis=1))
         dx, dy = np.subtract(kd[0], ka[0], out=ka[0]), np.subtract(kd[1], ka[1], out=ka[1])
         with np.errstate(invalid="ignore", divide="ignore"):
-            mx = np.einsum("pk,pk->p", dx, both) / cnt
-            my = np.einsum("pk,pk->p", dy, both) / cnt
-            none = cnt == 0
-            mx = np.where(none, p.cx[d] - p.cx[a], mx) / t
-            my = np.where(none, p.cy[d] - p.cy[a], my) / t
+            mx, my = np.einsum("pk,pk->p", dx, both), np.einsum("pk,pk->p", dy, both)
+            mx /= cnt
+            my /= cnt
+            none = np.flatnonzero(cnt == 0)  # no keypoint seen at both ends (rare): the centres' shift
+            mx[none], my[none] = p.cx[d[none]] - p.cx[a[none]], p.cy[d[none]] - p.cy[a[none]]
+            mx /= t
+            my /= t
         if consecutive:
             keep = moving[w]
             w, mx, my = w[keep], mx[keep], my[keep]
