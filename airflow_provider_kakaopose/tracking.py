@@ -492,8 +492,9 @@ def _keypoint_centres(kp: np.ndarray, box: list[np.ndarray]) -> tuple[np.ndarray
     with np.errstate(invalid="ignore", divide="ignore"):
         cx = np.einsum("pk,pk->p", kx, km) / count
         cy = np.einsum("pk,pk->p", ky, km) / count
-    none = count == 0
-    return np.where(none, bx + bw / 2, cx).astype(np.float32), np.where(none, by + bh / 2, cy).astype(np.float32)
+    none = np.flatnonzero(count == 0)  # (float32 throughout: written in place)
+    cx[none], cy[none] = bx[none] + bw[none] / 2, by[none] + bh[none] / 2
+    return cx, cy
 
 
 class _Detections:
