@@ -674,6 +674,7 @@ def _benefit(
     min_iou: float,
     gate: float,
     use_keypoints: bool,
+    cache: dict[str, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Benefit of linking ``prev`` (G, a) to ``cur`` (G, b): ``limit - cost`` where allowed, else 0, as (a, b, G);
     and ``allowed`` itself.
@@ -685,14 +686,23 @@ def _benefit(
     ``use_keypoints``, the problems where someone has more than one allowed link are scored again with the mean
     distance of the
     keypoints seen in both detections instead of the centres. ``velocity`` ``(vx, vy)`` per detection, or
-    ``None``: no motion (all velocities 0).
+    ``None``: no motion (all velocities 0). ``cache``: where the gathered features of these problems are kept
+    for the next pass over them (empty), or were kept by the one before (then taken out).
 
     The problems are on the last axis so that every elementwise operation runs over long contiguous rows.
     """
     import numpy as np
 
-    ahead = _predicted(p, prev, gap, velocity)
-    fc = p.feat[:8].take(cur.T, axis=1)[:, None, :, :]  # (8, 1, b, G): the current side as it is
+    fp, fc = (cache.pop("prev", None), cache.pop("cur", None)) if cache is not None else (None, None)
+    if fp is None or fc is None:
+        # One gather of the box/centre features of each side: (F, a, 1, G), and (8, 1, b, G) as they are. bw, bh
+        # (the last 2 of F = 10) only to move the boxes, or for a next pass.
+        moving = velocity is not None or cache is not None
+        fp = (p.feat if moving else p.feat[:8]).take(prev.T, axis=1)[:, :, None, :]
+        fc = p.feat[:8].take(cur.T, axis=1)[:, None, :, :]
+        if cache is not None:
+            cache.update(prev=fp, cur=fc)
+    ahead = _predicted(fp, prev, gap, velocity)
     iou = _iou(ahead, fc)
     scale = ahead.scale + fc[7]  # the mean box scale of the two sides
     scale *= 0.5
@@ -730,11 +740,10 @@ class _Prediction(NamedTuple):
 
 
 def _predicted(
-    p: _Detections, prev: np.ndarray, gap: int, velocity: tuple[np.ndarray, np.ndarray] | None
+    fp: np.ndarray, prev: np.ndarray, gap: int, velocity: tuple[np.ndarray, np.ndarray] | None
 ) -> _Prediction:
-    """Where the ``prev`` (G, a) detections are predicted ``gap + 1`` frames later, with ``velocity``."""
-    # One gather of all the box/centre features: (F, a, 1, G).
-    fp = (p.feat if velocity is not None else p.feat[:8]).take(prev.T, axis=1)[:, :, None, :]
+    """Where the ``prev`` (G, a) detections (their box/centre features ``fp``: (F, a, 1, G), see :func:`_benefit`)
+    are predicted ``gap + 1`` frames later, with ``velocity``."""
     bx, by, x1, y1, area, cx, cy, scale = fp[:8]
     if velocity is None:
         # Zero velocity: adding 0 changes nothing, so the prediction is the box itself (bx + bw == x1).
@@ -947,15 +956,18 @@ def _link_pass(
     widen_until: int = 0,
     candidates: tuple[np.ndarray, np.ndarray] | None = None,
     pool: Executor | None = None,
-    blocks: list[tuple[np.ndarray, np.ndarray]] | None = None,
-) -> list[tuple[np.ndarray, np.ndarray]]:
+    blocks: list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray] | None]] | None = None,
+    keep_features: bool = False,
+) -> list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray] | None]]:
     """Link unlinked ends of frame ``f`` to unlinked starts of frame ``f + gap + 1``, for every f at once.
 
     ``pred``/``succ``: the linked detection before/after each detection, -1 for none, -2 for images (updated
     in place). ``velocity``: per-detection velocities ``(vx, vy)`` (px per frame) used to predict where people
     went (``None``: nobody moves). The distance gate widens with the gap up to ``widen_until`` frames (see
     :func:`_gate`). ``candidates``: the unlinked ``(ends, starts)`` if the caller knows them; ``blocks``: their
-    :func:`_problem_blocks`, if already made (then ``candidates`` is not read). Returns the blocks.
+    :func:`_problem_blocks`, if already made (then ``candidates`` is not read), each with the features a pass
+    kept for it (``keep_features``: this one keeps them; a next pass over the blocks takes them out). Returns
+    the blocks.
     """
     import numpy as np
 
@@ -964,12 +976,12 @@ def _link_pass(
             ends, starts = candidates
         else:
             ends, starts = np.flatnonzero(succ == -1), np.flatnonzero(pred == -1)
-        blocks = _problem_blocks(p, ends, starts, gap)
+        blocks = [(a, b, {} if keep_features else None) for a, b in _problem_blocks(p, ends, starts, gap)]
     gate = _gate(max_distance, gap, widen_until)
 
-    def solve(block: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        prev_b, cur_b = block
-        benefit, allowed = _benefit(p, prev_b, cur_b, gap, velocity, min_iou, gate, use_keypoints)
+    def solve(block: tuple[np.ndarray, np.ndarray, dict[str, np.ndarray] | None]) -> tuple[np.ndarray, np.ndarray]:
+        prev_b, cur_b, cache = block
+        benefit, allowed = _benefit(p, prev_b, cur_b, gap, velocity, min_iou, gate, use_keypoints, cache)
         g, r, c = _links(benefit, allowed, gate)
         return prev_b[g, r], cur_b[g, c]
 
@@ -1168,17 +1180,17 @@ def _frame_to_frame(p: _Detections, ctx: _Links, new_video: np.ndarray, opts: di
     zeros = np.zeros(n - c, dtype=np.float32)
     # 1. consecutive frames, without motion, for the velocities.
     pred1, succ1 = np.concatenate((ctx.pred1, init)), np.concatenate((ctx.succ1, init))
-    cands1 = (np.flatnonzero(succ1 == -1), new_video)
-    blocks = _link_pass(p, pred1, succ1, 0, velocity=None, use_keypoints=True, candidates=cands1, **opts)
+    pred2, succ2 = np.concatenate((ctx.pred2, init)), np.concatenate((ctx.succ2, init))
+    cands1, cands = (np.flatnonzero(succ1 == -1), new_video), (np.flatnonzero(succ2 == -1), new_video)
+    same = np.array_equal(cands[0], cands1[0])  # (always, without a context): pass 2 solves pass 1's problems
+    opts1 = {**opts, "candidates": cands1, "keep_features": same}
+    blocks = _link_pass(p, pred1, succ1, 0, velocity=None, use_keypoints=True, **opts1)
     v1x, v1y = np.concatenate((ctx.v1x, zeros)), np.concatenate((ctx.v1y, zeros))
     anc1 = _ancestors(pred1, new_video)
     v1x[new_video], v1y[new_video] = _velocity(p, pred1, new_video, anc1)
     # 2. again, predicting with them; 3. once more with the velocities of those links (a crossing that pass 1
     #    swapped gave wrong velocities just after it).
-    pred2, succ2 = np.concatenate((ctx.pred2, init)), np.concatenate((ctx.succ2, init))
-    cands = (np.flatnonzero(succ2 == -1), new_video)
-    same = np.array_equal(cands[0], cands1[0])  # (always, without a context): pass 1's problems again
-    opts2 = {**opts, "blocks": blocks if same else None}
+    opts2 = {**opts, "blocks": blocks if same else None}  # (with the features pass 1 gathered)
     _link_pass(p, pred2, succ2, 0, velocity=(v1x, v1y), use_keypoints=True, candidates=cands, **opts2)
     # A velocity depends only on the detection and its ancestor: recomputed where pass 2 changed the ancestor.
     v2x, v2y = np.concatenate((ctx.v2x, v1x[c:])), np.concatenate((ctx.v2y, v1y[c:]))
