@@ -1297,6 +1297,23 @@ def _ages(pred: np.ndarray, ctx_age: np.ndarray, dets: np.ndarray) -> np.ndarray
     return age
 
 
+def _roots(before: np.ndarray) -> np.ndarray:
+    """Each detection's first along its links, by pointer jumping (``before``: the detection before each on
+    its track, itself for a first). Checked for convergence at the track ends only: once the last detection
+    of a track points at its first, every detection of the track does."""
+    import numpy as np
+
+    followed = np.zeros(len(before), dtype=bool)
+    followed[before[before != np.arange(len(before))]] = True  # (a first points at itself)
+    ends = np.flatnonzero(~followed)
+    root = before
+    while True:
+        nxt = root[root]
+        if np.array_equal(nxt[ends], root[ends]):
+            return nxt
+        root = nxt
+
+
 def _track_ids(
     p: _Detections, max_gap: int, min_iou: float, max_distance: float, pool: Executor | None = None
 ) -> np.ndarray:
@@ -1308,12 +1325,7 @@ def _track_ids(
     pred = _link(p, _Links.empty(), max_gap, min_iou, max_distance, pool).pred
     # Tracks are the chains of links: find each detection's first detection by pointer jumping.
     all_dets = np.arange(n)
-    root = np.where(pred < 0, all_dets, pred)
-    while True:
-        nxt = root[root]
-        if np.array_equal(nxt, root):
-            break
-        root = nxt
+    root = _roots(np.where(pred < 0, all_dets, pred))
     is_root = root == all_dets
     rank = np.cumsum(is_root) - 1
     track = rank[root]
@@ -1553,12 +1565,7 @@ class _StreamTracker:
         n = p.n
         # Ids: a new detection takes its predecessor's id; a new track start the next id (first appearance).
         every = np.arange(n)
-        root = np.where((links.pred < 0) | (every < c), every, links.pred)
-        while True:
-            nxt = root[root]
-            if np.array_equal(nxt, root):
-                break
-            root = nxt
+        root = _roots(np.where((links.pred < 0) | (every < c), every, links.pred))
         ids = np.full(n, -1, dtype=np.int64)
         ids[:c] = self.ctx_ids
         starts = np.flatnonzero((every >= c) & (links.pred == -1))
