@@ -233,8 +233,8 @@ class _RowLayout(NamedTuple):
     #: The first sorted row of each run, and the table row it is.
     starts: np.ndarray
     first_rows: np.ndarray
-    #: The keypoint_id of each sorted row.
-    kp_id: np.ndarray
+    #: The keypoint_id of each sorted row; None if canonical.
+    kp_id: np.ndarray | None
     #: Per run: the video's code (from source and job_id), frame_num and person_idx (int64).
     group: np.ndarray
     frame: np.ndarray
@@ -247,17 +247,18 @@ def _row_layout(table: pa.Table) -> _RowLayout:
     import numpy as np
 
     n = table.num_rows
-    frame = _numpy(table, "frame_num")
-    person = _numpy(table, "person_idx")
-    kp_id = _numpy(table, "keypoint_id")
     known: dict[Any, int] = {}
     src_code = _column_codes(table, "source", known)
     job_code = _column_codes(table, "job_id", known)
-    if _is_canonical(kp_id, (frame, person, src_code, job_code)):
+    per_person = _canonical_chunks(table)  # (the usual case: without reading the columns whole)
+    if per_person is not None and _is_canonical(n, None, (src_code, job_code)):
+        return _canonical_layout(n, src_code, job_code, *per_person)
+    frame = _numpy(table, "frame_num")
+    person = _numpy(table, "person_idx")
+    kp_id = _numpy(table, "keypoint_id")
+    if _is_canonical(n, kp_id, (frame, person, src_code, job_code)):
         starts = np.arange(0, n, _N_KP)
-        group = _codes_every(src_code, _N_KP).astype(np.int64) * (1 << 31) + _codes_every(job_code, _N_KP)
-        run_frame, run_person = frame[starts].astype(np.int64), person[starts].astype(np.int64)
-        return _RowLayout(True, None, None, starts, starts, kp_id, group, run_frame, run_person)
+        return _canonical_layout(n, src_code, job_code, frame[starts], person[starts])
     group = _codes_per_row(src_code).astype(np.int64) * (1 << 31) + _codes_per_row(job_code)
     row_order = np.lexsort((kp_id, person, frame, group))
     frame, person, kp_id, group = frame[row_order], person[row_order], kp_id[row_order], group[row_order]
@@ -269,18 +270,56 @@ def _row_layout(table: pa.Table) -> _RowLayout:
     return _RowLayout(False, row_order, row_run, starts, row_order[starts], kp_id, group[starts], run_frame, run_person)
 
 
-def _is_canonical(kp_id: np.ndarray, per_person: Iterable[Any]) -> bool:
-    """Whether the rows are 17 per person with keypoints 1..17 in order, each of the ``per_person`` columns
-    (arrays, or per-chunk codes from :func:`_column_codes`) constant within each 17 (an empty table is)."""
+def _canonical_layout(n: int, src_code: Any, job_code: Any, frame: np.ndarray, person: np.ndarray) -> _RowLayout:
+    """The layout of a canonical table of ``n`` rows, from the frame and person of each 17 rows."""
     import numpy as np
 
-    n = len(kp_id)
+    starts = np.arange(0, n, _N_KP)
+    group = _codes_every(src_code, _N_KP).astype(np.int64) * (1 << 31) + _codes_every(job_code, _N_KP)
+    return _RowLayout(True, None, None, starts, starts, None, group, frame.astype(np.int64), person.astype(np.int64))
+
+
+def _canonical_chunks(table: pa.Table) -> tuple[np.ndarray, np.ndarray] | None:
+    """frame_num and person_idx of each 17 rows when the chunks of those and of keypoint_id are aligned, whole
+    numbers of people without nulls, and in the canonical layout (see :func:`_is_canonical`); else ``None``.
+    Chunk by chunk, from zero-copy views."""
+    import numpy as np
+    import pyarrow as pa
+
+    cols = [table.column(name) for name in ("frame_num", "person_idx", "keypoint_id")]
+    if not all(pa.types.is_integer(col.type) for col in cols):
+        return None
+    sizes = [[len(chunk) for chunk in col.chunks] for col in cols]
+    if (
+        sizes[1] != sizes[0]
+        or sizes[2] != sizes[0]
+        or any(m % _N_KP for m in sizes[0])
+        or any(c.null_count for c in cols)
+    ):
+        return None
+    ids = np.arange(1, _N_KP + 1)
+    frames, persons = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for chunks in zip(*(col.chunks for col in cols), strict=True):
+        frame, person, kp_id = (np.asarray(chunk.to_numpy()).reshape(-1, _N_KP) for chunk in chunks)
+        if not ((kp_id == ids).all() and (frame == frame[:, :1]).all() and (person == person[:, :1]).all()):
+            return None
+        frames.append(frame[:, 0])
+        persons.append(person[:, 0])
+    return np.concatenate(frames), np.concatenate(persons)
+
+
+def _is_canonical(n: int, kp_id: np.ndarray | None, per_person: Iterable[Any]) -> bool:
+    """Whether the ``n`` rows are 17 per person with keypoints 1..17 in order (``kp_id``; ``None``: known),
+    each of the ``per_person`` columns (arrays, or per-chunk codes from :func:`_column_codes`) constant within
+    each 17 (an empty table is)."""
+    import numpy as np
+
     if n % _N_KP:
         return False
     if not n:
         return True
     blocks = n // _N_KP
-    if not (kp_id.reshape(blocks, _N_KP) == np.arange(1, _N_KP + 1, dtype=kp_id.dtype)).all():
+    if kp_id is not None and not (kp_id.reshape(blocks, _N_KP) == np.arange(1, _N_KP + 1, dtype=kp_id.dtype)).all():
         return False
     for a in per_person:
         if isinstance(a, tuple):  # per-chunk codes: they may change only between people
@@ -348,7 +387,7 @@ def _keypoint_arrays(
     if rows.canonical:  # views: run k is rows 17k..17k+16
         return x.reshape(n_runs, _N_KP), y.reshape(n_runs, _N_KP), seen.reshape(n_runs, _N_KP), flat_kp
     row_order, row_run, kp_id = rows.row_order, rows.row_run, rows.kp_id
-    assert row_order is not None and row_run is not None  # (not canonical)
+    assert row_order is not None and row_run is not None and kp_id is not None  # (not canonical)
     x, y, seen = x[row_order], y[row_order], seen[row_order]
     ok = (kp_id >= 1) & (kp_id <= _N_KP)
     kx, ky, km = (np.zeros((n_runs, _N_KP), dtype=np.float32) for _ in range(3))
