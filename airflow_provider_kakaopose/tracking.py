@@ -161,7 +161,7 @@ def _fill_floats(dst: np.ndarray, column: pa.ChunkedArray) -> None:
         m = len(chunk)
         part = dst[off : off + m]
         if chunk.null_count:  # the values buffer as it is, then its bits times the validity bit (0.0 if null)
-            first, validity, values = chunk.offset, *chunk.buffers()
+            first, (validity, values) = chunk.offset, chunk.buffers()
             with np.errstate(over="ignore", invalid="ignore"):  # (what a null slot holds is dropped)
                 part[:] = np.frombuffer(values, dtype=chunk.type.to_pandas_dtype(), count=first + m)[first:]
             raw = np.frombuffer(validity, dtype=np.uint8, count=(first + m + 7) // 8)
