@@ -297,15 +297,22 @@ def _canonical_chunks(table: pa.Table) -> tuple[np.ndarray, np.ndarray] | None:
         or any(c.null_count for c in cols)
     ):
         return None
-    ids = np.arange(1, _N_KP + 1)
+    ids = np.tile(np.arange(1, _N_KP + 1, dtype=cols[2].type.to_pandas_dtype()), max(sizes[0], default=0) // _N_KP)
     frames, persons = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for chunks in zip(*(col.chunks for col in cols), strict=True):
-        frame, person, kp_id = (np.asarray(chunk.to_numpy()).reshape(-1, _N_KP) for chunk in chunks)
-        if not ((kp_id == ids).all() and (frame == frame[:, :1]).all() and (person == person[:, :1]).all()):
+        frame, person, kp_id = (np.asarray(chunk.to_numpy()) for chunk in chunks)
+        if not (np.array_equal(kp_id, ids[: len(kp_id)]) and _per_person(frame) and _per_person(person)):
             return None
-        frames.append(frame[:, 0])
-        persons.append(person[:, 0])
+        frames.append(frame[::_N_KP])
+        persons.append(person[::_N_KP])
     return np.concatenate(frames), np.concatenate(persons)
+
+
+def _per_person(values: np.ndarray) -> bool:
+    """Whether ``values`` change only every 17 rows (flat comparisons: faster than on (n, 17) rows)."""
+    same = values[1:] == values[:-1]
+    same[_N_KP - 1 :: _N_KP] = True
+    return bool(same.all())
 
 
 def _is_canonical(n: int, kp_id: np.ndarray | None, per_person: Iterable[Any]) -> bool:
