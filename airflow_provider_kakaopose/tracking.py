@@ -75,8 +75,10 @@ _N_KP = 17
 #: Problems x links solved per block in a link pass (sized so that the temporaries stay in the CPU cache).
 _BLOCK_CELLS = 1 << 16
 _TRACKING_KEY = b"kakaopose:tracking"
-#: Tables with at least this many rows (20,000 detections) are tracked with two threads.
-_THREADED_ROWS = 340_000
+#: Tables with at least this many rows are tracked with two threads: none by default. On the 2-core machine here
+#: two threads were slower than one (the 1-hour smooth table: 0.28 s against 0.24 s, medians; most of numpy's
+#: loops here are too short to gain from the GIL being released), so they are left to the tests.
+_THREADED_ROWS = 1 << 62
 #: Largest coordinate (px) for which every distance and area is finite in float32; beyond it (or with NaN), the
 #: keypoint distances are computed for every cell of a contested problem, as the result may then depend on them.
 _BOUND = 1e15
@@ -1427,8 +1429,8 @@ def assign_tracks(
     metadata = dict(table.schema.metadata or {})
     if TRACK_COLUMN in table.column_names:
         table = table.drop_columns([TRACK_COLUMN])
-    # Two threads read the keypoints and solve the link passes' blocks (numpy's loops run without the GIL);
-    # small tables stay in this thread.
+    # Tables of at least _THREADED_ROWS rows (none by default): two threads read the keypoints and solve the
+    # link passes' blocks (numpy's loops run without the GIL).
     threads = min(2, os.cpu_count() or 1) if table.num_rows >= _THREADED_ROWS else 1
     with ThreadPoolExecutor(threads) if threads > 1 else nullcontext() as pool:
         dets = _Detections(table, max_gap, pool, occlusion)
