@@ -75,9 +75,9 @@ _N_KP = 17
 #: Problems x links solved per block in a link pass (sized so that the temporaries stay in the CPU cache).
 _BLOCK_CELLS = 1 << 16
 _TRACKING_KEY = b"kakaopose:tracking"
-#: Tables with at least this many rows are tracked with two threads: none by default. On the 2-core machine here
-#: two threads were slower than one (the 1-hour smooth table: 0.28 s against 0.24 s, medians; most of numpy's
-#: loops here are too short to gain from the GIL being released), so they are left to the tests.
+#: Tables with at least this many rows are tracked with two threads: none by default. On the 2-core machine here,
+#: right after flattening (benchmarks/tracking.py), two threads were slower than one on the 1-hour smooth table
+#: (0.28-0.31 s against 0.24-0.27 s, medians); on the random one they were faster (0.61 against 0.70 s).
 _THREADED_ROWS = 1 << 62
 #: Largest coordinate (px) for which every distance and area is finite in float32; beyond it (or with NaN), the
 #: keypoint distances are computed for every cell of a contested problem, as the result may then depend on them.
