@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from airflow_provider_kakaopose._arrowcodes import value_codes
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
     from concurrent.futures import Executor
 
     import numpy as np
@@ -75,8 +75,10 @@ _N_KP = 17
 #: Problems x links solved per block in a link pass (sized so that the temporaries stay in the CPU cache).
 _BLOCK_CELLS = 1 << 16
 _TRACKING_KEY = b"kakaopose:tracking"
-#: Tables with at least this many rows (20,000 detections) are tracked with two threads.
-_THREADED_ROWS = 340_000
+#: Tables with at least this many rows are tracked with two threads: none by default. On the 2-core machine here,
+#: right after flattening (benchmarks/tracking.py), two threads were slower than one on the 1-hour smooth table
+#: (0.28-0.31 s against 0.24-0.27 s, medians); on the random one they were faster (0.61 against 0.70 s).
+_THREADED_ROWS = 1 << 62
 #: Largest coordinate (px) for which every distance and area is finite in float32; beyond it (or with NaN), the
 #: keypoint distances are computed for every cell of a contested problem, as the result may then depend on them.
 _BOUND = 1e15
@@ -152,12 +154,21 @@ def _numpy(table: pa.Table, name: str, dtype: Any = None) -> np.ndarray:
 
 def _fill_floats(dst: np.ndarray, column: pa.ChunkedArray) -> None:
     """Write a float column into ``dst`` (nulls as 0), chunk by chunk: no intermediate array."""
-    import pyarrow.compute as pc
+    import numpy as np
 
     off = 0
     for chunk in column.chunks:
         m = len(chunk)
-        dst[off : off + m] = (pc.fill_null(chunk, 0) if chunk.null_count else chunk).to_numpy()
+        part = dst[off : off + m]
+        if chunk.null_count:  # the values buffer as it is, then its bits times the validity bit (0.0 if null)
+            first, (validity, values) = chunk.offset, chunk.buffers()
+            with np.errstate(over="ignore", invalid="ignore"):  # (what a null slot holds is dropped)
+                part[:] = np.frombuffer(values, dtype=chunk.type.to_pandas_dtype(), count=first + m)[first:]
+            raw = np.frombuffer(validity, dtype=np.uint8, count=(first + m + 7) // 8)
+            bits = part.view(np.uint32)  # (dst is float32)
+            np.multiply(bits, np.unpackbits(raw, bitorder="little")[first : first + m], out=bits)
+        else:
+            part[:] = chunk.to_numpy()
         off += m
 
 
@@ -222,8 +233,8 @@ class _RowLayout(NamedTuple):
     #: The first sorted row of each run, and the table row it is.
     starts: np.ndarray
     first_rows: np.ndarray
-    #: The keypoint_id of each sorted row.
-    kp_id: np.ndarray
+    #: The keypoint_id of each sorted row; None if canonical.
+    kp_id: np.ndarray | None
     #: Per run: the video's code (from source and job_id), frame_num and person_idx (int64).
     group: np.ndarray
     frame: np.ndarray
@@ -236,17 +247,18 @@ def _row_layout(table: pa.Table) -> _RowLayout:
     import numpy as np
 
     n = table.num_rows
-    frame = _numpy(table, "frame_num")
-    person = _numpy(table, "person_idx")
-    kp_id = _numpy(table, "keypoint_id")
     known: dict[Any, int] = {}
     src_code = _column_codes(table, "source", known)
     job_code = _column_codes(table, "job_id", known)
-    if _is_canonical(kp_id, (frame, person, src_code, job_code)):
+    per_person = _canonical_chunks(table)  # (the usual case: without reading the columns whole)
+    if per_person is not None and _is_canonical(n, None, (src_code, job_code)):
+        return _canonical_layout(n, src_code, job_code, *per_person)
+    frame = _numpy(table, "frame_num")
+    person = _numpy(table, "person_idx")
+    kp_id = _numpy(table, "keypoint_id")
+    if _is_canonical(n, kp_id, (frame, person, src_code, job_code)):
         starts = np.arange(0, n, _N_KP)
-        group = _codes_every(src_code, _N_KP).astype(np.int64) * (1 << 31) + _codes_every(job_code, _N_KP)
-        run_frame, run_person = frame[starts].astype(np.int64), person[starts].astype(np.int64)
-        return _RowLayout(True, None, None, starts, starts, kp_id, group, run_frame, run_person)
+        return _canonical_layout(n, src_code, job_code, frame[starts], person[starts])
     group = _codes_per_row(src_code).astype(np.int64) * (1 << 31) + _codes_per_row(job_code)
     row_order = np.lexsort((kp_id, person, frame, group))
     frame, person, kp_id, group = frame[row_order], person[row_order], kp_id[row_order], group[row_order]
@@ -258,18 +270,63 @@ def _row_layout(table: pa.Table) -> _RowLayout:
     return _RowLayout(False, row_order, row_run, starts, row_order[starts], kp_id, group[starts], run_frame, run_person)
 
 
-def _is_canonical(kp_id: np.ndarray, per_person: Iterable[Any]) -> bool:
-    """Whether the rows are 17 per person with keypoints 1..17 in order, each of the ``per_person`` columns
-    (arrays, or per-chunk codes from :func:`_column_codes`) constant within each 17 (an empty table is)."""
+def _canonical_layout(n: int, src_code: Any, job_code: Any, frame: np.ndarray, person: np.ndarray) -> _RowLayout:
+    """The layout of a canonical table of ``n`` rows, from the frame and person of each 17 rows."""
     import numpy as np
 
-    n = len(kp_id)
+    starts = np.arange(0, n, _N_KP)
+    group = _codes_every(src_code, _N_KP).astype(np.int64) * (1 << 31) + _codes_every(job_code, _N_KP)
+    return _RowLayout(True, None, None, starts, starts, None, group, frame.astype(np.int64), person.astype(np.int64))
+
+
+def _canonical_chunks(table: pa.Table) -> tuple[np.ndarray, np.ndarray] | None:
+    """frame_num and person_idx of each 17 rows when the chunks of those and of keypoint_id are aligned, whole
+    numbers of people without nulls, and in the canonical layout (see :func:`_is_canonical`); else ``None``.
+    Chunk by chunk, from zero-copy views."""
+    import numpy as np
+    import pyarrow as pa
+
+    cols = [table.column(name) for name in ("frame_num", "person_idx", "keypoint_id")]
+    if not all(pa.types.is_integer(col.type) for col in cols):
+        return None
+    sizes = [[len(chunk) for chunk in col.chunks] for col in cols]
+    if (
+        sizes[1] != sizes[0]
+        or sizes[2] != sizes[0]
+        or any(m % _N_KP for m in sizes[0])
+        or any(c.null_count for c in cols)
+    ):
+        return None
+    ids = np.tile(np.arange(1, _N_KP + 1, dtype=cols[2].type.to_pandas_dtype()), max(sizes[0], default=0) // _N_KP)
+    frames, persons = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for chunks in zip(*(col.chunks for col in cols), strict=True):
+        frame, person, kp_id = (np.asarray(chunk.to_numpy()) for chunk in chunks)
+        if not (np.array_equal(kp_id, ids[: len(kp_id)]) and _per_person(frame) and _per_person(person)):
+            return None
+        frames.append(frame[::_N_KP])
+        persons.append(person[::_N_KP])
+    return np.concatenate(frames), np.concatenate(persons)
+
+
+def _per_person(values: np.ndarray) -> bool:
+    """Whether ``values`` change only every 17 rows (flat comparisons: faster than on (n, 17) rows)."""
+    same = values[1:] == values[:-1]
+    same[_N_KP - 1 :: _N_KP] = True
+    return bool(same.all())
+
+
+def _is_canonical(n: int, kp_id: np.ndarray | None, per_person: Iterable[Any]) -> bool:
+    """Whether the ``n`` rows are 17 per person with keypoints 1..17 in order (``kp_id``; ``None``: known),
+    each of the ``per_person`` columns (arrays, or per-chunk codes from :func:`_column_codes`) constant within
+    each 17 (an empty table is)."""
+    import numpy as np
+
     if n % _N_KP:
         return False
     if not n:
         return True
     blocks = n // _N_KP
-    if not (kp_id.reshape(blocks, _N_KP) == np.arange(1, _N_KP + 1, dtype=kp_id.dtype)).all():
+    if kp_id is not None and not (kp_id.reshape(blocks, _N_KP) == np.arange(1, _N_KP + 1, dtype=kp_id.dtype)).all():
         return False
     for a in per_person:
         if isinstance(a, tuple):  # per-chunk codes: they may change only between people
@@ -337,7 +394,7 @@ def _keypoint_arrays(
     if rows.canonical:  # views: run k is rows 17k..17k+16
         return x.reshape(n_runs, _N_KP), y.reshape(n_runs, _N_KP), seen.reshape(n_runs, _N_KP), flat_kp
     row_order, row_run, kp_id = rows.row_order, rows.row_run, rows.kp_id
-    assert row_order is not None and row_run is not None  # (not canonical)
+    assert row_order is not None and row_run is not None and kp_id is not None  # (not canonical)
     x, y, seen = x[row_order], y[row_order], seen[row_order]
     ok = (kp_id >= 1) & (kp_id <= _N_KP)
     kx, ky, km = (np.zeros((n_runs, _N_KP), dtype=np.float32) for _ in range(3))
@@ -346,9 +403,9 @@ def _keypoint_arrays(
     return kx, ky, km, flat_kp
 
 
-def _box_and_is_video(table: pa.Table, rows: _RowLayout) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    """The box (bbox_x, bbox_y, bbox_w, bbox_h; float32) of each run, read at its first row, whether the run
-    is a video frame (``time_s`` not null: images are not tracked) and its ``time_s`` (float64, NaN if null)."""
+def _box_and_is_video(table: pa.Table, rows: _RowLayout) -> tuple[list[np.ndarray], np.ndarray]:
+    """The box (bbox_x, bbox_y, bbox_w, bbox_h; float32) of each run, read at its first row, and whether the
+    run is a video frame (``time_s`` not null: images are not tracked)."""
     import numpy as np
     import pyarrow as pa
 
@@ -362,16 +419,27 @@ def _box_and_is_video(table: pa.Table, rows: _RowLayout) -> tuple[list[np.ndarra
             box.append(np.asarray(col.take(take).to_numpy(), np.float32))
     time_col = table.column("time_s")
     if time_col.null_count:
-        taken = time_col.take(take)
-        is_video = np.asarray(taken.is_valid().to_numpy(zero_copy_only=False), bool)
-        time_s = np.asarray(taken.to_numpy(zero_copy_only=False), dtype=np.float64)
+        is_video = np.asarray(time_col.take(take).is_valid().to_numpy(zero_copy_only=False), bool)
     else:
         is_video = np.ones(len(rows.starts), dtype=bool)
-        if rows.canonical and pa.types.is_floating(time_col.type):
-            time_s = _gather_floats(time_col, rows.first_rows, _N_KP, np.float64)
-        else:
-            time_s = np.asarray(time_col.take(take).to_numpy(), dtype=np.float64)
-    return box, is_video, time_s
+    return box, is_video
+
+
+def _times(table: pa.Table, rows: np.ndarray) -> np.ndarray:
+    """``time_s`` (float64, NaN if null) at table ``rows``."""
+    import numpy as np
+    import pyarrow as pa
+
+    column = table.column("time_s")
+    out = np.empty(len(rows), dtype=np.float64)
+    ends = np.cumsum([len(chunk) for chunk in column.chunks])
+    which = np.searchsorted(ends, rows, side="right")
+    for k in np.unique(which).tolist():  # chunk by chunk (a take on the whole column would concatenate it)
+        at = np.flatnonzero(which == k)
+        chunk = column.chunk(k)
+        taken = chunk.take(pa.array(rows[at] - (ends[k] - len(chunk)), type=pa.int64()))
+        out[at] = np.asarray(taken.to_numpy(zero_copy_only=False), dtype=np.float64)
+    return out
 
 
 def _frame_axis(group: np.ndarray, frame: np.ndarray, max_gap: int) -> tuple[int, np.ndarray, np.ndarray]:
@@ -397,11 +465,16 @@ def _frame_axis(group: np.ndarray, frame: np.ndarray, max_gap: int) -> tuple[int
 
 
 def _windows(
-    group: np.ndarray, frame: np.ndarray, time_s: np.ndarray, max_gap: int, max_occlusion_s: float
+    group: np.ndarray,
+    frame: np.ndarray,
+    time_s: Callable[[np.ndarray], np.ndarray],
+    max_gap: int,
+    max_occlusion_s: float,
 ) -> np.ndarray:
     """Per detection, the most frames its track may stay unlinked and still be re-linked: ``max_gap``, or
     ``max_occlusion_s`` seconds at its video's frame rate (``frame_num / time_s`` at the video's last frame,
-    as keypoints_table writes ``time_s``) when that is more frames."""
+    as keypoints_table writes ``time_s``) when that is more frames. ``time_s``: the ``time_s`` of detections
+    (only the videos' last ones are read)."""
     import numpy as np
 
     n = len(frame)
@@ -410,7 +483,7 @@ def _windows(
         return window
     last = np.flatnonzero(np.append(group[1:] != group[:-1], True))  # each video's last detection
     with np.errstate(invalid="ignore", divide="ignore"):
-        fps = frame[last] / time_s[last]
+        fps = frame[last] / time_s(last)
     fps = np.where(np.isfinite(fps) & (fps > 0), fps, 0.0)
     frames = np.minimum(np.ceil(max_occlusion_s * fps), _MAX_WINDOW).astype(np.int64)
     per_video = np.repeat(frames, np.diff(last, prepend=-1))
@@ -467,8 +540,9 @@ def _keypoint_centres(kp: np.ndarray, box: list[np.ndarray]) -> tuple[np.ndarray
     with np.errstate(invalid="ignore", divide="ignore"):
         cx = np.einsum("pk,pk->p", kx, km) / count
         cy = np.einsum("pk,pk->p", ky, km) / count
-    none = count == 0
-    return np.where(none, bx + bw / 2, cx).astype(np.float32), np.where(none, by + bh / 2, cy).astype(np.float32)
+    none = np.flatnonzero(count == 0)  # (float32 throughout: written in place)
+    cx[none], cy[none] = bx[none] + bw[none] / 2, by[none] + bh[none] / 2
+    return cx, cy
 
 
 class _Detections:
@@ -490,13 +564,13 @@ class _Detections:
 
         rows = _row_layout(table)
         kx, ky, km, flat_kp = _keypoint_arrays(table, rows, pool)
-        box, is_video, time_s = _box_and_is_video(table, rows)
-        group, frame = rows.group, rows.frame
+        box, is_video = _box_and_is_video(table, rows)
+        group, frame, first_rows = rows.group, rows.frame, rows.first_rows
         order = _detection_order(group, frame, rows.person)
         if order is not None:
             kx, ky, km = kx[order], ky[order], km[order]
             box = [b[order] for b in box]
-            group, frame, is_video, time_s = group[order], frame[order], is_video[order], time_s[order]
+            group, frame, is_video, first_rows = group[order], frame[order], is_video[order], first_rows[order]
         # Where the rows are (see row_values): run_to_det is the detection of each run (None: the same).
         self.canonical = rows.canonical
         self.row_order, self.row_run = rows.row_order, rows.row_run
@@ -511,7 +585,7 @@ class _Detections:
         self.frame = frame
         self.is_video = is_video
         #: Per detection: how many frames its track may stay unlinked and still be re-linked (see _windows).
-        self.window = _windows(group, frame, time_s, max_gap, max_occlusion_s)
+        self.window = _windows(group, frame, lambda d: _times(table, first_rows[d]), max_gap, max_occlusion_s)
         self.max_gap, self.gframe, self.gcode = _frame_axis(group, frame, int(self.window.max(initial=max_gap)))
         # The box/centre features, written straight into one stacked array (one gather per side in _benefit):
         # bx, by, x1, y1, area, cx, cy, scale, bw, bh. bw, bh last: only a moving previous side needs them, so
@@ -597,21 +671,30 @@ def _velocity(
     moving = dt > 0
     vx = np.zeros(len(dets), dtype=np.float32)
     vy = np.zeros(len(dets), dtype=np.float32)
-    where = np.flatnonzero(moving)
+    # Consecutive dets (all of a table's): every one, read in place (a view, no gather); the others dropped.
+    consecutive = len(dets) > 0 and int(dets[-1] - dets[0]) == len(dets) - 1
+    where = np.arange(len(dets)) if consecutive else np.flatnonzero(moving)
     step = _BLOCK_CELLS // _N_KP  # in blocks, so that the temporaries stay in the CPU cache
     for lo in range(0, len(where), step):
         w = where[lo : lo + step]
         d, a, t = dets[w], anc[w], dt[w]
-        kd, ka = p.kp.take(d, axis=1), p.kp.take(a, axis=1)
-        both = kd[2] * ka[2]
-        cnt = both.sum(axis=1)
+        kd = p.kp[:, d[0] : d[-1] + 1] if consecutive else p.kp.take(d, axis=1)
+        ka = p.kp.take(a, axis=1)
+        both = np.multiply(kd[2], ka[2], out=ka[2])
+        cnt = np.einsum("pk->p", both)  # a count: exact in any order (and faster than .sum(axis=1))
+        dx, dy = np.subtract(kd[0], ka[0], out=ka[0]), np.subtract(kd[1], ka[1], out=ka[1])
         with np.errstate(invalid="ignore", divide="ignore"):
-            mx = np.einsum("pk,pk->p", kd[0] - ka[0], both) / cnt
-            my = np.einsum("pk,pk->p", kd[1] - ka[1], both) / cnt
-        none = cnt == 0
-        mx = np.where(none, p.cx[d] - p.cx[a], mx)
-        my = np.where(none, p.cy[d] - p.cy[a], my)
-        vx[w], vy[w] = mx / t, my / t
+            mx, my = np.einsum("pk,pk->p", dx, both), np.einsum("pk,pk->p", dy, both)
+            mx /= cnt
+            my /= cnt
+            none = np.flatnonzero(cnt == 0)  # no keypoint seen at both ends (rare): the centres' shift
+            mx[none], my[none] = p.cx[d[none]] - p.cx[a[none]], p.cy[d[none]] - p.cy[a[none]]
+            mx /= t
+            my /= t
+        if consecutive:
+            keep = moving[w]
+            w, mx, my = w[keep], mx[keep], my[keep]
+        vx[w], vy[w] = mx, my
     return vx, vy
 
 
@@ -639,6 +722,7 @@ def _benefit(
     min_iou: float,
     gate: float,
     use_keypoints: bool,
+    cache: dict[str, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Benefit of linking ``prev`` (G, a) to ``cur`` (G, b): ``limit - cost`` where allowed, else 0, as (a, b, G);
     and ``allowed`` itself.
@@ -650,14 +734,23 @@ def _benefit(
     ``use_keypoints``, the problems where someone has more than one allowed link are scored again with the mean
     distance of the
     keypoints seen in both detections instead of the centres. ``velocity`` ``(vx, vy)`` per detection, or
-    ``None``: no motion (all velocities 0).
+    ``None``: no motion (all velocities 0). ``cache``: where the gathered features of these problems are kept
+    for the next pass over them (empty), or were kept by the one before (then taken out).
 
     The problems are on the last axis so that every elementwise operation runs over long contiguous rows.
     """
     import numpy as np
 
-    ahead = _predicted(p, prev, gap, velocity)
-    fc = p.feat[:8].take(cur.T, axis=1)[:, None, :, :]  # (8, 1, b, G): the current side as it is
+    fp, fc = (cache.pop("prev", None), cache.pop("cur", None)) if cache is not None else (None, None)
+    if fp is None or fc is None:
+        # One gather of the box/centre features of each side: (F, a, 1, G), and (8, 1, b, G) as they are. bw, bh
+        # (the last 2 of F = 10) only to move the boxes, or for a next pass.
+        moving = velocity is not None or cache is not None
+        fp = (p.feat if moving else p.feat[:8]).take(prev.T, axis=1)[:, :, None, :]
+        fc = p.feat[:8].take(cur.T, axis=1)[:, None, :, :]
+        if cache is not None:
+            cache.update(prev=fp, cur=fc)
+    ahead = _predicted(fp, prev, gap, velocity)
     iou = _iou(ahead, fc)
     scale = ahead.scale + fc[7]  # the mean box scale of the two sides
     scale *= 0.5
@@ -695,11 +788,10 @@ class _Prediction(NamedTuple):
 
 
 def _predicted(
-    p: _Detections, prev: np.ndarray, gap: int, velocity: tuple[np.ndarray, np.ndarray] | None
+    fp: np.ndarray, prev: np.ndarray, gap: int, velocity: tuple[np.ndarray, np.ndarray] | None
 ) -> _Prediction:
-    """Where the ``prev`` (G, a) detections are predicted ``gap + 1`` frames later, with ``velocity``."""
-    # One gather of all the box/centre features: (F, a, 1, G).
-    fp = (p.feat if velocity is not None else p.feat[:8]).take(prev.T, axis=1)[:, :, None, :]
+    """Where the ``prev`` (G, a) detections (their box/centre features ``fp``: (F, a, 1, G), see :func:`_benefit`)
+    are predicted ``gap + 1`` frames later, with ``velocity``."""
     bx, by, x1, y1, area, cx, cy, scale = fp[:8]
     if velocity is None:
         # Zero velocity: adding 0 changes nothing, so the prediction is the box itself (bx + bw == x1).
@@ -912,26 +1004,32 @@ def _link_pass(
     widen_until: int = 0,
     candidates: tuple[np.ndarray, np.ndarray] | None = None,
     pool: Executor | None = None,
-) -> None:
+    blocks: list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray] | None]] | None = None,
+    keep_features: bool = False,
+) -> list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray] | None]]:
     """Link unlinked ends of frame ``f`` to unlinked starts of frame ``f + gap + 1``, for every f at once.
 
     ``pred``/``succ``: the linked detection before/after each detection, -1 for none, -2 for images (updated
     in place). ``velocity``: per-detection velocities ``(vx, vy)`` (px per frame) used to predict where people
     went (``None``: nobody moves). The distance gate widens with the gap up to ``widen_until`` frames (see
-    :func:`_gate`). ``candidates``: the unlinked ``(ends, starts)`` if the caller knows them.
+    :func:`_gate`). ``candidates``: the unlinked ``(ends, starts)`` if the caller knows them; ``blocks``: their
+    :func:`_problem_blocks`, if already made (then ``candidates`` is not read), each with the features a pass
+    kept for it (``keep_features``: this one keeps them; a next pass over the blocks takes them out). Returns
+    the blocks.
     """
     import numpy as np
 
-    if candidates is not None:  # kept up to date by the caller (cheaper than scanning every detection)
-        ends, starts = candidates
-    else:
-        ends, starts = np.flatnonzero(succ == -1), np.flatnonzero(pred == -1)
-    blocks = _problem_blocks(p, ends, starts, gap)
+    if blocks is None:
+        if candidates is not None:  # kept up to date by the caller (cheaper than scanning every detection)
+            ends, starts = candidates
+        else:
+            ends, starts = np.flatnonzero(succ == -1), np.flatnonzero(pred == -1)
+        blocks = [(a, b, {} if keep_features else None) for a, b in _problem_blocks(p, ends, starts, gap)]
     gate = _gate(max_distance, gap, widen_until)
 
-    def solve(block: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        prev_b, cur_b = block
-        benefit, allowed = _benefit(p, prev_b, cur_b, gap, velocity, min_iou, gate, use_keypoints)
+    def solve(block: tuple[np.ndarray, np.ndarray, dict[str, np.ndarray] | None]) -> tuple[np.ndarray, np.ndarray]:
+        prev_b, cur_b, cache = block
+        benefit, allowed = _benefit(p, prev_b, cur_b, gap, velocity, min_iou, gate, use_keypoints, cache)
         g, r, c = _links(benefit, allowed, gate)
         return prev_b[g, r], cur_b[g, c]
 
@@ -939,13 +1037,14 @@ def _link_pass(
     # threads (numpy releases the GIL in its loops) and their links applied afterwards.
     solved = list(pool.map(solve, blocks) if pool is not None and len(blocks) > 1 else map(solve, blocks))
     if not solved:
-        return
+        return blocks
     linked_prev, linked_cur = (np.concatenate(side) for side in zip(*solved, strict=True))
     if gap >= BODY_CHECK_GAP:  # after a gap, a link between bodies of another size or shape is dropped
         same = _same_body(p, linked_prev, linked_cur)
         linked_prev, linked_cur = linked_prev[same], linked_cur[same]
     pred[linked_cur] = linked_prev
     succ[linked_prev] = linked_cur
+    return blocks
 
 
 def _gate(max_distance: float, gap: int, widen_until: int) -> float:
@@ -1129,16 +1228,18 @@ def _frame_to_frame(p: _Detections, ctx: _Links, new_video: np.ndarray, opts: di
     zeros = np.zeros(n - c, dtype=np.float32)
     # 1. consecutive frames, without motion, for the velocities.
     pred1, succ1 = np.concatenate((ctx.pred1, init)), np.concatenate((ctx.succ1, init))
-    cands = (np.flatnonzero(succ1 == -1), new_video)
-    _link_pass(p, pred1, succ1, 0, velocity=None, use_keypoints=True, candidates=cands, **opts)
+    pred2, succ2 = np.concatenate((ctx.pred2, init)), np.concatenate((ctx.succ2, init))
+    cands1, cands = (np.flatnonzero(succ1 == -1), new_video), (np.flatnonzero(succ2 == -1), new_video)
+    same = np.array_equal(cands[0], cands1[0])  # (always, without a context): pass 2 solves pass 1's problems
+    opts1 = {**opts, "candidates": cands1, "keep_features": same}
+    blocks = _link_pass(p, pred1, succ1, 0, velocity=None, use_keypoints=True, **opts1)
     v1x, v1y = np.concatenate((ctx.v1x, zeros)), np.concatenate((ctx.v1y, zeros))
     anc1 = _ancestors(pred1, new_video)
     v1x[new_video], v1y[new_video] = _velocity(p, pred1, new_video, anc1)
     # 2. again, predicting with them; 3. once more with the velocities of those links (a crossing that pass 1
     #    swapped gave wrong velocities just after it).
-    pred2, succ2 = np.concatenate((ctx.pred2, init)), np.concatenate((ctx.succ2, init))
-    cands = (np.flatnonzero(succ2 == -1), new_video)
-    _link_pass(p, pred2, succ2, 0, velocity=(v1x, v1y), use_keypoints=True, candidates=cands, **opts)
+    opts2 = {**opts, "blocks": blocks if same else None}  # (with the features pass 1 gathered)
+    _link_pass(p, pred2, succ2, 0, velocity=(v1x, v1y), use_keypoints=True, candidates=cands, **opts2)
     # A velocity depends only on the detection and its ancestor: recomputed where pass 2 changed the ancestor.
     v2x, v2y = np.concatenate((ctx.v2x, v1x[c:])), np.concatenate((ctx.v2y, v1y[c:]))
     anc2 = _ancestors(pred2, new_video)
@@ -1242,6 +1343,23 @@ def _ages(pred: np.ndarray, ctx_age: np.ndarray, dets: np.ndarray) -> np.ndarray
     return age
 
 
+def _roots(before: np.ndarray) -> np.ndarray:
+    """Each detection's first along its links, by pointer jumping (``before``: the detection before each on
+    its track, itself for a first). Checked for convergence at the track ends only: once the last detection
+    of a track points at its first, every detection of the track does."""
+    import numpy as np
+
+    followed = np.zeros(len(before), dtype=bool)
+    followed[before[before != np.arange(len(before))]] = True  # (a first points at itself)
+    ends = np.flatnonzero(~followed)
+    root = before
+    while True:
+        nxt = root[root]
+        if np.array_equal(nxt[ends], root[ends]):
+            return nxt
+        root = nxt
+
+
 def _track_ids(
     p: _Detections, max_gap: int, min_iou: float, max_distance: float, pool: Executor | None = None
 ) -> np.ndarray:
@@ -1253,12 +1371,7 @@ def _track_ids(
     pred = _link(p, _Links.empty(), max_gap, min_iou, max_distance, pool).pred
     # Tracks are the chains of links: find each detection's first detection by pointer jumping.
     all_dets = np.arange(n)
-    root = np.where(pred < 0, all_dets, pred)
-    while True:
-        nxt = root[root]
-        if np.array_equal(nxt, root):
-            break
-        root = nxt
+    root = _roots(np.where(pred < 0, all_dets, pred))
     is_root = root == all_dets
     rank = np.cumsum(is_root) - 1
     track = rank[root]
@@ -1316,8 +1429,8 @@ def assign_tracks(
     metadata = dict(table.schema.metadata or {})
     if TRACK_COLUMN in table.column_names:
         table = table.drop_columns([TRACK_COLUMN])
-    # Two threads read the keypoints and solve the link passes' blocks (numpy's loops run without the GIL);
-    # small tables stay in this thread.
+    # Tables of at least _THREADED_ROWS rows (none by default): two threads read the keypoints and solve the
+    # link passes' blocks (numpy's loops run without the GIL).
     threads = min(2, os.cpu_count() or 1) if table.num_rows >= _THREADED_ROWS else 1
     with ThreadPoolExecutor(threads) if threads > 1 else nullcontext() as pool:
         dets = _Detections(table, max_gap, pool, occlusion)
@@ -1498,12 +1611,7 @@ class _StreamTracker:
         n = p.n
         # Ids: a new detection takes its predecessor's id; a new track start the next id (first appearance).
         every = np.arange(n)
-        root = np.where((links.pred < 0) | (every < c), every, links.pred)
-        while True:
-            nxt = root[root]
-            if np.array_equal(nxt, root):
-                break
-            root = nxt
+        root = _roots(np.where((links.pred < 0) | (every < c), every, links.pred))
         ids = np.full(n, -1, dtype=np.int64)
         ids[:c] = self.ctx_ids
         starts = np.flatnonzero((every >= c) & (links.pred == -1))
