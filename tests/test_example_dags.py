@@ -123,7 +123,10 @@ def test_no_key_anywhere_after_running_every_example(run_example, airflow_db, tm
         assert xcoms, "the examples should have pushed XComs"
         for trigger in triggers:
             assert trigger.classpath.endswith("KakaoPoseJobTrigger")
-            assert set(trigger.kwargs) == {"job_id", "kakao_pose_conn_id", "poll_interval", "end_time"}
+            assert set(trigger.kwargs) == {
+                *("job_id", "kakao_pose_conn_id", "poll_interval", "end_time"),
+                *("callback", "callback_poll_interval", "callback_nonce", "waiting_since"),  # ids and settings
+            }
             assert API_KEY not in repr(trigger.kwargs) and API_KEY not in str(trigger.encrypted_kwargs)
         for _, _, value in xcoms:
             assert API_KEY not in repr(value)
