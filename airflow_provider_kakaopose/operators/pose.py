@@ -28,6 +28,7 @@ from airflow_provider_kakaopose.operators._batch import (
     distinct_inputs,
     input_label,
 )
+from airflow_provider_kakaopose.operators._callback import OurCallback
 from airflow_provider_kakaopose.operators._inputs import (
     LIST_FIXES,
     add_asset_outlet,
@@ -440,14 +441,14 @@ class KakaoPoseVideoOperator(JobLoader, BaseOperator):
         nonce = ours.nonce if ours is not None and ours.bind(job_id, self.log) else None
         return self._record_the_job(store, record, source, job_id, callback_nonce=nonce)
 
-    def _our_callback(self) -> _OurCallback | None:
+    def _our_callback(self) -> OurCallback | None:
         """The provider's signed callback for this submission, or ``None`` (the wait polls; says why once)."""
         if self.callback_url:
             self.log.info("callback_url was given: it is sent as given, and the wait polls for the job's end")
             return None
         if self.wait_for_completion and not self.deferrable:
             return None  # a wait in the worker polls; a deferred one, or a deferrable sensor after us, listens
-        return _OurCallback.make(self.timeout, self.log)
+        return OurCallback.make(self.timeout, self.log)
 
     def _record_the_job(
         self,
@@ -573,51 +574,6 @@ class KakaoPoseVideoOperator(JobLoader, BaseOperator):
         store = self._records(context)
         self._load(job_id, store, int(store.load().get("unknown_submissions") or 0), context)
         return job_id
-
-
-class _OurCallback:
-    """The provider's signed callback URL for one submission, and its nonce to bind to the job id."""
-
-    def __init__(self, url: str, nonce: str, expires: float, store: str) -> None:
-        self.url, self.nonce, self.expires, self.store = url, nonce, expires, store
-
-    def __repr__(self) -> str:  # the URL holds the token: never shown
-        return "_OurCallback(...)"
-
-    @classmethod
-    def make(cls, timeout: float, log: Any) -> _OurCallback | None:
-        """A new signed URL when the deployment receives callbacks, else ``None``."""
-        from airflow_provider_kakaopose import callbacks
-        from airflow_provider_kakaopose._compat import AIRFLOW_V_3_0_PLUS
-        from airflow_provider_kakaopose.hooks._shared_quota import configured_store
-
-        settings = callbacks.configured_callbacks()
-        if settings is None:
-            return None
-        if not AIRFLOW_V_3_0_PLUS:
-            log.info("Kakao Pose callbacks need Airflow 3 (the receiver is a FastAPI plugin): on Airflow 2 waits poll")
-            return None
-        store = configured_store()
-        if store is None:
-            log.warning("[kakao_pose] callback_base_url is set but rate_limit_store is not: the wait polls")
-            return None
-        if problem := settings.url_problem():
-            log.warning("%s: the service may not call it back", problem)
-        expires = time.time() + timeout + callbacks.EXPIRY_MARGIN_S
-        token, nonce = callbacks.make_token(settings.keys, expires)
-        return cls(settings.url(token), nonce, expires, store)
-
-    def bind(self, job_id: str, log: Any) -> bool:
-        """Bind the nonce to the submitted job; False (the wait polls) when the store cannot be reached."""
-        from airflow_provider_kakaopose import callbacks
-
-        try:
-            callbacks.bind_nonce(self.store, self.nonce, job_id, self.expires)
-        except Exception as err:
-            log.warning("Could not register the callback of job %s (%s): the wait polls", job_id, type(err).__name__)
-            return False
-        log.info("Job %s will call back when it ends; the wait listens for it", job_id)
-        return True
 
 
 class KakaoPoseJobToParquetOperator(JobLoader, BaseOperator):
